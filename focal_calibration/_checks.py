@@ -1,0 +1,105 @@
+"""Input validation shared by the losses, metrics and temperature scaling.
+
+Every check raises ``ValueError`` (or ``TypeError`` for wrong types) with a message that names the bad value, so a
+user never gets a NaN, a silently wrong number or an index error from deep inside torch.
+
+Shape and dtype checks cost nothing and always run. Checks that must read tensor *values* (label range, finite
+logits) would force a host synchronisation on an accelerator, so inside the training losses they run on CPU tensors
+only, unless ``FOCAL_CALIBRATION_CHECKS=1`` is set or :func:`set_value_checks` turns them on everywhere (the metrics
+and temperature scaling always check: they run once per evaluation, not per step).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+_VALUE_CHECKS_ON_ACCELERATORS = os.environ.get("FOCAL_CALIBRATION_CHECKS", "0") not in ("", "0", "false", "False")
+
+
+def set_value_checks(on_accelerators: bool) -> None:
+    """Turn value checks (label range, finite logits) in the losses on or off for CUDA/MPS tensors."""
+    global _VALUE_CHECKS_ON_ACCELERATORS
+    _VALUE_CHECKS_ON_ACCELERATORS = bool(on_accelerators)
+
+
+def value_checks_enabled(t: torch.Tensor) -> bool:
+    """Whether a loss may read ``t``'s values for validation without a costly host sync."""
+    return t.device.type == "cpu" or _VALUE_CHECKS_ON_ACCELERATORS
+
+
+def as_tensor(x, name: str) -> torch.Tensor:
+    """Accept a torch tensor or anything numpy understands; never copy a tensor that is already one."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if x is None:
+        raise ValueError(f"{name} must be given, got None")
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be numeric, got an object array")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def check_nonnegative_number(value, name: str) -> float:
+    """A Python/NumPy real number >= 0 (e.g. gamma, alpha, lambda)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+def check_n_bins(n_bins) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    return int(n_bins)
+
+
+def flatten_scores_and_labels(scores: torch.Tensor, labels: torch.Tensor, *, scores_name: str = "logits",
+                              labels_name: str = "target") -> tuple[torch.Tensor, torch.Tensor]:
+    """Check shapes and flatten ``scores[..., K]`` / ``labels[...]`` to ``[N, K]`` / ``[N]``.
+
+    Classes are on the last dimension (fairseq's layout), so any leading batch shape works.
+    """
+    if not scores.is_floating_point():
+        raise TypeError(f"{scores_name} must be a floating-point tensor, got dtype {scores.dtype}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{labels_name} must hold integer class indices, got dtype {labels.dtype}")
+    if scores.dim() < 1:
+        raise ValueError(f"{scores_name} must have a class dimension (shape [..., K]), got a 0-d tensor")
+    if scores.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"shape mismatch: {scores_name} has shape {tuple(scores.shape)} (classes last), so {labels_name} must have "
+            f"shape {tuple(scores.shape[:-1])}, got {tuple(labels.shape)}")
+    num_classes = scores.shape[-1]
+    if num_classes < 1:
+        raise ValueError(f"{scores_name} must have at least one class, got shape {tuple(scores.shape)}")
+    return scores.reshape(-1, num_classes), labels.reshape(-1)
+
+
+def check_labels_in_range(labels: torch.Tensor, num_classes: int, ignore_index: int | None, name: str = "target"):
+    """Raise naming the first offending label (one host sync; callers decide when it is affordable)."""
+    valid = labels if ignore_index is None else labels[labels != ignore_index]
+    bad = (valid < 0) | (valid >= num_classes)
+    if bool(bad.any()):
+        first = int(valid[bad][0])
+        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(f"{name} holds class index {first}, outside [0, {num_classes - 1}]{extra}")
+
+
+def check_finite(values: torch.Tensor, name: str):
+    """Raise if any value is NaN or +-inf, naming the first one."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = values[~finite][0]
+        raise ValueError(f"{name} must be finite, got {float(bad)}")

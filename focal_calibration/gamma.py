@@ -1,0 +1,129 @@
+"""γ policies for focal loss: fixed (FL-γ), epoch-scheduled (FLSc), sample-dependent (FLSD) and Proposition 2.
+
+A policy is called with the detached true-class probabilities p_y of a batch and returns γ: a float (fixed and
+scheduled policies) or a per-sample tensor (sample-dependent ones), computed on the device without a host sync.
+Trainers call ``set_epoch(epoch)`` (0-based) at the start of every epoch; policies that ignore the epoch accept it too.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from focal_calibration._checks import check_nonnegative_number
+from focal_calibration.focal import gamma_star
+
+__all__ = ["GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy"]
+
+
+class GammaPolicy:
+    """Base class: ``policy(p_y) -> float | Tensor``; ``set_epoch(epoch)``; ``sample_dependent`` flag."""
+
+    sample_dependent = False
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch = epoch
+
+    def __call__(self, p_y: torch.Tensor):
+        raise NotImplementedError
+
+
+class FixedGamma(GammaPolicy):
+    """FL-γ (e.g. FL-1, FL-2, FL-3 of Appendix E): the same γ for every sample and epoch."""
+
+    def __init__(self, gamma: float):
+        self.gamma = check_nonnegative_number(gamma, "gamma")
+
+    def __call__(self, p_y):
+        return self.gamma
+
+    def __repr__(self):
+        return f"FixedGamma({self.gamma:g})"
+
+
+def _check_gammas(gammas: Sequence[float]) -> tuple[float, ...]:
+    if len(gammas) == 0:
+        raise ValueError("gammas must hold at least one value, got an empty sequence")
+    return tuple(check_nonnegative_number(v, "gamma") for v in gammas)
+
+
+class EpochScheduledGamma(GammaPolicy):
+    """FLSc (Appendix E): γ = gammas[i] for milestones[i-1] <= epoch < milestones[i] (0-based epochs).
+
+    FLSc-531 is ``EpochScheduledGamma((5, 3, 1), milestones=(100, 250))``: γ = 5 for epochs 0-99, 3 for 100-249, 1 after.
+    """
+
+    def __init__(self, gammas: Sequence[float], milestones: Sequence[int]):
+        self.gammas = _check_gammas(gammas)
+        milestones = tuple(milestones)
+        if len(milestones) != len(self.gammas) - 1:
+            raise ValueError(f"{len(self.gammas)} gammas need {len(self.gammas) - 1} epoch milestones, "
+                             f"got {list(milestones)}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones) or \
+                list(milestones) != sorted(set(milestones)):
+            raise ValueError(f"milestones must be strictly increasing integers >= 1, got {list(milestones)}")
+        self.milestones = milestones
+        self.epoch = 0
+
+    @property
+    def gamma(self) -> float:
+        return self.gammas[sum(self.epoch >= m for m in self.milestones)]
+
+    def __call__(self, p_y):
+        return self.gamma
+
+    def __repr__(self):
+        return f"EpochScheduledGamma({list(self.gammas)}, milestones={list(self.milestones)})"
+
+
+class SampleDependentGamma(GammaPolicy):
+    """FLSD (§4, Appendix E): γ = gammas[i] for thresholds[i-1] <= p_y < thresholds[i].
+
+    FLSD-53 is ``SampleDependentGamma((5, 3), thresholds=(0.2,))``: γ = 5 for p_y in [0, 0.2), 3 for [0.2, 1] (the
+    paper's §4 text; its Table 4 caption puts 0.2 itself in the first band instead). FLSD-532 adds a band at 0.5.
+    Vectorised with ``torch.bucketize``; the lookup tables are cached per device.
+    """
+
+    sample_dependent = True
+
+    def __init__(self, gammas: Sequence[float], thresholds: Sequence[float]):
+        self.gammas = _check_gammas(gammas)
+        thresholds = tuple(float(t) for t in thresholds)
+        if len(thresholds) != len(self.gammas) - 1:
+            raise ValueError(f"{len(self.gammas)} gammas need {len(self.gammas) - 1} probability thresholds, "
+                             f"got {list(thresholds)}")
+        if any(not 0 < t < 1 for t in thresholds) or list(thresholds) != sorted(set(thresholds)):
+            raise ValueError(f"thresholds must be strictly increasing and inside (0, 1), got {list(thresholds)}")
+        self.thresholds = thresholds
+        self._tables: dict = {}
+
+    def __call__(self, p_y: torch.Tensor) -> torch.Tensor:
+        key = (p_y.device, p_y.dtype)
+        if key not in self._tables:
+            self._tables[key] = (torch.tensor(self.thresholds, dtype=p_y.dtype, device=p_y.device),
+                                 torch.tensor(self.gammas, dtype=p_y.dtype, device=p_y.device))
+        thresholds, gammas = self._tables[key]
+        return gammas[torch.bucketize(p_y, thresholds, right=True)]
+
+    def __repr__(self):
+        return f"SampleDependentGamma({list(self.gammas)}, thresholds={list(self.thresholds)})"
+
+
+def prop2_gamma_policy(p0s: Sequence[float]) -> GammaPolicy:
+    """A sample-dependent policy whose γ values come from Proposition 2.
+
+    For increasing p0s = (p0_1, ..., p0_k): γ = γ*(p0_1) for p_y < p0_1, γ*(p0_i) for p0_{i-1} <= p_y < p0_i, and
+    γ*(p0_k) above p0_{k-1}. Each γ*(p0_i) makes g(p, γ) > 1 below p0_i and < 1 above it, so the gradient is boosted
+    for samples below their band's p0 and damped above it. ``(0.2, 0.25)`` gives γ ≈ (4.85, 3.07): FLSD-53 before
+    rounding. A single p0 gives the fixed γ*(p0).
+    """
+    p0s = tuple(float(p) for p in p0s)
+    if len(p0s) == 0 or list(p0s) != sorted(set(p0s)):
+        raise ValueError(f"p0s must be a non-empty strictly increasing sequence, got {list(p0s)}")
+    gammas = [gamma_star(p) for p in p0s]
+    if len(gammas) == 1:
+        return FixedGamma(gammas[0])
+    return SampleDependentGamma(gammas, thresholds=p0s[:-1])
