@@ -190,7 +190,7 @@ def gamma_star(p0):
     p0_arr = np.asarray(p0, dtype=np.float64)
     bad = ~((p0_arr > 0) & (p0_arr < 0.5))
     if bad.any():
-        raise ValueError(f"p0 must lie in the open interval (0, 0.5), got {p0_arr[bad].reshape(-1)[0]!r}")
+        raise ValueError(f"p0 must lie in the open interval (0, 0.5), got {float(p0_arr[bad].reshape(-1)[0])}")
     a = 1.0 - p0_arr
     b = p0_arr * np.log(p0_arr)
     log_a = np.log(a)
