@@ -38,11 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:
-    import focal_calibration  # noqa: F401  (installed with `pip install -e .`, as `make demo` does)
-except ImportError:  # run from a bare checkout: use the package next to this script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from focal_calibration import plots
 from focal_calibration.focal import focal_loss
 from focal_calibration.metrics import calibration_metrics, reliability_bins
@@ -68,10 +63,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--n-val", type=int, default=1000, help="separate validation draw for temperature scaling")
     p.add_argument("--label-noise", type=float, default=0.1, help="fraction of labels flipped in every split")
     p.add_argument("--n-bins", type=int, default=15, help="bins of ECE / AdaECE / MCE / reliability diagrams")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads while training (the problem is tiny: 1 thread is fastest and does not "
+                        "slow down 100x when the cores are shared)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.record_every < 1:
-        p.error("--steps and --record-every must be >= 1")
+    if args.steps < 1 or args.record_every < 1 or args.threads < 1:
+        p.error("--steps, --record-every and --threads must be >= 1")
     if not 0.0 <= args.label_noise <= 0.5:
         p.error("--label-noise must lie in [0, 0.5]")
     return args
@@ -159,7 +157,7 @@ def _clean(d: dict) -> dict:
             for k, v in d.items()}
 
 
-def evaluate(name, w, splits, args):
+def evaluate(w, splits, args):
     x_val, y_val, _ = splits["val"]
     x_te, y_te, _ = splits["test"]
     test_logits = logits_of(w, x_te)
@@ -270,6 +268,15 @@ def make_figures(out, results, splits, args) -> list:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     mixing, splits, w0 = make_data(args)
@@ -279,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for key in ("ce", "fl"):
         w, history = train(x_tr, y_tr, w0, key, gamma=args.gamma, lr=args.lr, steps=args.steps,
                            record_every=args.record_every)
-        results[key] = {"history": history, **evaluate(key, w, splits, args)}
+        results[key] = {"history": history, **evaluate(w, splits, args)}
     train_time = time.perf_counter() - t0
 
     w_ce = np.asarray(results["ce"]["summary"]["w"])
