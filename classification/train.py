@@ -1,0 +1,433 @@
+"""Train an image classifier with a calibration loss (Mukhoti et al., NeurIPS 2020, §5.1 and Appendix D).
+
+    python classification/train.py --dataset cifar10 --model resnet50 --loss flsd-53 --data-dir data
+    torchrun --nproc_per_node 4 classification/train.py --dataset cifar100 --model densenet121 --loss ce --amp bf16
+    python classification/train.py --dataset fashion-mnist --model small_cnn --loss flsd-53 --epochs 8
+
+Recipes (Appendix D; every value can be overridden on the command line):
+  CIFAR-10/100: SGD momentum 0.9, weight decay 5e-4, lr 0.1 -> 0.01 at epoch 150 -> 0.001 at 250, 350 epochs,
+                batch 128, random crop (pad 4) + flip, seeded 45,000 / 5,000 / 10,000 split.
+  Tiny-ImageNet: the same but 100 epochs, lr drops at 40 and 60, batch 64, 50 images per class held out.
+  Fashion-MNIST (not in the paper; the CPU demo): 30 epochs, drops at 15 and 25, batch 128, 55,000 / 5,000 / 10,000.
+
+Outputs in --output-dir: checkpoint.pt (every epoch, atomic), log.jsonl (one line per epoch: the §3 dynamics),
+results.json + reliability_{pre,post}.png + logits.pt (pre / post temperature scaling, T by validation ECE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python classification/train.py` and `torchrun classification/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from classification.batches import Normalize, epoch_generator, iterate_batches, random_crop_flip, train_order
+from classification.datasets import DATASET_NAMES, DatasetNotFoundError, load_dataset
+from classification.dynamics import RunningTrainStats, last_layer_gradient_norms, test_statistics
+from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, setup_distributed,
+                                   write_final_report)
+from classification.models import MODEL_NAMES, build_model
+from focal_calibration.checkpoint import (capture_rng_state, check_resume_compatible, load_checkpoint,
+                                          restore_rng_state, save_checkpoint)
+from focal_calibration.losses import build_loss
+
+CHECKPOINT_VERSION = 1
+
+# Appendix D, per dataset. Keys are argparse dests; None in the parser means "take it from here".
+RECIPES = {
+    "cifar10": dict(model="resnet50", epochs=350, lr_milestones=[150, 250], batch_size=128),
+    "cifar100": dict(model="resnet50", epochs=350, lr_milestones=[150, 250], batch_size=128),
+    "tiny-imagenet": dict(model="resnet50_tiny", epochs=100, lr_milestones=[40, 60], batch_size=64),
+    "fashion-mnist": dict(model="small_cnn", epochs=30, lr_milestones=[15, 25], batch_size=128),
+    "imagefolder": dict(model="resnet50", epochs=100, lr_milestones=[40, 60], batch_size=64),
+}
+
+# Arguments that define the run: resuming with a different value would not continue the same experiment.
+RESUME_KEYS = ("dataset", "model", "loss", "loss_reduction", "mmce_variant", "gamma_milestones", "lr", "momentum",
+               "weight_decay", "nesterov", "lr_milestones", "lr_gamma", "lr_step_at", "clip_grad_norm", "batch_size",
+               "augment", "crop_padding", "seed", "split_seed", "val_size", "limit_train", "world_size", "amp",
+               "image_size")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train an image classifier with focal loss and friends "
+                                                 "(Mukhoti et al., NeurIPS 2020)", add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASET_NAMES)}")
+    data.add_argument("--data-dir", default=None, help="folder with the standard files (default: ./data, or "
+                      "/usr/share/datasets/fashion-mnist for Fashion-MNIST)")
+    data.add_argument("--download", action="store_true", help="let torchvision download CIFAR / Fashion-MNIST")
+    data.add_argument("--val-size", type=int, default=None,
+                      help="validation images held out of train (per class for Tiny-ImageNet); default 5000 / 50")
+    data.add_argument("--split-seed", type=int, default=1, help="seed of the train / validation split")
+    data.add_argument("--image-size", type=int, default=64, help="ImageFolder images are resized to this")
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                      help="random crop (zero padding --crop-padding) + horizontal flip, as Appendix D")
+    data.add_argument("--crop-padding", type=int, default=4)
+    data.add_argument("--workers", type=int, default=4, help="DataLoader workers (on-disk datasets only)")
+    data.add_argument("--limit-train", type=int, default=None, help="train on the first N training images only")
+    data.add_argument("--limit-eval", type=int, default=None, help="evaluate on the first N val / test images only")
+
+    model = parser.add_argument_group("model and loss")
+    model.add_argument("--model", default=None, help=f"one of {', '.join(MODEL_NAMES)} (default per dataset)")
+    model.add_argument("--loss", default="ce", help="a focal_calibration.build_loss spec: ce, ls-0.05, brier, "
+                       "mmce-2, fl-1/2/3, flsc-531/532, flsd-53/532, flsd-prop2-0.2-0.25, ...")
+    model.add_argument("--loss-reduction", choices=("mean", "sum"), default="mean",
+                       help="'sum' is the released code's choice (Brier keeps its per-batch mean there)")
+    model.add_argument("--mmce-variant", choices=("kumar", "official"), default="kumar")
+    model.add_argument("--gamma-milestones", type=int, nargs="+", default=None,
+                       help="FLSc epoch milestones (default 100 250, Appendix E)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=None)
+    optim.add_argument("--batch-size", type=int, default=None, help="per process (torchvision convention)")
+    optim.add_argument("--lr", type=float, default=0.1)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--nesterov", action="store_true")
+    optim.add_argument("--weight-decay", type=float, default=5e-4)
+    optim.add_argument("--lr-milestones", type=int, nargs="+", default=None, help="epochs where lr *= --lr-gamma")
+    optim.add_argument("--lr-gamma", type=float, default=0.1)
+    optim.add_argument("--lr-step-at", choices=("epoch-end", "epoch-start"), default="epoch-end",
+                       help="'epoch-start' is the released code's scheduler.step() before each epoch, which drops "
+                            "the lr one epoch earlier than the milestones say")
+    optim.add_argument("--clip-grad-norm", type=float, default=None, help="the released code clips at 2")
+    optim.add_argument("--official-code", action="store_true",
+                       help="shorthand for --loss-reduction sum --clip-grad-norm 2 --lr-step-at epoch-start")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", default=None, help="default results/<dataset>-<model>-<loss>-seed<seed>")
+    run.add_argument("--resume", default=None, help="checkpoint to continue from ('auto': OUTPUT_DIR/checkpoint.pt "
+                                                    "if it exists)")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    run.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none", help="autocast dtype (bf16 / fp16 on CUDA)")
+    run.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs on CUDA)")
+    run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    run.add_argument("--eval-batch-size", type=int, default=512)
+    run.add_argument("--n-bins", type=int, default=15)
+    run.add_argument("--eval-every", type=int, default=1, help="test-set dynamics every N epochs (0: never)")
+    run.add_argument("--grad-norm-epochs", type=int, nargs="*", default=[],
+                     help="1-based epochs at which to save last-layer gradient norms over the training set "
+                          "(Fig. 4b-d uses 10 100 200)")
+    run.add_argument("--print-freq", type=int, default=100, help="steps between log lines without a terminal")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="tqdm progress bars (default: only when stderr is a terminal)")
+    return parser
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill per-dataset defaults, apply --official-code, and reject bad values with a message naming them."""
+    if args.dataset not in RECIPES:
+        raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+    for key, value in RECIPES[args.dataset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if args.official_code:
+        args.loss_reduction, args.clip_grad_norm, args.lr_step_at = "sum", 2.0, "epoch-start"
+    for name in ("epochs", "batch_size", "eval_batch_size", "n_bins", "print_freq"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("limit_train", "limit_eval"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.workers < 0 or args.crop_padding < 0 or args.eval_every < 0:
+        raise ValueError(f"--workers, --crop-padding and --eval-every must be >= 0, got {args.workers}, "
+                         f"{args.crop_padding}, {args.eval_every}")
+    for name in ("lr", "weight_decay", "momentum"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if args.clip_grad_norm is not None and not args.clip_grad_norm > 0:
+        raise ValueError(f"--clip-grad-norm must be > 0, got {args.clip_grad_norm}")
+    if list(args.lr_milestones) != sorted(set(args.lr_milestones)) or min(args.lr_milestones, default=1) < 1:
+        raise ValueError(f"--lr-milestones must be strictly increasing epochs >= 1, got {args.lr_milestones}")
+    build_loss(args.loss, **_loss_options(args))  # unknown / malformed spec -> ValueError now, not mid-run
+    if args.output_dir is None:
+        args.output_dir = f"results/{args.dataset}-{args.model}-{args.loss}-seed{args.seed}"
+    return args
+
+
+def _loss_options(args, reduction=None) -> dict:
+    reduction = reduction or args.loss_reduction
+    if args.loss.strip().lower() == "brier" and reduction == "sum" and args.official_code:
+        reduction = "mean"  # the released code averages the Brier score over the batch even when it sums CE
+    options = dict(reduction=reduction, mmce_variant=args.mmce_variant)
+    if args.gamma_milestones is not None:
+        options["milestones"] = tuple(args.gamma_milestones)
+    return options
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Progress:
+    """tqdm on a terminal, a plain line every ``print_freq`` steps otherwise; silent on ranks > 0."""
+
+    def __init__(self, enabled: bool, use_tqdm: bool, total: int, desc: str, print_freq: int):
+        self.enabled, self.total, self.desc, self.print_freq = enabled, total, desc, print_freq
+        self.bar = None
+        if enabled and use_tqdm:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def step(self, step: int, loss: torch.Tensor, lr: float):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 20 == 0:
+                self.bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:g}")  # host sync only when shown
+        elif step % self.print_freq == 0 or step == self.total:
+            print(f"{self.desc} step {step}/{self.total} loss {float(loss.detach()):.4f} lr {lr:g}", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _truncate_log(path: Path, last_epoch: int) -> None:
+    """On resume keep only the log lines of epochs the checkpoint has (a killed run may have written more);
+    ``last_epoch`` is 1-based, as the log's ``epoch``."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= last_epoch]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    args = resolve_args(args)
+    ctx = setup_distributed(args.device)
+    args.world_size = ctx.world_size
+    device = ctx.device
+    if args.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"--amp fp16 needs a CUDA device, got {device}; use --amp bf16 or none")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    _seed_everything(args.seed)
+    out_dir = Path(args.output_dir)
+    show = ctx.is_main
+
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download and ctx.is_main,
+                        val_size=args.val_size, split_seed=args.split_seed, image_size=args.image_size)
+    train_split = data.train if args.limit_train is None else data.train.subset(
+        torch.arange(min(args.limit_train, len(data.train))))
+    normalize = Normalize(data.mean, data.std, device, channels_last=args.channels_last)
+
+    model = build_model(args.model, data.num_classes, data.in_channels, data.image_size).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if ctx.enabled and args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = model
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    criterion = build_loss(args.loss, **_loss_options(args))
+    criterion_sum = build_loss(args.loss, **_loss_options(args, reduction="sum"))  # per-sample gradients (Fig. 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    shift = 1 if args.lr_step_at == "epoch-start" else 0
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[max(m - shift, 1) for m in args.lr_milestones], gamma=args.lr_gamma)
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+
+    start_epoch = 0
+    log_path = out_dir / "log.jsonl"
+    checkpoint_path = out_dir / "checkpoint.pt"
+    resume = args.resume
+    if resume == "auto":
+        resume = str(checkpoint_path) if checkpoint_path.exists() else None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        if state.get("version") != CHECKPOINT_VERSION or "args" not in state:
+            raise ValueError(f"checkpoint {resume!r} was not written by classification/train.py "
+                             f"(version {state.get('version')!r})")
+        check_resume_compatible(state["args"], vars(args), RESUME_KEYS)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        if ctx.is_main:
+            _truncate_log(log_path, state["epoch"] + 1)
+            print(f"resumed from {resume} after epoch {start_epoch} of {args.epochs}", flush=True)
+    elif ctx.is_main and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        print(f"{args.dataset}: {len(train_split)} train / {len(data.val)} val / {len(data.test)} test images, "
+              f"{data.num_classes} classes | {args.model} "
+              f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) | loss {args.loss} "
+              f"({args.loss_reduction}) | {ctx.world_size} x {device} | amp {args.amp}", flush=True)
+
+    use_tqdm = args.progress if args.progress is not None else sys.stderr.isatty()
+    grad_norm_paths = {}
+    for epoch in range(start_epoch, args.epochs):
+        epoch_start = time.perf_counter()
+        criterion.set_epoch(epoch)
+        criterion_sum.set_epoch(epoch)
+        net.train()
+        rows = train_order(len(train_split), args.seed, epoch, ctx.rank, ctx.world_size)
+        steps = (len(rows) + args.batch_size - 1) // args.batch_size
+        generator = epoch_generator(args.seed, epoch, ctx.rank, device=device)
+        progress = Progress(show, use_tqdm, steps, f"epoch {epoch + 1}/{args.epochs}", args.print_freq)
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum, stats = train_one_epoch(net, model, criterion, optimizer, scaler, train_split, rows, normalize,
+                                          generator, args, device, progress)
+        progress.close()
+        scheduler.step()
+        stats.all_reduce()
+        if ctx.enabled:  # mean over ranks of each rank's mean batch loss
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= ctx.world_size
+        record = {"epoch": epoch + 1, "lr": lr, "gamma": getattr(getattr(criterion, "policy", None), "gamma", None)}
+        record["train_loss"] = float(loss_sum) / steps
+        record.update(stats.compute())
+        record["last_layer_weight_norm"] = float(model.fc.weight.detach().float().norm())
+        if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            test_logits, test_labels = collect_logits(net, data.test, normalize, ctx, batch_size=args.eval_batch_size,
+                                                      amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
+            record.update(test_statistics(test_logits, test_labels, n_bins=args.n_bins))
+        if epoch + 1 in args.grad_norm_epochs:
+            path = _save_gradient_norms(net, model, train_split, normalize, criterion_sum, ctx, args, epoch, out_dir)
+            if path is not None:
+                grad_norm_paths[f"grad_norms_epoch{epoch + 1}"] = path
+                record["grad_norms_file"] = str(path)
+        record["seconds"] = time.perf_counter() - epoch_start
+        if ctx.is_main:
+            # checkpoint first: a log line always has its checkpoint (resume truncates the log to it)
+            save_checkpoint(checkpoint_path, {
+                "version": CHECKPOINT_VERSION, "epoch": epoch, "args": vars(args), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state()})
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            print(_epoch_line(record, args.epochs), flush=True)
+        ctx.barrier()
+
+    # Final evaluation: T by validation ECE (the paper's grid), NLL-fit T too, one pass through the core.
+    val_logits, val_labels = collect_logits(net, data.val, normalize, ctx, batch_size=args.eval_batch_size,
+                                            amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
+    test_logits, test_labels = collect_logits(net, data.test, normalize, ctx, batch_size=args.eval_batch_size,
+                                              amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
+    record = None
+    if ctx.is_main:
+        record = write_final_report(out_dir, val_logits=val_logits, val_labels=val_labels, test_logits=test_logits,
+                                    test_labels=test_labels, dataset=args.dataset, model=args.model, loss=args.loss,
+                                    seed=args.seed, args=vars(args), n_bins=args.n_bins,
+                                    extra_paths={"checkpoint": checkpoint_path, "log": log_path, **grad_norm_paths},
+                                    title=f"{args.dataset} {args.model} {args.loss}")
+        print(f"final: {format_summary(record['evaluation'])} -> {out_dir / 'results.json'}", flush=True)
+    ctx.barrier()
+    return record
+
+
+def train_one_epoch(net, model, criterion, optimizer, scaler, split, rows, normalize, generator, args, device,
+                    progress=None):
+    """One pass over ``rows`` of ``split``: augment on the device, forward (autocast), loss, backward, optional
+    clipping, step. Returns (sum of the batch losses, RunningTrainStats) as device tensors: no host sync per step."""
+    stats = RunningTrainStats(device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    lr = optimizer.param_groups[0]["lr"]
+    for step, (images, labels) in enumerate(iterate_batches(split, rows, args.batch_size, device,
+                                                            num_workers=args.workers), start=1):
+        if args.augment:
+            images = random_crop_flip(images, args.crop_padding, generator)
+        with autocast(device, args.amp):
+            logits, features = net(normalize(images), return_features=True)
+        loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
+        else:
+            loss.backward()
+        if args.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        stats.update(logits, labels, features)
+        loss_sum += loss.detach()
+        if progress is not None:
+            progress.step(step, loss, lr)
+    return loss_sum, stats
+
+
+def _save_gradient_norms(net, model, split, normalize, criterion_sum, ctx, args, epoch, out_dir):
+    """Per-sample last-layer gradient norms over the (un-augmented) training set, eval-mode BN (Fig. 4b-d)."""
+    net.eval()
+    pieces = []
+    rows = torch.arange(ctx.rank, len(split), ctx.world_size)
+    for images, labels in iterate_batches(split, rows, args.eval_batch_size, ctx.device, num_workers=args.workers):
+        with torch.no_grad(), autocast(ctx.device, args.amp):
+            logits, features = net(normalize(images), return_features=True)
+        pieces.append(last_layer_gradient_norms(logits, features, labels, criterion_sum))
+    norms = torch.cat(pieces)
+    if ctx.enabled:
+        import torch.distributed as dist
+        gathered = [None] * ctx.world_size
+        dist.all_gather_object(gathered, norms.cpu())
+        norms = torch.cat(gathered)
+    if not ctx.is_main:
+        return None
+    path = out_dir / f"grad_norms_epoch{epoch + 1}.pt"
+    torch.save({"epoch": epoch + 1, "loss": args.loss, "norms": norms.cpu()}, path)
+    return path
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    def pct(key):
+        return f"{100 * r[key]:.2f}%" if r.get(key) is not None else "-"
+    line = (f"epoch {r['epoch']}/{epochs} | lr {r['lr']:g} | train loss {r['train_loss']:.4f} err {pct('train_error')}"
+            f" | |W| {r['last_layer_weight_norm']:.2f} |h| {r['train_feature_norm']:.2f}")
+    if "test_error" in r:
+        line += f" | test err {pct('test_error')} ECE {pct('test_ece')} NLL {r['test_nll']:.4f}"
+    return line + f" | {r['seconds']:.1f}s"
+
+
+def cli(argv=None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, DatasetNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

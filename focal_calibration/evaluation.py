@@ -1,0 +1,197 @@
+"""The pre / post temperature-scaling evaluation every suite reports (§5.1, Tables 1-2 and Appendix E-F).
+
+One entry point, :func:`evaluate_calibration`, turns validation and test logits into the paper's numbers:
+
+* T is chosen on the **validation** set by a grid search minimising ECE over T = 0.1, 0.2, ..., 10 (§5.1, approach
+  (b), "which we find to produce stronger baselines"); the NLL-fitted T (approach (a), Guo et al.) is reported too.
+* Test metrics (error, top-5 error, NLL, Brier, ECE, AdaECE, MCE, classwise ECE, S99 and its accuracy, entropy) come
+  from :func:`focal_calibration.metrics.calibration_metrics` before scaling, at T_ece and at T_nll.
+
+A results JSON per run (:func:`make_run_record`, :func:`write_json_atomic`) holds
+``{"suite", "dataset", "model", "loss", "seed", "args", "evaluation", "paths"}``; ``scripts/results_table.py`` reads
+any number of them (:func:`read_results`) into the paper's "pre / post (T)" tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+from focal_calibration._checks import as_tensor, check_n_bins
+from focal_calibration.metrics import calibration_metrics, reliability_bins
+from focal_calibration.temperature import fit_temperature
+
+__all__ = ["evaluate_calibration", "save_reliability_diagrams", "write_json_atomic", "read_results",
+           "make_run_record", "RESULTS_FORMAT_VERSION"]
+
+RESULTS_FORMAT_VERSION = 1
+
+
+def _as_logits(logits, name: str) -> torch.Tensor:
+    tensor = as_tensor(logits, name)
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be floating-point logits, got dtype {tensor.dtype}")
+    if tensor.dim() < 2:
+        raise ValueError(f"{name} must have shape [N, K] (classes last), got {tuple(tensor.shape)}")
+    return tensor.detach()
+
+
+def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_bins: int = 15) -> dict:
+    """Pre / post temperature-scaling metrics of one model (§5.1, Tables 1-2, Appendix E-F), JSON-ready.
+
+    Args:
+        val_logits / val_labels: the held-out validation split ``[N_val, K]`` / ``[N_val]`` that chooses T.
+        test_logits / test_labels: the test split ``[N_test, K]`` / ``[N_test]`` that is reported.
+        n_bins: bins of ECE / AdaECE / MCE / classwise ECE (the paper uses 15).
+
+    Returns:
+        ``{"n_bins", "temperature" (T minimising validation ECE on the paper's grid), "temperature_nll" (T
+        minimising validation NLL, L-BFGS on log T), "pre", "post", "post_nll" (test metrics before scaling, at
+        T and at T_nll), "val_pre", "val_post" (validation metrics before scaling and at T)}``; every metric dict is
+        :func:`~focal_calibration.metrics.calibration_metrics`'s (fractions, not %).
+    """
+    n_bins = check_n_bins(n_bins)
+    val_logits, test_logits = _as_logits(val_logits, "val_logits"), _as_logits(test_logits, "test_logits")
+    if val_logits.shape[-1] != test_logits.shape[-1]:
+        raise ValueError(f"val_logits and test_logits must have the same number of classes, got "
+                         f"{val_logits.shape[-1]} and {test_logits.shape[-1]}")
+    val_labels, test_labels = as_tensor(val_labels, "val_labels"), as_tensor(test_labels, "test_labels")
+
+    fit_ece = fit_temperature(val_logits, val_labels, objective="ece", n_bins=n_bins)
+    fit_nll = fit_temperature(val_logits, val_labels, objective="nll", method="lbfgs", n_bins=n_bins)
+    t_ece, t_nll = float(fit_ece.temperature), float(fit_nll.temperature)
+
+    def metrics(logits, labels, temperature=1.0):
+        # Scale in float32 at least, so a half-precision run's logits are not rounded a second time.
+        scaled = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        return calibration_metrics(labels, logits=scaled / temperature if temperature != 1.0 else scaled,
+                                   n_bins=n_bins)
+
+    return {
+        "n_bins": n_bins,
+        "temperature": t_ece,
+        "temperature_nll": t_nll,
+        "pre": metrics(test_logits, test_labels),
+        "post": metrics(test_logits, test_labels, t_ece),
+        "post_nll": metrics(test_logits, test_labels, t_nll),
+        "val_pre": metrics(val_logits, val_labels),
+        "val_post": metrics(val_logits, val_labels, t_ece),
+    }
+
+
+def save_reliability_diagrams(test_logits, test_labels, temperature: float, out_dir, *, n_bins: int = 15,
+                              prefix: str = "", title: str | None = None) -> list[Path]:
+    """Reliability diagrams (Fig. 1 style) of the test set before and after temperature scaling.
+
+    Writes ``{prefix}reliability_pre.png`` and ``{prefix}reliability_post.png`` in ``out_dir`` and returns the paths.
+    """
+    from focal_calibration.plots import reliability_diagram  # matplotlib only when plotting
+
+    temperature = float(temperature)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    logits = _as_logits(test_logits, "test_logits").float()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, scaled, label in (("pre", logits, "before temperature scaling"),
+                                ("post", logits / temperature, f"after temperature scaling (T = {temperature:g})")):
+        bins = reliability_bins(test_labels, logits=scaled, n_bins=n_bins)
+        path = out_dir / f"{prefix}reliability_{name}.png"
+        reliability_diagram(bins, title=f"{title}: {label}" if title else label, path=path)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results files
+
+def _json_ready(value):
+    """Paths -> str, tuples -> lists, tensors / numpy scalars -> Python numbers, non-finite floats -> None."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, torch.Tensor):
+        return _json_ready(value.tolist())
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def make_run_record(*, suite: str, dataset: str, model: str, loss: str, seed, args: Mapping, evaluation: Mapping,
+                    paths: Mapping | None = None, **extra) -> dict:
+    """The results JSON of one run (the layout ``scripts/results_table.py`` reads)."""
+    record = {"format_version": RESULTS_FORMAT_VERSION, "suite": suite, "dataset": dataset, "model": model,
+              "loss": loss, "seed": seed, "args": dict(args), "evaluation": dict(evaluation),
+              "paths": dict(paths or {})}
+    record.update(extra)
+    return record
+
+
+_REQUIRED_KEYS = ("suite", "dataset", "model", "loss", "evaluation")
+_REQUIRED_EVALUATION_KEYS = ("temperature", "pre", "post")
+
+
+def read_results(paths: Iterable) -> list[dict]:
+    """Read results JSON files (files, or folders searched recursively for ``results.json``).
+
+    Every record gains ``"path"`` (where it was read). Raises ``ValueError`` naming the file for unreadable JSON or a
+    record without the keys the tables need.
+    """
+    files: list[Path] = []
+    for item in paths:
+        item = Path(item)
+        if item.is_dir():
+            files.extend(sorted(item.rglob("results.json")))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ValueError(f"results path {str(item)!r} does not exist")
+    records = []
+    for file in files:
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read results file {str(file)!r}: {error}") from error
+        if not isinstance(record, dict):
+            raise ValueError(f"results file {str(file)!r} must hold a JSON object, got {type(record).__name__}")
+        missing = [key for key in _REQUIRED_KEYS if key not in record]
+        if not missing:
+            missing = [f"evaluation.{key}" for key in _REQUIRED_EVALUATION_KEYS if key not in record["evaluation"]]
+        if missing:
+            raise ValueError(f"results file {str(file)!r} lacks {', '.join(missing)}")
+        record["path"] = str(file)
+        records.append(record)
+    return records

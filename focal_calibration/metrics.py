@@ -1,0 +1,508 @@
+"""Calibration metrics of Mukhoti et al. (NeurIPS 2020): ECE (eq. 1), MCE (eq. 2), AdaECE (eq. 3), classwise ECE,
+NLL, Brier score, predictive entropy, S99 (Appendix F) and top-1 / top-5 error.
+
+Conventions (shared with :mod:`focal_calibration.temperature` and the reliability diagrams):
+
+* Equal-width bins (ECE, MCE, classwise ECE): with ``M = n_bins``, bin ``i`` (1-based) is ``((i-1)/M, i/M]``, as in
+  §2 of the paper. The bin of a value ``c`` is ``clamp(ceil(c * M) - 1, 0, M - 1)`` decided *exactly* for the stored
+  value (not after a rounded multiplication), so ``c = 0`` is in the first bin, ``0.5`` with ``M = 10`` is in bin 5
+  ``(0.4, 0.5]`` and ``1.0`` is in the last bin. For float32 (and narrower) values ``c * M`` is exact in float64;
+  float64 values are compared with exact per-dtype edges (the largest float64 ``<= k/M``, :func:`_inner_edges`).
+* AdaECE (eq. 3): sort the confidences; the sample at rank ``r`` (0-based) goes to bin ``floor(r * M / N)`` (equal
+  mass). Within a group of exactly equal confidences every member's correctness is replaced by the group mean, so the
+  value does not depend on how a sort orders ties (permutation invariant).
+* All metrics are fractions (not %). Logits are turned into probabilities with ``log_softmax`` (log space); half and
+  bfloat16 inputs are computed in float32, float64 stays float64.
+
+Everything is vectorised (sort / scatter_add / index_add; no Python loop over samples or bins) and streams in row
+chunks that fit in cache, so the ``N x K`` probabilities are never materialised at once. Validation reads values
+(one host sync per batch); :meth:`CalibrationAccumulator.compute` makes a single host transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from focal_calibration._checks import (as_tensor, check_finite, check_labels_in_range, check_n_bins,
+                                       flatten_scores_and_labels)
+
+__all__ = ["calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins"]
+
+S99_THRESHOLD = 0.99  # Appendix F: confidence >= 0.99 (0.99 rounded to the computation dtype)
+_MAX_BINS = 2 ** 24  # keeps the exact edge arithmetic in _inner_edges exact
+_CPU_CHUNK_ELEMENTS = 2 ** 20  # 4 MB of fp32 scores per chunk: few parallel regions, temporaries stay in cache
+_ACCELERATOR_CHUNK_ELEMENTS = 2 ** 26  # accelerators prefer few, large kernels
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Binning (also used by focal_calibration.temperature)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _exceeds(edge: np.ndarray, k: np.ndarray, n_bins: int) -> np.ndarray:
+    """Exact test ``edge > k / n_bins`` for float64 ``edge`` (i.e. ``edge * n_bins - k > 0`` without rounding).
+
+    Split ``edge = hi + lo`` with ``hi`` its float32 rounding; then ``hi * M`` (24 + 24 bits), ``hi * M - k`` (Sterbenz)
+    and ``lo * M`` (29 + 24 bits) are all exact in float64, and comparing two exact numbers is exact.
+    """
+    hi = edge.astype(np.float32).astype(np.float64)
+    lo = edge - hi
+    return (hi * n_bins - k) > -(lo * n_bins)
+
+
+@lru_cache(maxsize=64)
+def _inner_edges(n_bins: int, dtype: torch.dtype) -> tuple:
+    """For k = 1..M-1 the largest value of ``dtype`` that is <= k/M, so ``v <= edge_k``  <=>  ``v <= k/M`` exactly."""
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    k = np.arange(1, n_bins, dtype=np.float64)
+    edge = (k / n_bins).astype(np_dtype)  # rounded to nearest: at most one step above k/M
+    too_big = _exceeds(edge.astype(np.float64), k, n_bins)
+    edge = np.where(too_big, np.nextafter(edge, np_dtype(-np.inf)), edge)
+    return tuple(edge.tolist())
+
+
+def bin_index(values: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Equal-width bin (0-based, int64) of each value: ``clamp(ceil(v * M) - 1, 0, M - 1)``, exact for the stored value.
+
+    For float32 and narrower values ``v * M`` is exact in float64 (24 + 24 significant bits); float64 values are
+    compared with the exact edges instead (``bucketize(right=False)``: ``edge[i-1] < v <= edge[i]``).
+    """
+    if values.dtype == torch.float64:
+        edges = torch.tensor(_inner_edges(n_bins, values.dtype), dtype=values.dtype, device=values.device)
+        return torch.bucketize(values, edges)
+    # nan_to_num: invalid (NaN) inputs must not crash the bincount before validation reports them
+    return (values.to(torch.float64) * n_bins).ceil_().sub_(1).nan_to_num_(0).clamp_(0, n_bins - 1).long()
+
+
+def equal_width_sums(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int):
+    """Per-bin (count int64, sum of confidences float64, number correct int64), batched over leading dims.
+
+    ``confidence`` and ``correct`` (bool) have shape ``[..., N]``; the results have shape ``[..., M]``.
+    """
+    index = bin_index(confidence, n_bins)
+    shape = (*confidence.shape[:-1], n_bins)
+    count = torch.zeros(shape, dtype=torch.long, device=index.device).scatter_add_(
+        -1, index, torch.ones_like(index))
+    conf_sum = torch.zeros(shape, dtype=torch.float64, device=index.device).scatter_add_(
+        -1, index, confidence.to(torch.float64))
+    correct_sum = torch.zeros(shape, dtype=torch.long, device=index.device).scatter_add_(
+        -1, index, correct.expand_as(index).long())
+    return count, conf_sum, correct_sum
+
+
+def ece_from_sums(count: torch.Tensor, conf_sum: torch.Tensor, correct_sum: torch.Tensor):
+    """ECE (eq. 1) = sum_b |correct_b - conf_b| / N and MCE (eq. 2) = max over non-empty bins of |acc_b - conf_b|."""
+    gap = (correct_sum.to(torch.float64) - conf_sum).abs()
+    n = count.sum(-1).to(torch.float64)
+    ece = gap.sum(-1) / n
+    mce = torch.where(count > 0, gap / count.clamp(min=1), torch.zeros_like(gap)).amax(-1)
+    return ece, mce
+
+
+def adaptive_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """AdaECE (eq. 3) over the last dim of ``confidence`` / ``correct`` ``[..., N]`` -> float64 ``[...]``.
+
+    Equal-mass bins: rank r of the ascending sort goes to bin floor(r * M / N) (sizes differ by at most one). Tied
+    confidences are exchangeable: each member's correctness is replaced by its tie group's mean, which makes the
+    value independent of the order a sort leaves ties in.
+    """
+    *batch, n = confidence.shape
+    rows = math.prod(batch)
+    device = confidence.device
+    conf = confidence.reshape(rows, n).contiguous()
+    correct = correct.expand_as(confidence).reshape(rows * n)
+    # Non-negative floats order like their bit patterns, and integer sorts are radix sorts (~15x faster on CPU);
+    # one 1-D sort per row beats a batched sort(dim=-1) there too.
+    keys = conf.view(torch.int64 if conf.dtype == torch.float64 else torch.int32)
+    order = torch.cat([keys[row].sort().indices + row * n for row in range(rows)])
+    conf_sorted = conf.view(-1)[order]
+    correct_sorted = correct[order].to(torch.float64)
+
+    # Tie groups: a new group starts wherever the sorted value changes and at each row start. Buffers are sized by
+    # the element count, so nothing waits on the data (no host sync on accelerators).
+    total = rows * n
+    starts = torch.ones(total, dtype=torch.bool, device=device)
+    starts[1:] = conf_sorted[1:] != conf_sorted[:-1]
+    starts[::n] = True
+    group = starts.cumsum(0) - 1
+    group_correct = torch.zeros(total, dtype=torch.float64, device=device).index_add_(0, group, correct_sorted)
+    group_size = torch.zeros(total, dtype=torch.float64, device=device).index_add_(
+        0, group, torch.ones(total, dtype=torch.float64, device=device))
+    correct_sorted = (group_correct / group_size.clamp(min=1))[group]
+
+    bin_of_rank = torch.arange(n, device=device) * n_bins // n
+    flat_bin = (bin_of_rank + torch.arange(0, rows * n_bins, n_bins, device=device)[:, None]).view(-1)
+    gap = torch.zeros(rows * n_bins, dtype=torch.float64, device=device).index_add_(
+        0, flat_bin, correct_sorted - conf_sorted.to(torch.float64))
+    return (gap.view(rows, n_bins).abs().sum(-1) / n).view(batch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Accumulator
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ReliabilityBins:
+    """Equal-width bins ``((i-1)/M, i/M]`` of the top-1 confidence (reliability diagram, Fig. 1 / eqs. 1-2).
+
+    ``confidence`` / ``accuracy`` are per-bin means (NaN where a bin is empty); ``ece`` / ``mce`` as eqs. (1) / (2).
+    """
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    ece: float
+    mce: float
+
+
+def _prepare(labels, logits, probs, ignore_index):
+    """Validate and flatten one batch -> (scores [N, K], labels [N] int64 on the scores' device, from_logits)."""
+    if (logits is None) == (probs is None):
+        raise ValueError("give exactly one of logits= or probs=, got "
+                         + ("both" if logits is not None else "neither"))
+    name = "logits" if logits is not None else "probs"
+    scores = as_tensor(logits if logits is not None else probs, name)
+    labels = as_tensor(labels, "labels")
+    scores, labels = flatten_scores_and_labels(scores, labels, scores_name=name, labels_name="labels")
+    if scores.shape[0] == 0:
+        raise ValueError(f"empty input: {name} has no rows (shape {tuple(scores.shape)})")
+    labels = labels.to(scores.device)
+    check_labels_in_range(labels, scores.shape[1], ignore_index, "labels")
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        if not bool(keep.all()):
+            scores, labels = scores[keep], labels[keep]
+    return scores, labels.long(), logits is not None
+
+
+def _raise_bad_probs(probs: torch.Tensor, tolerance: float):
+    """Slow path after a cheap flag fired: name the offending value."""
+    check_finite(probs, "probs")
+    outside = (probs < 0) | (probs > 1)
+    if bool(outside.any()):
+        raise ValueError(f"probs must lie in [0, 1], got {float(probs[outside][0])}")
+    row_sum = probs.to(_compute_dtype(probs.dtype)).sum(-1)
+    bad = ((row_sum - 1).abs() > tolerance).nonzero()
+    if bad.numel():
+        row = int(bad[0])
+        raise ValueError(f"probs rows must sum to 1 (tolerance {tolerance}), row {row} sums to {float(row_sum[row])}")
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D bool tensor (numpy's single pass is ~2x faster on CPU)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+def _top1_correct(p, labels, p_label, confidence, upper, first_edge) -> torch.Tensor:
+    """``argmax_k p_k == label`` with argmax's tie rule (the first maximal class), without max() with indices.
+
+    The label is a maximum iff ``p_label == confidence``; it is then the prediction unless another class ties with it.
+    ``upper`` = (row, value) of every p > 1/M (already extracted for the classwise ECE) holds every maximum of a row
+    whose confidence exceeds 1/M, so counting ties there is cheap. Rows it cannot settle (ties, or a confidence
+    <= 1/M) are few and get an exact argmax.
+    """
+    candidate = p_label == confidence
+    if upper is None:
+        unique = (p == confidence[:, None]).sum(-1) == 1
+    else:
+        row, value = upper
+        at_max = (value == confidence.index_select(0, row)).to(value.dtype)
+        unique = (torch.bincount(row, weights=at_max, minlength=len(p)) == 1) & (confidence > first_edge)
+    correct = candidate & unique
+    unsettled = (candidate & ~unique).nonzero().squeeze(1)
+    correct[unsettled] = p[unsettled].argmax(dim=-1) == labels[unsettled]
+    return correct
+
+
+class CalibrationAccumulator:
+    """Streams the metrics of :func:`calibration_metrics` over batches (exactly equal to one call on all rows).
+
+    Equal-width quantities (ECE, MCE, classwise ECE, reliability bins) stream as per-bin sums; AdaECE keeps each
+    sample's (confidence, correct) pair (5 bytes per sample for fp32 inputs) and sorts once in :meth:`compute`.
+    State lives on the device of the first batch.
+    """
+
+    _SUMMED = ("n", "correct", "top5_correct", "nll_sum", "brier_sum", "entropy_sum", "s99_count", "s99_correct",
+               "bin_count", "bin_conf_sum", "bin_correct", "class_label_count", "class_prob_sum", "class_prob_total")
+
+    def __init__(self, n_bins: int = 15, *, ignore_index: int | None = None, classwise: bool = True,
+                 adaptive: bool = True):
+        self.n_bins = check_n_bins(n_bins)
+        if self.n_bins > _MAX_BINS:
+            raise ValueError(f"n_bins must be <= {_MAX_BINS}, got {n_bins!r}")
+        self.ignore_index = ignore_index
+        self.classwise = bool(classwise)
+        self.adaptive = bool(adaptive)
+        self.reset()
+
+    def reset(self) -> None:
+        self.num_classes: int | None = None
+        self.state: dict[str, torch.Tensor] = {}
+        self.confidences: list[torch.Tensor] = []  # AdaECE samples, one tensor per batch
+        self.corrects: list[torch.Tensor] = []
+
+    # -- update ----------------------------------------------------------------------------------------------------
+    def update(self, labels, *, logits=None, probs=None) -> None:
+        """Add one batch: ``labels [...]`` and exactly one of ``logits`` / ``probs`` ``[..., K]``."""
+        scores, labels, from_logits = _prepare(labels, logits, probs, self.ignore_index)
+        num_classes = scores.shape[1]
+        if self.num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(f"every batch must have {self.num_classes} classes (from the first batch), "
+                             f"got {num_classes}")
+        if scores.shape[0] == 0:  # every row was ignore_index
+            return
+        batch, confidences, corrects = self._batch_statistics(scores, labels, from_logits)
+        if not self.state:
+            self.num_classes = num_classes
+            self.state = {name: torch.zeros_like(value) for name, value in batch.items()}
+        for name, value in batch.items():
+            self.state[name] += value
+        self.confidences += confidences
+        self.corrects += corrects
+
+    def _batch_statistics(self, scores, labels, from_logits):
+        """Per-batch sums, accumulated chunk by chunk (the per-row work of a chunk is small enough to run without
+        thread synchronisation); raises (one host sync) if the scores are invalid, before any state changes."""
+        n_rows, num_classes = scores.shape
+        dtype = _compute_dtype(scores.dtype)
+        device = scores.device
+        M = self.n_bins
+        first_edge = _inner_edges(M, dtype)[0] if M > 1 else 1.0  # p > first_edge  <=>  p > 1/M exactly
+        tolerance = 1e-2 if scores.dtype in (torch.float16, torch.bfloat16) else 1e-3
+        chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
+        chunk_rows = max(1, chunk_elements // num_classes)
+
+        def zeros(*shape, dtype=torch.float64):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        batch = {"n": torch.tensor(n_rows, device=device), "correct": zeros(dtype=torch.long),
+                 "top5_correct": zeros(dtype=torch.long), "nll_sum": zeros(), "brier_sum": zeros(),
+                 "entropy_sum": zeros(), "s99_count": zeros(dtype=torch.long), "s99_correct": zeros(dtype=torch.long),
+                 "bin_count": zeros(M, dtype=torch.long), "bin_conf_sum": zeros(M),
+                 "bin_correct": zeros(M, dtype=torch.long)}
+        if self.classwise:
+            batch.update(class_label_count=zeros(num_classes * M, dtype=torch.long),
+                         class_prob_sum=zeros(num_classes * M),  # every bin but the first, see compute()
+                         class_prob_total=zeros(num_classes))
+        invalid = zeros(dtype=torch.bool)
+        confidences, corrects = [], []
+        for start in range(0, n_rows, chunk_rows):
+            x = scores[start:start + chunk_rows].to(dtype).contiguous()
+            y = labels[start:start + chunk_rows, None]
+            p_label = None
+            if from_logits:
+                log_p = torch.log_softmax(x, dim=-1)
+                p = log_p.exp()
+                neg_entropy = (p * log_p).sum(-1)
+                log_p_label = log_p.gather(1, y).squeeze(1)
+                invalid |= ~torch.isfinite(neg_entropy).all()  # a NaN / inf logit makes its row's sum NaN
+            else:
+                p = x
+                low, high = p.aminmax()
+                invalid |= ~((low >= 0) & (high <= 1))  # also catches NaN
+                invalid |= ((p.sum(-1) - 1).abs() > tolerance).any()
+                neg_entropy = -torch.special.entr(p).sum(-1)  # 0 log 0 = 0
+                p_label = p.gather(1, y).squeeze(1)
+                log_p_label = p_label.log()  # -inf when p_y == 0
+            if p_label is None:
+                p_label = p.gather(1, y).squeeze(1)
+            confidence = p.amax(dim=-1)  # ~7x cheaper than max() with indices; the argmax is resolved below
+            sum_sq = (p * p).sum(-1)
+            if num_classes >= 5:  # top-5: fewer than 5 classes strictly more probable (ties count for the label)
+                batch["top5_correct"] += ((p > p_label[:, None]).sum(-1, dtype=torch.int32) < 5).sum()
+            upper = None
+            if self.classwise:
+                # Most p_ik are <= 1/M (first bin) and a row has fewer than M values above it, so only those are
+                # binned; the first bin's sum is the class total minus the upper bins (at compute time).
+                batch["class_prob_total"] += p.sum(0).to(torch.float64)
+                if M > 1:
+                    flat = _flat_nonzero((p > first_edge).view(-1))
+                    value = p.view(-1).index_select(0, flat)
+                    target = (flat % num_classes) * M + bin_index(value, M)
+                    batch["class_prob_sum"].index_add_(0, target, value.to(torch.float64))
+                    upper = flat // num_classes, value
+                batch["class_label_count"] += torch.bincount(y.view(-1) * M + bin_index(p_label, M),
+                                                             minlength=num_classes * M)
+            correct = _top1_correct(p, y.view(-1), p_label, confidence, upper, first_edge)
+
+            # per-row quantities of this chunk -> sums
+            p_label64 = p_label.to(torch.float64)
+            # Brier = sum_k (p_k - 1[k=y])^2 = (1 - p_y)^2 + (sum_k p_k^2 - p_y^2)
+            brier = (1 - p_label64).square() + (sum_sq.to(torch.float64) - p_label64.square())
+            s99 = confidence >= S99_THRESHOLD
+            count, conf_sum, correct_sum = equal_width_sums(confidence, correct, M)
+            batch["correct"] += correct.sum()
+            batch["nll_sum"] -= log_p_label.to(torch.float64).sum()
+            batch["brier_sum"] += brier.sum()
+            batch["entropy_sum"] -= neg_entropy.to(torch.float64).sum()
+            batch["s99_count"] += s99.sum()
+            batch["s99_correct"] += (s99 & correct).sum()
+            batch["bin_count"] += count
+            batch["bin_conf_sum"] += conf_sum
+            batch["bin_correct"] += correct_sum
+            if self.adaptive:
+                confidences.append(confidence)
+                corrects.append(correct)
+
+        if bool(invalid):  # one host sync per batch; the slow path names the bad value
+            if from_logits:
+                check_finite(scores, "logits")
+            else:
+                _raise_bad_probs(scores, tolerance)
+        return batch, confidences, corrects
+
+    # -- combine ---------------------------------------------------------------------------------------------------
+    def merge(self, other: "CalibrationAccumulator") -> "CalibrationAccumulator":
+        """Add another accumulator's state (same n_bins / classwise / adaptive settings) into this one."""
+        if (other.n_bins, other.classwise, other.adaptive) != (self.n_bins, self.classwise, self.adaptive):
+            raise ValueError(f"cannot merge accumulators with different settings: (n_bins, classwise, adaptive) = "
+                             f"{(self.n_bins, self.classwise, self.adaptive)} vs "
+                             f"{(other.n_bins, other.classwise, other.adaptive)}")
+        if not other.state:
+            return self
+        if not self.state:
+            self.num_classes = other.num_classes
+            self.state = {name: torch.zeros_like(value) for name, value in other.state.items()}
+        elif other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge accumulators with {self.num_classes} and {other.num_classes} classes")
+        device = next(iter(self.state.values())).device
+        for name, value in other.state.items():
+            self.state[name] += value.to(device)
+        self.confidences += [c.to(device) for c in other.confidences]
+        self.corrects += [c.to(device) for c in other.corrects]
+        return self
+
+    def all_reduce(self, group=None) -> "CalibrationAccumulator":
+        """Combine the state of every process of a ``torch.distributed`` group (call it on all of them).
+
+        Per-bin / per-class sums are summed; the AdaECE samples are all-gathered. Every process must have seen at
+        least one batch (so that the number of classes is known).
+        """
+        import torch.distributed as dist
+
+        if not self.state:
+            raise ValueError("all_reduce() needs at least one update() on every process")
+        for name in self._SUMMED:
+            if name in self.state:
+                dist.all_reduce(self.state[name], group=group)
+        if self.adaptive:
+            confidence, correct = torch.cat(self.confidences), torch.cat(self.corrects)
+            world = dist.get_world_size(group)
+            size = torch.tensor([confidence.numel()], device=confidence.device)
+            sizes = [torch.zeros_like(size) for _ in range(world)]
+            dist.all_gather(sizes, size, group=group)
+            longest = int(max(sizes))  # all_gather needs equal shapes: pad, then trim
+            gathered_conf = [confidence.new_zeros(longest) for _ in range(world)]
+            gathered_correct = [torch.zeros(longest, dtype=torch.uint8, device=confidence.device)
+                                for _ in range(world)]
+            dist.all_gather(gathered_conf, torch.cat([confidence, confidence.new_zeros(longest - len(confidence))]),
+                            group=group)
+            padded = torch.zeros(longest, dtype=torch.uint8, device=correct.device)
+            padded[:len(correct)] = correct.to(torch.uint8)
+            dist.all_gather(gathered_correct, padded, group=group)
+            self.confidences = [c[:int(s)] for c, s in zip(gathered_conf, sizes)]
+            self.corrects = [c[:int(s)].bool() for c, s in zip(gathered_correct, sizes)]
+        return self
+
+    # -- results ---------------------------------------------------------------------------------------------------
+    def _require_samples(self):
+        if not self.state:
+            raise ValueError("empty input: no samples were accumulated (no update(), or every label was "
+                             f"ignore_index={self.ignore_index})")
+
+    def compute(self) -> dict:
+        """The metrics of :func:`calibration_metrics` (one host transfer)."""
+        self._require_samples()
+        s = self.state
+        n = s["n"].to(torch.float64)
+        ece, mce = ece_from_sums(s["bin_count"], s["bin_conf_sum"], s["bin_correct"])
+        values = {
+            "n": n,
+            "accuracy": s["correct"] / n,
+            "error": 1 - s["correct"] / n,
+            "top5_error": 1 - s["top5_correct"] / n,
+            "nll": s["nll_sum"] / n,
+            "brier": s["brier_sum"] / n,
+            "ece": ece,
+            "mce": mce,
+            "s99": s["s99_count"] / n,
+            "s99_accuracy": s["s99_correct"] / s["s99_count"].clamp(min=1).to(torch.float64),
+            "entropy": s["entropy_sum"] / n,
+        }
+        if self.adaptive:
+            values["adaece"] = adaptive_ece(torch.cat(self.confidences), torch.cat(self.corrects), self.n_bins)
+        if self.classwise:
+            M = self.n_bins
+            label_count = s["class_label_count"].view(-1, M).to(torch.float64)
+            prob_sum = s["class_prob_sum"].view(-1, M).clone()
+            prob_sum[:, 0] = s["class_prob_total"] - prob_sum[:, 1:].sum(1)  # first bin = total - upper bins
+            values["classwise_ece"] = (label_count - prob_sum).abs().sum(1).mean() / n
+        names = list(values)
+        numbers = dict(zip(names, torch.stack([v.to(torch.float64) for v in values.values()]).tolist()))
+
+        order = ["n", "accuracy", "error", "top5_error", "nll", "brier", "ece", "adaece", "mce", "classwise_ece",
+                 "s99", "s99_accuracy", "entropy"]
+        result = {name: numbers[name] for name in order if name in numbers}
+        result["n"] = int(result["n"])
+        if self.num_classes < 5:
+            del result["top5_error"]
+        if result["s99"] == 0:
+            result["s99_accuracy"] = None
+        return result
+
+    def bins(self) -> ReliabilityBins:
+        """Reliability-diagram bins of the top-1 confidence (one host transfer)."""
+        self._require_samples()
+        count, conf_sum, correct = self.state["bin_count"], self.state["bin_conf_sum"], self.state["bin_correct"]
+        ece, mce = ece_from_sums(count, conf_sum, correct)
+        filled = count.clamp(min=1).to(torch.float64)
+        empty = count == 0
+        nan = torch.full_like(conf_sum, math.nan)
+        table = torch.cat([count.to(torch.float64), torch.where(empty, nan, conf_sum / filled),
+                           torch.where(empty, nan, correct / filled), ece.view(1), mce.view(1)]).cpu().numpy()
+        M = self.n_bins
+        return ReliabilityBins(edges=np.arange(M + 1) / M, counts=table[:M].astype(np.int64),
+                               confidence=table[M:2 * M], accuracy=table[2 * M:3 * M],
+                               ece=float(table[3 * M]), mce=float(table[3 * M + 1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One-shot functions
+# ----------------------------------------------------------------------------------------------------------------
+
+def calibration_metrics(labels, *, logits=None, probs=None, n_bins: int = 15,
+                        ignore_index: int | None = None) -> dict:
+    """Calibration and accuracy metrics of one set of predictions (fractions, not %).
+
+    Args:
+        labels: integer class indices ``[...]`` (torch tensor or numpy array).
+        logits / probs: exactly one, ``[..., K]`` with classes last.
+        n_bins: ``M``, for the equal-width bins ``((i-1)/M, i/M]`` (ECE eq. 1, MCE eq. 2, classwise ECE) and the
+            equal-mass bins of AdaECE (eq. 3).
+        ignore_index: rows with this label are dropped.
+
+    Returns:
+        ``n, accuracy, error, top5_error`` (K >= 5), ``nll, brier, ece, adaece, mce, classwise_ece, s99,
+        s99_accuracy`` (None when S99 is empty), ``entropy`` (nats). See the module docstring for the conventions.
+    """
+    accumulator = CalibrationAccumulator(n_bins, ignore_index=ignore_index)
+    accumulator.update(labels, logits=logits, probs=probs)
+    return accumulator.compute()
+
+
+def reliability_bins(labels, *, logits=None, probs=None, n_bins: int = 15,
+                     ignore_index: int | None = None) -> ReliabilityBins:
+    """Equal-width reliability-diagram bins ``((i-1)/M, i/M]`` of the top-1 confidence, with ECE (eq. 1) / MCE (eq. 2)."""
+    accumulator = CalibrationAccumulator(n_bins, ignore_index=ignore_index, classwise=False, adaptive=False)
+    accumulator.update(labels, logits=logits, probs=probs)
+    return accumulator.bins()

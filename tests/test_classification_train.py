@@ -1,0 +1,209 @@
+"""classification/train.py and evaluate.py end to end on tiny data in the standard formats: every loss, every model,
+exact resume after SIGKILL, a 2-process torchrun (gloo) run, bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from classification import evaluate as evaluate_script
+from classification import train as train_script
+from focal_calibration.checkpoint import load_checkpoint
+from focal_calibration.losses import PAPER_LOSS_SPECS
+from focal_calibration.metrics import calibration_metrics
+from focal_calibration.temperature import fit_temperature
+from test_classification_data import make_fashion_mnist, make_image_tree
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--eval-batch-size", "256", "--workers", "0", "--progress", "--print-freq", "1000"]
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory):
+    return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=360, n_test=100)
+
+
+@pytest.fixture(scope="module")
+def image_tree(tmp_path_factory):
+    return make_image_tree(tmp_path_factory.mktemp("tree"), classes=3, per_class=4, size=16)
+
+
+def run(argv):
+    args = train_script.get_args_parser().parse_args(argv + FAST)
+    args.progress = False
+    return train_script.main(args)
+
+
+def fmnist_args(fmnist, out, *extra):
+    return ["--dataset", "fashion-mnist", "--data-dir", str(fmnist), "--val-size", "60", "--batch-size", "64",
+            "--output-dir", str(out), *extra]
+
+
+def read_log(out):
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss", PAPER_LOSS_SPECS + ("ls-torch-0.1",))
+def test_every_loss_trains_and_reports(fmnist, tmp_path, loss):
+    extra = ["--epochs", "2", "--gamma-milestones", "1", "2"] if loss.startswith("flsc") else ["--epochs", "1"]
+    record = run(fmnist_args(fmnist, tmp_path, "--loss", loss, "--limit-train", "128", *extra))
+    log = read_log(tmp_path)
+    assert [line["epoch"] for line in log] == list(range(1, len(log) + 1))
+    if loss.startswith("flsc"):  # the trainer feeds the epoch: γ = 5 in epoch 1, 3 in epoch 2
+        assert [line["gamma"] for line in log] == [5.0, 3.0]
+    evaluation = record["evaluation"]
+    assert evaluation["pre"]["n"] == 100 and evaluation["val_pre"]["n"] == 60
+    for key in ("ece", "adaece", "mce", "classwise_ece", "nll", "error"):
+        assert 0 <= evaluation["post"][key] < float("inf")
+    assert (tmp_path / "reliability_pre.png").exists() and (tmp_path / "reliability_post.png").exists()
+
+
+def test_dynamics_log_and_evaluation_match_the_core_on_saved_logits(fmnist, tmp_path):
+    record = run(fmnist_args(fmnist, tmp_path, "--epochs", "3", "--lr-milestones", "2", "--grad-norm-epochs", "3",
+                             "--loss", "flsd-53") + ["--batch-size", "16"])
+    log = read_log(tmp_path)
+    assert [line["lr"] for line in log] == pytest.approx([0.1, 0.1, 0.01])
+    assert log[-1]["test_error"] < 0.5  # the learnable fake data is learnt: labels and images stay aligned
+    saved = torch.load(tmp_path / "logits.pt", weights_only=True)
+    test = calibration_metrics(saved["test_labels"], logits=saved["test_logits"])
+    assert record["evaluation"]["pre"] == test
+    assert log[-1]["test_ece"] == test["ece"] and log[-1]["test_nll"] == test["nll"]
+    t = fit_temperature(saved["val_logits"], saved["val_labels"], objective="ece").temperature
+    assert record["evaluation"]["temperature"] == t
+    assert record["evaluation"]["post"] == calibration_metrics(saved["test_labels"], logits=saved["test_logits"] / t)
+    correct = saved["test_logits"].argmax(1) == saved["test_labels"]
+    wrong_nll = calibration_metrics(saved["test_labels"][~correct], logits=saved["test_logits"][~correct])["nll"]
+    assert log[-1]["test_nll_incorrect"] == pytest.approx(wrong_nll)
+    weight = load_checkpoint(tmp_path / "checkpoint.pt")["model"]["fc.weight"]
+    assert log[-1]["last_layer_weight_norm"] == pytest.approx(float(weight.norm()))
+    norms = torch.load(tmp_path / "grad_norms_epoch3.pt", weights_only=True)["norms"]
+    assert norms.shape == (300,) and bool((norms > 0).all())
+
+    # evaluate.py on the checkpoint reproduces the training run's final numbers
+    args = evaluate_script.get_args_parser().parse_args([str(tmp_path / "checkpoint.pt"), "--workers", "0"])
+    (again,) = evaluate_script.main(args)
+    assert again["evaluation"] == record["evaluation"]
+    assert (tmp_path / "evaluation" / "results.json").exists()
+
+
+def test_official_code_options(fmnist, tmp_path):
+    """--official-code: summed loss, clipping at 2, scheduler.step() before each epoch (lr drops one epoch early)."""
+    record = run(fmnist_args(fmnist, tmp_path, "--official-code", "--epochs", "2", "--lr-milestones", "2",
+                             "--limit-train", "64", "--limit-eval", "30"))
+    assert (record["args"]["loss_reduction"], record["args"]["clip_grad_norm"]) == ("sum", 2.0)
+    assert [line["lr"] for line in read_log(tmp_path)] == pytest.approx([0.1, 0.01])
+
+
+def test_last_layer_gradient_norms_equal_per_sample_autograd():
+    from classification.dynamics import last_layer_gradient_norms
+    from focal_calibration.losses import build_loss
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(5, 4)
+    features, labels = torch.randn(6, 5), torch.randint(0, 4, (6,))
+    loss = build_loss("flsd-53", reduction="sum")
+    norms = last_layer_gradient_norms(fc(features), features, labels, loss)
+    for i in range(6):
+        fc.zero_grad()
+        loss(fc(features[i:i + 1]), labels[i:i + 1]).backward()
+        expected = torch.cat([fc.weight.grad.flatten(), fc.bias.grad]).norm()
+        assert norms[i] == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "mlp", "resnet50", "resnet110", "wide_resnet26_10", "densenet121",
+                                   "resnet50_tiny"])
+def test_every_model_trains_one_step(image_tree, tmp_path, model):
+    record = run(["--dataset", "imagefolder", "--data-dir", str(image_tree), "--image-size", "16", "--val-size", "3",
+                  "--model", model, "--epochs", "1", "--batch-size", "9", "--output-dir", str(tmp_path),
+                  "--loss", "flsd-53"])
+    assert record["model"] == model and record["evaluation"]["pre"]["n"] == 6
+
+
+def _cli_error(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_script.cli(argv + FAST)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_are_refused_with_clear_messages(fmnist, tmp_path, capsys):
+    base = fmnist_args(fmnist, tmp_path / "run", "--epochs", "1")
+    assert "unknown model 'resnet51'" in _cli_error(base + ["--model", "resnet51"], capsys)
+    assert "unknown dataset 'imagenet'" in _cli_error(["--dataset", "imagenet"], capsys)
+    assert "unknown loss spec 'focal'" in _cli_error(base + ["--loss", "focal"], capsys)
+    assert "--batch-size must be >= 1, got 0" in _cli_error(base + ["--batch-size", "0"], capsys)
+    assert f"{tmp_path / 'missing'}" in _cli_error(
+        fmnist_args(tmp_path / "missing", tmp_path / "run"), capsys)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert "bad.pt' is truncated or corrupted" in _cli_error(base + ["--resume", str(bad)], capsys)
+
+    run(base)
+    message = _cli_error(base + ["--resume", "auto", "--loss", "flsd-53", "--lr", "0.05", "--epochs", "2"], capsys)
+    assert "cannot resume: --loss was 'ce', now 'flsd-53'; --lr was 0.1, now 0.05" in message
+
+
+def _train_subprocess(fmnist, out, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, str(REPO / "classification" / "train.py"),
+               *fmnist_args(fmnist, out, "--epochs", "3", "--batch-size", "8", "--lr-milestones", "2",
+                            "--loss", "flsd-53", "--print-freq", "1", "--workers", "0", "--no-progress",
+                            "--limit-train", "120", "--limit-eval", "50", *extra)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+
+
+def test_resume_after_sigkill_mid_epoch_is_exact(fmnist, tmp_path):
+    straight = _train_subprocess(fmnist, tmp_path / "straight")
+    output = straight.communicate(timeout=300)[0]
+    assert straight.returncode == 0, output
+
+    killed = _train_subprocess(fmnist, tmp_path / "killed")
+    for line in killed.stdout:  # kill in the middle of epoch 2 (after epoch 1's checkpoint)
+        if line.startswith("epoch 2/3 step 5/"):
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 0  # really mid-epoch 2
+    resumed = _train_subprocess(fmnist, tmp_path / "killed", "--resume", "auto")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and "resumed from" in output, output
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in ("optimizer", "scheduler"):
+        assert str(a[key]) == str(b[key])
+    results = [json.loads((tmp_path / d / "results.json").read_text())["evaluation"] for d in ("straight", "killed")]
+    assert results[0] == results[1]
+    log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "killed")
+    strip = lambda log: [{k: v for k, v in line.items() if k != "seconds"} for line in log]  # noqa: E731
+    assert strip(log_a) == strip(log_b)
+
+
+def test_torchrun_two_processes_gloo(fmnist, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "classification" / "train.py"),
+               *fmnist_args(fmnist, tmp_path, "--epochs", "2", "--batch-size", "32", "--loss", "flsd-53",
+                            "--workers", "0", "--no-progress")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["args"]["world_size"] == 2
+    saved = torch.load(tmp_path / "logits.pt", weights_only=True)
+    assert len(saved["test_labels"]) == 100 and len(saved["val_labels"]) == 60  # every row once, none padded
+    # rows come back in dataset order from both ranks: the labels equal the test file's labels
+    from classification.datasets import load_dataset
+    data = load_dataset("fashion-mnist", data_dir=fmnist, val_size=60)
+    assert torch.equal(saved["test_labels"], data.test.labels) and torch.equal(saved["val_labels"], data.val.labels)
+    assert record["evaluation"]["pre"] == calibration_metrics(saved["test_labels"], logits=saved["test_logits"])
+    log = read_log(tmp_path)
+    assert len(log) == 2 and log[-1]["test_ece"] == record["evaluation"]["pre"]["ece"]
+    assert result.stdout.count("final:") == 1  # only rank 0 reports
