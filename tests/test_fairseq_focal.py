@@ -1,0 +1,412 @@
+"""The fairseq user-dir through fairseq's real CLIs on a tiny corpus this module builds (fairseq-preprocess,
+fairseq-train --user-dir fairseq_focal --criterion focal_loss, fairseq-generate with the temperature sweep), plus
+in-process checks of the criterion against fairseq's own criteria and independent formulas."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+USER_DIR = ROOT / "fairseq_focal"
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import fairseq_focal  # noqa: E402  (registers focal_loss / translation_temperature_sweep, applies the compat fixes)
+from fairseq_focal.criterions.focal_loss import FocalLossCriterion  # noqa: E402
+from fairseq_focal.sweep_generator import parse_temperatures  # noqa: E402
+from nmt_toy_corpus import write_corpus  # noqa: E402
+
+TINY_MODEL = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+              "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+              "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--share-all-embeddings"]
+TRAIN = ["--task", "translation", "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "1000", "--cpu",
+         "--seed", "1", "--no-progress-bar", "--log-interval", "1", "--no-epoch-checkpoints"]
+N_TEST = 100  # 100 = 6 batches of 16 + 4: fairseq 0.12 drops the 4 with --required-batch-size-multiple 8
+TEMPERATURES = (0.5, 1.0, 2.0)
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def run(tool, *args, check=True):
+    result = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, env=ENV)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def train(data, save_dir, *extra, epochs=2):
+    result = run("fairseq-train", data, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN, "--save-dir", save_dir,
+                 "--max-epoch", epochs, *extra)
+    return result.stdout + result.stderr
+
+
+def log_values(log: str, kind: str, key: str):
+    """Values of `key` in fairseq's `| train |` or `| valid |` epoch lines, in order."""
+    lines = [line for line in log.splitlines() if f"| {kind} | epoch" in line]
+    return [float(re.search(rf"\| {key} ([-\d.e+na]+)", line).group(1)) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    data = write_corpus(folder, n_words=40, seed=0, env=ENV)
+    save = folder / "fl1"
+    log = train(data, save, "--criterion", "focal_loss", "--gamma", "1", "--batch-size", "16",
+                "--required-batch-size-multiple", "8", epochs=12)
+    return {"folder": folder, "data": data, "checkpoint": save / "checkpoint_last.pt", "log": log}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training through the CLI
+
+def test_user_command_trains_and_logs_validation_ece(corpus):
+    log = corpus["log"]
+    assert "done training" in log
+    losses = log_values(log, "train", "loss")
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    assert log_values(log, "train", "gamma") == [1.0] * 12
+    eces = log_values(log, "valid", "ece")
+    assert len(eces) == 12 and all(0 <= e <= 100 for e in eces)
+    nll, loss = log_values(log, "valid", "nll_loss"), log_values(log, "valid", "loss")
+    assert all(n > l for n, l in zip(nll, loss))  # focal loss < NLL for γ = 1 whenever p < 1
+    assert "ppl" in [line for line in log.splitlines() if "| valid | epoch" in line][0]
+
+
+def test_gamma_zero_trains_exactly_like_fairseq_cross_entropy(corpus, tmp_path):
+    ours = train(corpus["data"], tmp_path / "fl0", "--criterion", "focal_loss", "--gamma", "0", "--no-save")
+    theirs = train(corpus["data"], tmp_path / "ce", "--criterion", "cross_entropy", "--no-save")
+    for kind in ("train", "valid"):  # logged rounded to 3 (loss) / 2 (ppl) decimals: allow one rounding step
+        assert log_values(ours, kind, "loss") == pytest.approx(log_values(theirs, kind, "loss"), abs=1.5e-3)
+        assert log_values(ours, kind, "ppl") == pytest.approx(log_values(theirs, kind, "ppl"), abs=1.5e-2)
+
+
+def test_epoch_scheduled_gamma_reaches_the_criterion(corpus, tmp_path):
+    log = train(corpus["data"], tmp_path / "flsc", "--criterion", "focal_loss", "--gamma-policy", "flsc-51",
+                "--gamma-milestones", "1", "--no-save")
+    assert log_values(log, "train", "gamma") == [5.0, 1.0]
+
+
+def test_checkpoint_resumes(corpus, tmp_path):
+    save = tmp_path / "resume"
+    shutil.copytree(corpus["checkpoint"].parent, save)
+    log = train(corpus["data"], save, "--criterion", "focal_loss", "--gamma", "1", "--batch-size", "16",
+                "--required-batch-size-multiple", "8", epochs=13)
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 13 @ \d+ updates\)", log)
+    assert len(log_values(log, "train", "loss")) == 1 and "epoch 013" in log
+
+
+def test_bad_criterion_options_fail_clearly(corpus, tmp_path):
+    result = run("fairseq-train", corpus["data"], "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN, "--save-dir",
+                 tmp_path, "--criterion", "focal_loss", "--gamma", "-1", "--max-epoch", "1", check=False)
+    assert result.returncode != 0 and "gamma must be a finite number >= 0, got -1" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The criterion in-process, against fairseq's criteria and formulas
+
+@pytest.fixture(scope="module")
+def loaded(corpus):
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(corpus["checkpoint"])],
+                                                                    arg_overrides={"data": str(corpus["data"])})
+    task.load_dataset("valid")
+    batches = list(task.get_batch_iterator(task.dataset("valid"), max_sentences=25).next_epoch_itr(shuffle=False))
+    return models[0], task, batches
+
+
+def step(model, criterion, sample, training=True):
+    model.zero_grad()
+    model.train(training)
+    torch.manual_seed(0)  # the same dropout masks for every criterion
+    loss, sample_size, log = criterion(model, sample)
+    loss.backward()
+    return loss.detach(), sample_size, log, [p.grad.clone() for p in model.parameters()]
+
+
+def assert_same_step(a, b):
+    torch.testing.assert_close(a[0], b[0], rtol=1e-6, atol=1e-5)
+    assert a[1] == b[1]
+    scale = max(float(g.abs().max()) for g in b[3])
+    for ga, gb in zip(a[3], b[3]):  # float32 sums over ~100 tokens, computed in different orders
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("sentence_avg", [False, True])
+def test_gamma_zero_equals_cross_entropy_criterion(loaded, sentence_avg):
+    from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+
+    model, task, batches = loaded
+    ours = step(model, FocalLossCriterion(task, sentence_avg, gamma=0.0), batches[0])
+    theirs = step(model, CrossEntropyCriterion(task, sentence_avg), batches[0])
+    assert_same_step(ours, theirs)
+    torch.testing.assert_close(ours[2]["nll_loss"], theirs[2]["loss"], rtol=1e-6, atol=1e-5)
+
+
+def test_gamma_zero_with_smoothing_equals_label_smoothed_cross_entropy(loaded):
+    from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+    model, task, batches = loaded
+    options = dict(label_smoothing=0.1, ignore_prefix_size=1, report_accuracy=True)
+    ours = step(model, FocalLossCriterion(task, False, gamma=0.0, **options), batches[0])
+    theirs = step(model, LabelSmoothedCrossEntropyCriterion(task, False, **options), batches[0])
+    assert_same_step(ours, theirs)
+    torch.testing.assert_close(ours[2]["nll_loss"], theirs[2]["nll_loss"], rtol=1e-6, atol=1e-5)
+    assert int(ours[2]["n_correct"]) == theirs[2]["n_correct"] and int(ours[2]["total"]) == theirs[2]["total"]
+
+
+def _naive_focal(model, sample, gamma_of_p, pad):
+    with torch.no_grad():
+        model.eval()
+        log_p = torch.log_softmax(model(**sample["net_input"])[0].double(), -1)
+        target = sample["target"]
+        log_p_y = log_p.gather(-1, target[..., None]).squeeze(-1)[target != pad]
+    p = log_p_y.exp()
+    gamma = gamma_of_p(p)
+    return (-(1 - p) ** gamma * log_p_y).sum(), -log_p_y.sum(), gamma
+
+
+@pytest.mark.parametrize("policy, gamma_of_p", [
+    (None, lambda p: torch.ones_like(p)),
+    ("flsd-53", lambda p: torch.where(p < 0.2, 5.0, 3.0).double()),
+])
+def test_focal_loss_value_and_policies_against_the_formula(loaded, policy, gamma_of_p):
+    model, task, batches = loaded
+    criterion = FocalLossCriterion(task, False, gamma=1.0, gamma_policy=policy)
+    model.eval()
+    loss, _, log = criterion(model, batches[0])
+    ref, ref_nll, gamma = _naive_focal(model, batches[0], gamma_of_p, task.target_dictionary.pad())
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-4)
+    assert float(log["gamma_sum"]) / float(log["gamma_tokens"]) == pytest.approx(float(gamma.mean()), rel=1e-6)
+    if policy:
+        assert 3 < float(gamma.mean()) < 5  # both bands are used
+
+
+def numpy_ece_percent(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Eq. (1) directly: bins ((i-1)/M, i/M] of the top-1 softmax confidence, |sum(correct - conf)| / N."""
+    z = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    conf, correct = probs.max(-1), (probs.argmax(-1) == labels)
+    index = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    gaps = np.zeros(n_bins)
+    np.add.at(gaps, index, correct - conf)
+    return 100 * np.abs(gaps).sum() / len(labels)
+
+
+def test_validation_ece_is_exact_over_batches(loaded):
+    from fairseq.logging import metrics
+
+    model, task, batches = loaded
+    criterion = FocalLossCriterion(task, False, gamma=1.0)
+    model.eval()
+    logs, all_logits, all_labels = [], [], []
+    pad = task.target_dictionary.pad()
+    with torch.no_grad():
+        for sample in batches:
+            logs.append(criterion(model, sample)[2])
+            keep = sample["target"] != pad
+            all_logits.append(model(**sample["net_input"])[0][keep].double().numpy())
+            all_labels.append(sample["target"][keep].numpy())
+    assert len(batches) > 1
+    expected = numpy_ece_percent(np.concatenate(all_logits), np.concatenate(all_labels))
+    summed = {key: sum(log[key] for log in logs) for key in logs[0]}  # what fairseq's fast stat sync does
+    for outputs in (logs, [summed]):
+        with metrics.aggregate(new_root=True) as agg:
+            FocalLossCriterion.reduce_metrics(outputs)
+            assert agg.get_smoothed_values()["ece"] == pytest.approx(expected, abs=1.5e-3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(gamma=-1.0), "gamma must be a finite number >= 0, got -1.0"),
+    (dict(gamma_policy="flsd-5x3"), "unknown loss spec 'flsd-5x3'"),
+    (dict(gamma_policy="brier"), "--gamma-policy must name a focal-loss policy"),
+    (dict(gamma_policy="flsc-4321"), "need explicit milestones"),
+    (dict(gamma_policy="flsc-321", gamma_milestones="2,x"), "--gamma-milestones must be comma-separated"),
+    (dict(label_smoothing=1.0), "--label-smoothing must lie in [0, 1), got 1.0"),
+])
+def test_bad_criterion_arguments(loaded, kwargs, message):
+    _, task, _ = loaded
+    with pytest.raises(ValueError) as info:
+        FocalLossCriterion(task, False, **kwargs)
+    assert message in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compat fixes
+
+def test_last_partial_batch_is_kept(loaded):
+    _, task, _ = loaded
+    task.load_dataset("test")
+    dataset = task.dataset("test")
+    batches = task.get_batch_iterator(dataset, max_sentences=16, required_batch_size_multiple=8).frozen_batches
+    ids = np.concatenate([np.asarray(b) for b in batches])
+    assert sorted(ids.tolist()) == list(range(N_TEST))  # every sentence exactly once (fairseq alone: 96)
+    assert [len(b) for b in batches].count(4) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Temperature sweep
+
+@pytest.fixture(scope="module")
+def generations(corpus):
+    """fairseq-generate --temperature T for each T, and one sweep run; all with batches fairseq would cut."""
+    common = [corpus["data"], "--user-dir", USER_DIR, "--path", corpus["checkpoint"], "--beam", "3", "--cpu",
+              "--batch-size", "16", "--required-batch-size-multiple", "8", "--gen-subset", "test"]
+    separate = {t: run("fairseq-generate", *common, "--temperature", t).stdout for t in TEMPERATURES}
+    sweep_file = corpus["folder"] / "sweep.tsv"
+    sweep = run("fairseq-generate", *common, "--task", "translation_temperature_sweep", "--temperatures",
+                ",".join(map(str, TEMPERATURES)), "--sweep-output", sweep_file).stdout
+    return separate, sweep, sweep_file
+
+
+def hypotheses(generate_stdout: str) -> dict:
+    out = {}
+    for line in generate_stdout.splitlines():
+        if line.startswith("H-"):
+            head, score, text = line.split("\t")
+            out[int(head[2:])] = (float(score), text)
+    return out
+
+
+def test_every_test_sentence_is_translated(generations):
+    separate, sweep, _ = generations
+    assert sorted(hypotheses(separate[1.0])) == list(range(N_TEST))
+    assert sorted(hypotheses(sweep)) == list(range(N_TEST))
+
+
+def test_sweep_hypotheses_equal_separate_temperature_runs(generations):
+    separate, sweep, sweep_file = generations
+    rows = [line.split("\t") for line in sweep_file.read_text().splitlines()]
+    assert len(rows) == N_TEST * len(TEMPERATURES)
+    for t in TEMPERATURES:
+        reference = hypotheses(separate[t])
+        ours = {int(i): (float(s), h) for temp, i, s, h in rows if float(temp) == t}
+        assert {i: h for i, (_, h) in ours.items()} == {i: h for i, (_, h) in reference.items()}
+        for i, (score, _) in ours.items():
+            assert score == pytest.approx(reference[i][0], abs=1e-5)
+    # fairseq-generate's own output in sweep mode is the --temperature (default 1) hypotheses
+    assert {i: h for i, (_, h) in hypotheses(sweep).items()} == {i: h for i, (_, h) in hypotheses(separate[1.0]).items()}
+    distinct = {tuple(h for _, h in sorted(hypotheses(separate[t]).values())) for t in TEMPERATURES}
+    assert len(distinct) > 1  # the temperatures really decode differently
+
+
+def test_sweep_script_curves_against_independent_references(corpus, generations, tmp_path):
+    import nmt_sweep
+    from sacrebleu.metrics import BLEU
+
+    from focal_calibration.temperature import fit_temperature
+
+    separate, _, sweep_file = generations
+    model, task = nmt_sweep.load_model(corpus["checkpoint"], corpus["data"], "cpu")
+    refs = (corpus["folder"] / "test.tgt").read_text().splitlines()
+    curves, signature, _ = nmt_sweep.sweep_split(model, task, "test", TEMPERATURES, beam=3, max_tokens=300,
+                                                  references=refs)
+    assert "tok:13a" in signature and curves["n_sentences"] == N_TEST
+    pad = task.target_dictionary.pad()
+    logits, labels = [], []
+    with torch.no_grad():
+        for sample in task.get_batch_iterator(task.dataset("test"), max_sentences=7).next_epoch_itr(shuffle=False):
+            keep = sample["target"] != pad
+            logits.append(model(**sample["net_input"])[0][keep].double())
+            labels.append(sample["target"][keep])
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    assert curves["n_tokens"] == len(labels)
+    for k, t in enumerate(TEMPERATURES):
+        hyps = hypotheses(separate[t])
+        bleu = BLEU().corpus_score([hyps[i][1] for i in range(N_TEST)], [refs]).score
+        assert curves["bleu"][k] == pytest.approx(bleu, abs=1e-9)
+        assert 100 * curves["ece"][k] == pytest.approx(numpy_ece_percent((logits / t).numpy(), labels.numpy()),
+                                                        abs=1e-4)
+        nll = torch.nn.functional.cross_entropy(logits / t, labels).item()
+        assert curves["nll"][k] == pytest.approx(nll, rel=1e-5)
+    # Table 3: T* by ECE over the grid, as the core's temperature fit chooses it
+    row = nmt_sweep.table3_row(TEMPERATURES, curves, curves)
+    assert row["temperature"] == fit_temperature(logits, labels, "ece", temperatures=list(TEMPERATURES)).temperature
+    scores = nmt_sweep.main(["score", "--sweep-output", str(sweep_file), "--reference",
+                             str(corpus["folder"] / "test.tgt")])
+    assert [scores[t] for t in TEMPERATURES] == pytest.approx(curves["bleu"], abs=1e-9)
+
+
+def test_sweep_run_writes_table_and_figure(corpus, tmp_path):
+    import json
+
+    import nmt_sweep
+
+    out = tmp_path / "out"
+    nmt_sweep.main(["run", "--data", str(corpus["data"]), "--checkpoints", f"FL1={corpus['checkpoint']}",
+                    "--temperatures", "0.5,1,2", "--beam", "2", "--out", str(out), "--cpu"])
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["temperatures"] == [0.5, 1.0, 2.0]
+    model = result["models"]["FL1"]
+    assert all(len(model[split][c]) == 3 for split in ("valid", "test") for c in ("bleu", "ece", "adaece", "nll"))
+    assert model["table3"]["temperature"] in (0.5, 1.0, 2.0)
+    assert "ECE% Pre T / Post T / T" in (out / "table3.md").read_text()
+    assert (out / "figure5.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "at least one value"), (" , ", "at least one value"), ("0,1", "finite number > 0, got 0.0"),
+    ("1,-2", "finite number > 0, got -2.0"), ("1,inf", "got inf"), ("a,1", "comma-separated numbers"),
+    ("1,1", "distinct"),
+])
+def test_bad_temperature_lists(text, message):
+    with pytest.raises(ValueError) as info:
+        parse_temperatures(text)
+    assert message in str(info.value)
+
+
+def test_bad_temperatures_through_fairseq_generate(corpus):
+    result = run("fairseq-generate", corpus["data"], "--user-dir", USER_DIR, "--path", corpus["checkpoint"],
+                 "--cpu", "--task", "translation_temperature_sweep", "--temperatures", "0,1", check=False)
+    assert result.returncode != 0 and "every temperature must be a finite number > 0, got 0.0" in result.stderr
+
+
+def test_checkpoint_from_another_dictionary(corpus, tmp_path):
+    import nmt_sweep
+
+    other = write_corpus(tmp_path, n_words=60, seed=1, env=ENV)
+    with pytest.raises(ValueError, match="trained with another dictionary"):
+        nmt_sweep.load_model(corpus["checkpoint"], other, "cpu")
+    with pytest.raises(SystemExit, match="--temperatures must contain 1"):
+        nmt_sweep.main(["run", "--data", str(corpus["data"]), "--checkpoints", f"a={corpus['checkpoint']}",
+                        "--temperatures", "0.5,2", "--out", str(tmp_path / "x")])
+
+
+class _LogitsModel(torch.nn.Module):
+    """Stands in for a fairseq model whose decoder returns the given logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits, self.decoder = logits, torch.nn.Module()
+
+    def forward(self, **_):
+        return self.logits, None
+
+    def get_targets(self, sample, net_output):
+        return sample["target"]
+
+
+def test_nll_loss_is_exact_where_p_y_underflows():
+    from fairseq.data import Dictionary
+
+    class Task:
+        target_dictionary = Dictionary()  # pad = 1
+
+        def begin_epoch(self, epoch, model):
+            pass
+
+    logits = torch.zeros(1, 4, 6)
+    logits[0, 0, 3], logits[0, 1, 3], logits[0, 2, 3] = 60.0, 200.0, 2.0  # p_y ~ 1e-26, 0 in float32, ~0.2
+    target = torch.tensor([[0, 0, 0, 1]])  # the last position is padding
+    sample = {"net_input": {}, "target": target, "ntokens": 3}
+    for gamma in (0.0, 1.0, 3.0):
+        _, _, log = FocalLossCriterion(Task(), False, gamma=gamma)(_LogitsModel(logits), sample)
+        expected = torch.nn.functional.cross_entropy(logits[0, :3].double(), target[0, :3], reduction="sum")
+        assert float(log["nll_loss"]) == pytest.approx(float(expected), rel=1e-6)
