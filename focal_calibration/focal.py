@@ -110,6 +110,30 @@ class _FocalLossFunction(torch.autograd.Function):
         return grad.to(ctx.logits_dtype), None, None, None, None
 
 
+def _prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str):
+    """Validate and flatten the inputs of a focal loss: ``logits [N, K]``, ``target [N]`` and γ (a checked number,
+    a flattened detached per-sample tensor, or a policy callable)."""
+    logits2d, target1d = flatten_scores_and_labels(logits, target)
+    if logits2d.shape[0] == 0:
+        raise ValueError(f"{caller} got an empty batch (logits shape {tuple(logits.shape)})")
+    if value_checks_enabled(target1d):
+        check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
+    if isinstance(gamma, torch.Tensor):
+        if gamma.dim() > 0:
+            if gamma.shape != target.shape:
+                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target.shape)}, "
+                                 f"got {tuple(gamma.shape)}")
+            gamma = gamma.reshape(-1)
+        if value_checks_enabled(gamma):
+            bad = (gamma < 0) | ~torch.isfinite(gamma)
+            if bool(bad.any()):
+                raise ValueError(f"gamma must be >= 0, got {float(gamma[bad].reshape(-1)[0])}")
+        return logits2d, target1d, gamma.detach()
+    if callable(gamma):
+        return logits2d, target1d, gamma
+    return logits2d, target1d, check_nonnegative_number(gamma, "gamma")
+
+
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *, reduction: str = "mean",
                ignore_index: int = -100, keep_softmax: bool = True) -> torch.Tensor:
     """Focal loss L = -(1 - p_y)^γ log p_y (Mukhoti et al. 2020, §4; Lin et al. 2017), with an analytic backward.
@@ -130,23 +154,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
     Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient has the logits' dtype.
     """
     check_reduction(reduction)
-    logits2d, target1d = flatten_scores_and_labels(logits, target)
-    if logits2d.shape[0] == 0:
-        raise ValueError(f"focal_loss got an empty batch (logits shape {tuple(logits.shape)})")
-    if value_checks_enabled(target1d):
-        check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
-    if isinstance(gamma, torch.Tensor):
-        if gamma.dim() > 0:
-            if gamma.shape != target.shape:
-                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target.shape)}, "
-                                 f"got {tuple(gamma.shape)}")
-            gamma = gamma.reshape(-1)
-        if value_checks_enabled(gamma) and bool((gamma < 0).any() | ~torch.isfinite(gamma).all()):
-            bad = gamma[(gamma < 0) | ~torch.isfinite(gamma)].reshape(-1)[0]
-            raise ValueError(f"gamma must be >= 0, got {float(bad)}")
-        gamma = gamma.detach()
-    elif not callable(gamma):
-        gamma = check_nonnegative_number(gamma, "gamma")
+    logits2d, target1d, gamma = _prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss")
     loss = _FocalLossFunction.apply(logits2d, target1d, gamma, ignore_index, keep_softmax)
     if reduction == "none":
         return loss.reshape(target.shape)

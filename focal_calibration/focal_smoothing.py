@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from focal_calibration._checks import (check_finite, check_labels_in_range, check_nonnegative_number, check_reduction,
-                                       flatten_scores_and_labels, value_checks_enabled)
-from focal_calibration.focal import Gamma, _compute_dtype, _focal_terms
+from focal_calibration._checks import check_finite, check_nonnegative_number, check_reduction, value_checks_enabled
+from focal_calibration.focal import Gamma, _compute_dtype, _focal_terms, _prepare_focal_inputs
 
 __all__ = ["focal_label_smoothed_loss"]
 
@@ -101,25 +100,10 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
     alpha = check_nonnegative_number(alpha, "alpha")
     if alpha > 1:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-    logits2d, target1d = flatten_scores_and_labels(logits, target)
-    if logits2d.shape[0] == 0:
-        raise ValueError(f"focal_label_smoothed_loss got an empty batch (logits shape {tuple(logits.shape)})")
+    logits2d, target1d, gamma = _prepare_focal_inputs(logits, target, gamma, ignore_index,
+                                                      "focal_label_smoothed_loss")
     if logits2d.shape[1] < 2:
         raise ValueError(f"label smoothing needs at least 2 classes, got K={logits2d.shape[1]}")
-    if value_checks_enabled(target1d):
-        check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
-    if isinstance(gamma, torch.Tensor):
-        if gamma.dim() > 0:
-            if gamma.shape != target.shape:
-                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target.shape)}, "
-                                 f"got {tuple(gamma.shape)}")
-            gamma = gamma.reshape(-1)
-        if value_checks_enabled(gamma) and bool((gamma < 0).any() | ~torch.isfinite(gamma).all()):
-            bad = gamma[(gamma < 0) | ~torch.isfinite(gamma)].reshape(-1)[0]
-            raise ValueError(f"gamma must be >= 0, got {float(bad)}")
-        gamma = gamma.detach()
-    elif not callable(gamma):
-        gamma = check_nonnegative_number(gamma, "gamma")
 
     loss, nll = _FocalSmoothedFunction.apply(logits2d, target1d, gamma, alpha, ignore_index)
     if reduction == "none":
