@@ -2,7 +2,7 @@
 
     python benchmarks/focal_loss.py [--rows 4096 --classes 32000 --device cpu|cuda]
 
-Time: median of --repeats runs after a warm-up, all variants in this process, ratio to F.cross_entropy.
+Time: best of --repeats rounds after a warm-up, variants taking turns in this process, ratio to F.cross_entropy.
 Peak memory: each variant runs in a fresh subprocess. On CPU the extra peak is the process's resident high-water mark
 (VmHWM) after one forward+backward minus the mark once the inputs exist (the true peak, whatever the allocator caches); on CUDA it
 is torch.cuda.max_memory_allocated() minus the memory held by the inputs. The gradient itself (one N×K tensor) is
@@ -11,7 +11,6 @@ part of every variant's peak.
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -51,19 +50,19 @@ def sync(device):
 
 
 def time_variants(args):
+    """Round-robin over the variants (so a busy machine slows them alike); best of --repeats rounds."""
     logits, target = make_inputs(args.rows, args.classes, args.device)
-    times = {}
-    for name, fn in VARIANTS.items():
+    runs = {name: [] for name in VARIANTS}
+    for name, fn in VARIANTS.items():  # warm-up
         step(fn, logits, target)
-        runs = []
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):
+        for name, fn in VARIANTS.items():
             sync(args.device)
             start = time.perf_counter()
             step(fn, logits, target)
             sync(args.device)
-            runs.append(time.perf_counter() - start)
-        times[name] = statistics.median(runs)
-    return times
+            runs[name].append(time.perf_counter() - start)
+    return {name: min(times) for name, times in runs.items()}
 
 
 def peak_memory_of(name, args):

@@ -6,6 +6,10 @@ All variants run in this process on the same float32 logits, taking turns (round
 time = median of --repeats rounds (wall clock, and CPU time of all threads), ratio = variant / calibration_metrics.
 torch's thread count is left at its default.
 
+On a machine shared with busy processes (load average above the thread count) OpenMP threads that spin while they
+wait make every parallel op cost a scheduler tick, whatever its size, which penalises code with many ops; compare
+with ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` there, or run on an idle machine.
+
 * calibration_metrics: n, accuracy, top-5, NLL, Brier, ECE, AdaECE, MCE, classwise ECE, S99, entropy.
 * loop reference: what per-bin Python loops cost: softmax, then ECE, AdaECE and classwise ECE with a boolean mask
   and .item() per bin (per class and bin for classwise ECE). Written here for the comparison only.
@@ -18,14 +22,9 @@ import os
 import statistics
 import time
 
-# Threads that wait for work sleep instead of spinning. On a machine shared with other busy processes a spinning
-# OpenMP thread holds its core while the thread it waits for cannot run, and every parallel op then costs a
-# scheduler tick (~4-8 ms) whatever its size. Set before torch loads OpenMP; export OMP_WAIT_POLICY to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import torch  # noqa: E402
-
-from focal_calibration.metrics import calibration_metrics  # noqa: E402
+from focal_calibration.metrics import calibration_metrics
 
 
 def loop_reference(logits, labels, n_bins):
@@ -130,9 +129,10 @@ def main():
     times = interleaved_median_times(variants, args.repeats, args.device)
     base_wall, base_cpu = times["calibration_metrics (all metrics)"]
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"\n{args.rows:,} x {args.classes} float32 logits, {args.bins} bins, {device}, torch {torch.__version__}, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()[0]:.1f} (above the thread "
-          f"count, other processes share these cores)")
+          f"OMP_WAIT_POLICY={policy}, load average {os.getloadavg()[0]:.1f} (above the thread count, other processes "
+          f"share these cores)")
     print(f"{'variant':42s} {'wall ms':>9s} {'x ours':>7s} {'CPU ms':>9s} {'x ours':>7s}")
     for name, (wall, cpu) in times.items():
         print(f"{name:42s} {wall * 1e3:9.1f} {wall / base_wall:7.1f} {cpu * 1e3:9.1f} {cpu / base_cpu:7.1f}")

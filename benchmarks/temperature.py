@@ -4,10 +4,12 @@
 
 The logits are z * 2.5 for logits z of a perfectly calibrated model (labels drawn from softmax(z)), so the fits
 should find T close to 2.5. All variants run in this process, taking turns (round-robin) after a warm-up; time =
-median of --repeats rounds (wall clock, and CPU time of all threads), ratio = variant / fit_temperature(grid). torch's thread count is left at its default.
+median of --repeats rounds (wall clock, and CPU time of all threads), ratio = variant / fit_temperature(grid).
+torch's thread count is left at its default (on a busy shared machine see the note in benchmarks/metrics.py).
 
 * per-T loop: the paper's style, for each T softmax(z / T) and an ECE with a Python loop and .item() per bin. Written
-  here for the comparison only. On the largest input it runs on the first 10 temperatures and is scaled by 10.
+  here for the comparison only. On inputs above 10^7 scores it runs on the first 5 temperatures, scaled by 20, and
+  every variant is timed over at most 2 rounds.
 * peak memory (CPU): the process's resident high-water mark during the variant's first (warm-up) run minus what was
   resident before (Linux /proc, reset per variant); on CUDA the peak of allocated memory above the inputs.
 """
@@ -17,14 +19,9 @@ import os
 import statistics
 import time
 
-# Threads that wait for work sleep instead of spinning. On a machine shared with other busy processes a spinning
-# OpenMP thread holds its core while the thread it waits for cannot run, and every parallel op then costs a
-# scheduler tick (~4-8 ms) whatever its size. Set before torch loads OpenMP; export OMP_WAIT_POLICY to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import torch  # noqa: E402
-
-from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature  # noqa: E402
+from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature
 
 
 def per_temperature_loop(logits, labels, temperatures, n_bins=15):
@@ -80,7 +77,7 @@ def measure(variants, repeats, device):
         if device == "cpu" and _reset_peak_rss():
             before = _rss_kib("VmRSS")
             fn()
-            peaks[name] = (_rss_kib("VmHWM") - before) / 1024
+            peaks[name] = max(0, _rss_kib("VmHWM") - before) / 1024
         elif device == "cuda":
             torch.cuda.synchronize()
             before = torch.cuda.memory_allocated()
@@ -114,7 +111,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{device_name}, torch {torch.__version__}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+    print(f"{device_name}, torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"load average {os.getloadavg()[0]:.1f} at start")
     readme = []
     small_logits, small_labels = make_problem(1000, 10, args.device)  # first calls: lazy imports, thread pool
@@ -125,7 +122,8 @@ def main():
         rows, classes = map(int, size.split("x"))
         logits, labels = make_problem(rows, classes, args.device)
         large = rows * classes > 10 ** 7
-        loop_grid = DEFAULT_TEMPERATURES[:10] if large else DEFAULT_TEMPERATURES
+        loop_grid = DEFAULT_TEMPERATURES[:5] if large else DEFAULT_TEMPERATURES
+        repeats = min(args.repeats, 2) if large else args.repeats  # keeps the script within ~2 minutes
         loop_scale = len(DEFAULT_TEMPERATURES) / len(loop_grid)
         fits = {}
 
@@ -135,17 +133,17 @@ def main():
         def lbfgs_fit():
             fits["lbfgs"] = fit_temperature(logits, labels, "nll", method="lbfgs").temperature
 
-        loop_name = "per-T loop, ECE" + (f" (10 T, x{loop_scale:g})" if large else "")
+        loop_name = "per-T loop, ECE" + (f" ({len(loop_grid)} T, x{loop_scale:g})" if large else "")
         variants = {
             "fit_temperature grid ECE (100 T)": grid_fit,
             "fit_temperature lbfgs NLL": lbfgs_fit,
             loop_name: lambda: per_temperature_loop(logits, labels, loop_grid),
         }
-        times, peaks = measure(variants, args.repeats, args.device)
+        times, peaks = measure(variants, repeats, args.device)
         times[loop_name] = tuple(seconds * loop_scale for seconds in times[loop_name])
         base_wall, base_cpu = times["fit_temperature grid ECE (100 T)"]
         print(f"\n{rows:,} x {classes} float32 logits ({rows * classes * 4 / 2 ** 20:,.0f} MiB), true T = 2.5: "
-              f"grid T = {fits['grid']:g}, lbfgs T = {fits['lbfgs']:.4f}")
+              f"grid T = {fits['grid']:g}, lbfgs T = {fits['lbfgs']:.4f}; median of {repeats} rounds")
         print(f"{'variant':36s} {'wall s':>8s} {'x grid':>7s} {'CPU s':>8s} {'x grid':>7s} {'peak MiB':>9s}")
         for name, (wall, cpu) in times.items():
             peak = f"{peaks[name]:9.0f}" if name in peaks else f"{'-':>9s}"

@@ -65,7 +65,8 @@ def _check_finite_in_blocks(logits: torch.Tensor, block: int) -> None:
     only a block whose sum is not finite (or merely overflows) gets the exact, value-naming check."""
     rows = max(1, block // logits.shape[1])
     blocks = logits.split(rows)
-    suspect = torch.stack([~torch.isfinite(b.sum(dtype=torch.float64)) for b in blocks]).nonzero().view(-1)
+    dtype = _compute_dtype(logits.dtype)
+    suspect = torch.stack([~torch.isfinite(b.sum(dtype=dtype)) for b in blocks]).nonzero().view(-1)
     for index in suspect.tolist():
         check_finite(blocks[index], "logits")
 
@@ -125,7 +126,7 @@ def _nll_and_grad(logits, labels, max_logit, log_t: float, max_chunk_elements):
         label_shifted = shifted.gather(1, labels[row:row + chunk_rows, None]).squeeze(1)
         weights = (shifted * beta).exp_()
         total = weights.sum(-1)
-        mean_shifted = (weights * shifted).sum(-1) / total
+        mean_shifted = weights.mul_(shifted).sum(-1) / total  # weights are not needed after their total
         loss += (total.log() - beta * label_shifted).to(torch.float64).sum()
         dloss_dbeta += (mean_shifted - label_shifted).to(torch.float64).sum()
     return loss / n, -beta * dloss_dbeta / n
@@ -149,6 +150,7 @@ def _fit_lbfgs(logits, labels, max_chunk_elements) -> float:
     return float(torch.exp(log_t.detach()))
 
 
+@torch.no_grad()
 def fit_temperature(logits, labels, objective: str = "ece", *, method: str = "grid", temperatures=None,
                     n_bins: int = 15, ignore_index: int | None = None,
                     max_chunk_elements: int = 2 ** 25) -> TemperatureFit:

@@ -199,6 +199,12 @@ def test_non_contiguous_inputs():
     assert calibration_metrics(labels, probs=probs.t().contiguous().t()) == calibration_metrics(labels, probs=probs)
 
 
+def test_logits_that_require_grad():
+    logits, labels = random_problem(100, 6, seed=14)
+    want = calibration_metrics(labels, logits=logits)
+    assert calibration_metrics(labels, logits=logits.clone().requires_grad_()) == want
+
+
 def test_half_inputs_computed_in_float32():
     logits, labels = random_problem(500, 10, seed=8, dtype=torch.float32)
     half = logits.half()

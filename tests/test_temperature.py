@@ -100,6 +100,14 @@ def test_scale_and_ignore_index():
     np.testing.assert_allclose(fit.scale(logits.numpy()), logits.numpy() / fit.temperature)
 
 
+def test_logits_that_require_grad():
+    logits, labels = calibrated_problem(300, 4, seed=7)
+    for method, objective in (("grid", "ece"), ("lbfgs", "nll")):
+        want = fit_temperature(logits, labels, objective, method=method)
+        got = fit_temperature(logits.clone().requires_grad_(), labels, objective, method=method)
+        assert got.temperature == want.temperature
+
+
 def test_lbfgs_curves():
     logits, labels = calibrated_problem(1000, 4, seed=5)
     distorted = logits * 1.5
