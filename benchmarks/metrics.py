@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from common import add_device_and_threads, apply_threads
 from focal_calibration.metrics import calibration_metrics
 
 
@@ -102,13 +103,9 @@ def main():
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--bins", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: leave torch's default; 1 gives load-independent "
-                             "numbers on a shared machine, where every multi-threaded op waits for busy cores)")
+    add_device_and_threads(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     generator = torch.Generator().manual_seed(0)
     logits = (torch.randn(args.rows, args.classes, generator=generator) * 3).to(args.device)

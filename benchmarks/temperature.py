@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from common import add_device_and_threads, apply_threads
 from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature
 
 
@@ -102,13 +103,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["5000x100", "100000x1000"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: leave torch's default; 1 gives load-independent "
-                             "numbers on a shared machine, where every multi-threaded op waits for busy cores)")
+    add_device_and_threads(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"{device_name}, torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
