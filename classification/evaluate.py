@@ -19,8 +19,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classification.batches import Normalize
-from classification.datasets import DatasetNotFoundError, load_dataset
-from classification.engine import collect_logits, format_summary, setup_distributed, write_final_report
+from classification.datasets import load_dataset
+from classification.engine import collect_logits, format_summary, run_cli, setup_distributed, write_final_report
 from classification.models import build_model
 from focal_calibration.checkpoint import load_checkpoint
 
@@ -85,13 +85,7 @@ def main(args) -> list[dict]:
 
 
 def cli(argv=None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, DatasetNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    return 0
+    return run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

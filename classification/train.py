@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from classification.batches import Normalize, epoch_generator, iterate_batches, random_crop_flip, train_order
-from classification.datasets import DATASET_NAMES, DatasetNotFoundError, load_dataset
+from classification.datasets import DATASET_NAMES, load_dataset
 from classification.dynamics import RunningTrainStats, last_layer_gradient_norms, test_statistics
-from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, setup_distributed,
+from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, run_cli, setup_distributed,
                                    write_final_report)
 from classification.models import MODEL_NAMES, build_model
 from focal_calibration.checkpoint import (capture_rng_state, check_resume_compatible, load_checkpoint,
@@ -416,17 +416,7 @@ def _epoch_line(r: dict, epochs: int) -> str:
 
 
 def cli(argv=None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, DatasetNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    finally:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
