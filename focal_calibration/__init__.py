@@ -11,6 +11,8 @@ from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolic
                                      prop2_gamma_policy)
 from focal_calibration.losses import (PAPER_LOSS_SPECS, BrierLoss, CalibrationLoss, CrossEntropyLoss, FocalLoss,
                                       LabelSmoothingLoss, MMCELoss, build_loss, mmce_weighted)
+from focal_calibration.metrics import CalibrationAccumulator, ReliabilityBins, calibration_metrics, reliability_bins
+from focal_calibration.temperature import TemperatureFit, fit_temperature
 
 __version__ = "0.1.0"
 
