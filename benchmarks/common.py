@@ -1,5 +1,7 @@
 """Command-line pieces shared by the benchmark scripts."""
 
+import time
+
 import torch
 
 
@@ -15,3 +17,14 @@ def add_device_and_threads(parser):
 def apply_threads(args):
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def timed(fn, device):
+    """(wall, CPU of all threads) seconds of one call of ``fn``, synchronising CUDA around it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu

@@ -20,11 +20,10 @@ with ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` there, or run on an idle mac
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
-from common import add_device_and_threads, apply_threads
+from common import add_device_and_threads, apply_threads, timed
 from focal_calibration.metrics import calibration_metrics
 
 
@@ -78,22 +77,13 @@ def torchmetrics_functional(logits, labels, n_bins):
 def interleaved_median_times(variants, repeats, device):
     """Median wall and CPU (all threads) seconds per variant. The variants take turns in every round, so a load
     change on a shared machine hits all of them alike; CPU time is the steadier number when the machine is busy."""
-    def timed(fn):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - wall, time.process_time() - cpu
-
     for fn in variants.values():  # warm-up: allocator, thread pool, lazy imports
         fn()
         fn()
     runs = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            runs[name].append(timed(fn))
+            runs[name].append(timed(fn, device))
     return {name: tuple(statistics.median(column) for column in zip(*seconds)) for name, seconds in runs.items()}
 
 

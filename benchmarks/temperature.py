@@ -17,11 +17,10 @@ torch's thread count is left at its default (on a busy shared machine see the no
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
-from common import add_device_and_threads, apply_threads
+from common import add_device_and_threads, apply_threads, timed
 from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature
 
 
@@ -89,13 +88,7 @@ def measure(variants, repeats, device):
             fn()
     for _ in range(repeats):
         for name, fn in variants.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            results[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+            results[name].append(timed(fn, device))
     return {name: tuple(statistics.median(c) for c in zip(*runs)) for name, runs in results.items()}, peaks
 
 
