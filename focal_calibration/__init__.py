@@ -5,7 +5,7 @@ sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Br
 (ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99), temperature scaling and plots.
 """
 
-from focal_calibration._checks import set_value_checks
+from focal_calibration._internal import set_value_checks
 from focal_calibration.focal import focal_loss, g, gamma_star, optimal_confidence
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                      prop2_gamma_policy)

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from focal_calibration._checks import as_tensor, check_n_bins
+from focal_calibration._internal import as_tensor, check_n_bins
 from focal_calibration.checkpoint import atomic_write
 from focal_calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.temperature import fit_temperature

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from scipy.special import lambertw
 
-from focal_calibration._checks import (check_finite, check_labels_in_range, check_nonnegative_number, check_reduction,
-                                       flatten_scores_and_labels, value_checks_enabled)
+from focal_calibration._internal import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
+                                         prepare_focal_inputs, value_checks_enabled)
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
@@ -33,8 +33,8 @@ __all__ = ["focal_loss", "g", "gamma_star", "optimal_confidence"]
 # ----------------------------------------------------------------------------------------------------------------
 # Per-row terms shared by the forward, the backward and g()
 
-def _focal_terms(log_p: torch.Tensor, gamma) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (loss, g) per row from log p_y <= 0: loss = -(1-p)^γ log p, g = g(p, γ) of Proposition 1."""
+def focal_terms(log_p: torch.Tensor, gamma) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (loss, g) elementwise from log p_y <= 0: loss = -(1-p)^γ log p, g = g(p, γ) of Proposition 1."""
     one_minus_p = -torch.expm1(log_p)
     p = torch.exp(log_p)
     weight = one_minus_p.pow(gamma)  # 0^0 = 1, so γ = 0 is cross-entropy exactly
@@ -43,10 +43,6 @@ def _focal_terms(log_p: torch.Tensor, gamma) -> tuple[torch.Tensor, torch.Tensor
     ratio = torch.where(one_minus_p > 0, log_p / one_minus_p, torch.full_like(log_p, -1.0))
     p_ratio = torch.where(p > 0, p * ratio, torch.zeros_like(p))
     return loss, weight * (1.0 - gamma * p_ratio)
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class _FocalLossFunction(torch.autograd.Function):
@@ -59,7 +55,7 @@ class _FocalLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, gamma, ignore_index, keep_softmax):
-        z = logits.to(_compute_dtype(logits))  # no copy for float32/64; float32 compute for half / bfloat16
+        z = logits.to(compute_dtype(logits.dtype))  # no copy for float32/64; float32 compute for half / bfloat16
         valid = target != ignore_index
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         z_y = z.gather(1, safe_target[:, None]).squeeze(1)
@@ -77,7 +73,7 @@ class _FocalLossFunction(torch.autograd.Function):
             gamma = gamma(torch.exp(log_p))
         if isinstance(gamma, torch.Tensor):
             gamma = gamma.to(device=log_p.device, dtype=log_p.dtype)
-        loss, g_factor = _focal_terms(log_p, gamma)
+        loss, g_factor = focal_terms(log_p, gamma)
         zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
         loss = torch.where(valid, loss, zero)
         g_factor = torch.where(valid, g_factor, zero)
@@ -110,30 +106,6 @@ class _FocalLossFunction(torch.autograd.Function):
         return grad.to(ctx.logits_dtype), None, None, None, None
 
 
-def _prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str):
-    """Validate and flatten the inputs of a focal loss: ``logits [N, K]``, ``target [N]`` and γ (a checked number,
-    a flattened detached per-sample tensor, or a policy callable)."""
-    logits2d, target1d = flatten_scores_and_labels(logits, target)
-    if logits2d.shape[0] == 0:
-        raise ValueError(f"{caller} got an empty batch (logits shape {tuple(logits.shape)})")
-    if value_checks_enabled(target1d):
-        check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
-    if isinstance(gamma, torch.Tensor):
-        if gamma.dim() > 0:
-            if gamma.shape != target.shape:
-                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target.shape)}, "
-                                 f"got {tuple(gamma.shape)}")
-            gamma = gamma.reshape(-1)
-        if value_checks_enabled(gamma):
-            bad = (gamma < 0) | ~torch.isfinite(gamma)
-            if bool(bad.any()):
-                raise ValueError(f"gamma must be >= 0, got {float(gamma[bad].reshape(-1)[0])}")
-        return logits2d, target1d, gamma.detach()
-    if callable(gamma):
-        return logits2d, target1d, gamma
-    return logits2d, target1d, check_nonnegative_number(gamma, "gamma")
-
-
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *, reduction: str = "mean",
                ignore_index: int = -100, keep_softmax: bool = True) -> torch.Tensor:
     """Focal loss L = -(1 - p_y)^γ log p_y (Mukhoti et al. 2020, §4; Lin et al. 2017), with an analytic backward.
@@ -154,7 +126,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
     Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient has the logits' dtype.
     """
     check_reduction(reduction)
-    logits2d, target1d, gamma = _prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss")
+    logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss")
     loss = _FocalLossFunction.apply(logits2d, target1d, gamma, ignore_index, keep_softmax)
     if reduction == "none":
         return loss.reshape(target.shape)
@@ -181,7 +153,7 @@ def g(p, gamma):
         raise ValueError(f"p must lie in [0, 1], got {p}")
     if bool((gamma_t < 0).any()):
         raise ValueError(f"gamma must be >= 0, got {gamma}")
-    _, factor = _focal_terms(torch.log(p_t), gamma_t.to(p_t.dtype))
+    _, factor = focal_terms(torch.log(p_t), gamma_t.to(p_t.dtype))
     if is_tensor:
         return factor
     return float(factor) if factor.dim() == 0 else factor.numpy()

@@ -13,7 +13,7 @@ Backward: with f(p) = -(1-p)^γ log p, p f'(p) = -g(p, γ) (Proposition 1's fact
     dL/dz_j = p_j · sum_k s_k g(p_k, γ) - s_j g(p_j, γ)
 
 (for a one-hot s this is Proposition 1's g(p_y) (p - onehot)). The per-class terms come from the core's
-``_focal_terms`` (one implementation of the focal term and of g), evaluated in row chunks so the N×K temporaries stay
+``focal_terms`` (one implementation of the focal term and of g), evaluated in row chunks so the N×K temporaries stay
 small; the forward turns its log-softmax buffer into the gradient chunk by chunk, so that buffer is the only N×K
 tensor kept between forward and backward (as fairseq's criterion keeps its log-probabilities).
 γ is a number, a per-row tensor or a policy called with the detached p_y of each row (FLSD); the same γ is used for
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from focal_calibration._checks import check_finite, check_nonnegative_number, check_reduction, value_checks_enabled
-from focal_calibration.focal import Gamma, _compute_dtype, _focal_terms, _prepare_focal_inputs
+from focal_calibration._internal import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
+                                         prepare_focal_inputs, value_checks_enabled)
+from focal_calibration.focal import Gamma, focal_terms
 
 __all__ = ["focal_label_smoothed_loss"]
 
@@ -44,7 +45,7 @@ class _FocalSmoothedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, gamma, alpha, ignore_index):
         n_rows, num_classes = logits.shape
-        buffer = torch.log_softmax(logits.to(_compute_dtype(logits)), dim=-1)  # log p, becomes the gradient
+        buffer = torch.log_softmax(logits.to(compute_dtype(logits.dtype)), dim=-1)  # log p, becomes the gradient
         valid = target != ignore_index
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         log_p_y = buffer.gather(1, safe_target[:, None]).squeeze(1)
@@ -61,7 +62,7 @@ class _FocalSmoothedFunction(torch.autograd.Function):
         for rows in _row_chunks(n_rows, num_classes):
             log_p = buffer[rows]
             y = safe_target[rows, None]
-            terms, g = _focal_terms(log_p, gamma_col[rows] if per_row else gamma_col)
+            terms, g = focal_terms(log_p, gamma_col[rows] if per_row else gamma_col)
             loss[rows] = off * terms.sum(-1) + on * terms.gather(1, y).squeeze(1)
             if needs_grad:  # dL/dz_j = p_j sum_k s_k g_k - s_j g_j, written over this chunk's log p
                 g_y = g.gather(1, y)
@@ -100,7 +101,7 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
     alpha = check_nonnegative_number(alpha, "alpha")
     if alpha > 1:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-    logits2d, target1d, gamma = _prepare_focal_inputs(logits, target, gamma, ignore_index,
+    logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index,
                                                       "focal_label_smoothed_loss")
     if logits2d.shape[1] < 2:
         raise ValueError(f"label smoothing needs at least 2 classes, got K={logits2d.shape[1]}")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from focal_calibration._checks import check_nonnegative_number
+from focal_calibration._internal import check_nonnegative_number
 from focal_calibration.focal import gamma_star
 
 __all__ = ["GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy"]

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from focal_calibration._checks import (check_labels_in_range, check_nonnegative_number, check_reduction,
-                                       flatten_scores_and_labels, value_checks_enabled)
-from focal_calibration.focal import _compute_dtype, focal_loss
+from focal_calibration._internal import (check_labels_in_range, check_nonnegative_number, check_reduction,
+                                         compute_dtype, flatten_scores_and_labels, value_checks_enabled)
+from focal_calibration.focal import focal_loss
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                      prop2_gamma_policy)
 
@@ -64,7 +64,7 @@ class CalibrationLoss(nn.Module):
             check_labels_in_range(target1d, logits2d.shape[1], self.ignore_index)
         valid = target1d != self.ignore_index
         safe_target = torch.where(valid, target1d, torch.zeros_like(target1d))
-        return logits2d.to(_compute_dtype(logits2d)), safe_target, valid
+        return logits2d.to(compute_dtype(logits2d.dtype)), safe_target, valid
 
     def _reduce(self, per_sample, valid, target_shape):
         per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))

@@ -28,8 +28,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from focal_calibration._checks import (as_tensor, check_finite, check_labels_in_range, check_n_bins,
-                                       flatten_scores_and_labels)
+from focal_calibration._internal import check_finite, check_n_bins, compute_dtype, prepare_scores
 
 __all__ = ["calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins"]
 
@@ -37,10 +36,6 @@ S99_THRESHOLD = 0.99  # Appendix F: confidence >= 0.99 (0.99 rounded to the comp
 _MAX_BINS = 2 ** 24  # keeps the exact edge arithmetic in _inner_edges exact
 _CPU_CHUNK_ELEMENTS = 2 ** 19  # 2 MB of fp32 scores per chunk: the chunk's scratch tensors stay in the CPU cache
 _ACCELERATOR_CHUNK_ELEMENTS = 2 ** 26  # accelerators prefer few, large kernels
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,33 +158,13 @@ class ReliabilityBins:
     mce: float
 
 
-def _prepare(labels, logits, probs, ignore_index):
-    """Validate and flatten one batch -> (scores [N, K], labels [N] int64 on the scores' device, from_logits)."""
-    if (logits is None) == (probs is None):
-        raise ValueError("give exactly one of logits= or probs=, got "
-                         + ("both" if logits is not None else "neither"))
-    name = "logits" if logits is not None else "probs"
-    scores = as_tensor(logits if logits is not None else probs, name)
-    labels = as_tensor(labels, "labels")
-    scores, labels = flatten_scores_and_labels(scores, labels, scores_name=name, labels_name="labels")
-    if scores.shape[0] == 0:
-        raise ValueError(f"empty input: {name} has no rows (shape {tuple(scores.shape)})")
-    labels = labels.to(scores.device)
-    check_labels_in_range(labels, scores.shape[1], ignore_index, "labels")
-    if ignore_index is not None:
-        keep = labels != ignore_index
-        if not bool(keep.all()):
-            scores, labels = scores[keep], labels[keep]
-    return scores, labels.long(), logits is not None
-
-
 def _raise_bad_probs(probs: torch.Tensor, tolerance: float):
     """Slow path after a cheap flag fired: name the offending value."""
     check_finite(probs, "probs")
     outside = (probs < 0) | (probs > 1)
     if bool(outside.any()):
         raise ValueError(f"probs must lie in [0, 1], got {float(probs[outside][0])}")
-    row_sum = probs.to(_compute_dtype(probs.dtype)).sum(-1)
+    row_sum = probs.to(compute_dtype(probs.dtype)).sum(-1)
     bad = ((row_sum - 1).abs() > tolerance).nonzero()
     if bad.numel():
         row = int(bad[0])
@@ -260,7 +235,7 @@ class CalibrationAccumulator:
     @torch.no_grad()
     def update(self, labels, *, logits=None, probs=None) -> None:
         """Add one batch: ``labels [...]`` and exactly one of ``logits`` / ``probs`` ``[..., K]``."""
-        scores, labels, from_logits = _prepare(labels, logits, probs, self.ignore_index)
+        scores, labels, from_logits = prepare_scores(labels, logits, probs, self.ignore_index)
         num_classes = scores.shape[1]
         if self.num_classes is not None and num_classes != self.num_classes:
             raise ValueError(f"every batch must have {self.num_classes} classes (from the first batch), "
@@ -280,7 +255,7 @@ class CalibrationAccumulator:
         """Per-batch sums. The N x K work streams over row chunks that stay in cache; the per-row results are then
         reduced once for the batch. Raises (one host sync) if the scores are invalid, before any state changes."""
         n_rows, num_classes = scores.shape
-        dtype = _compute_dtype(scores.dtype)
+        dtype = compute_dtype(scores.dtype)
         device = scores.device
         M = self.n_bins
         first_edge = _inner_edges(M, dtype)[0] if M > 1 else 1.0  # p > first_edge  <=>  p > 1/M exactly

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from focal_calibration._checks import check_finite, check_n_bins
-from focal_calibration.metrics import _compute_dtype, _prepare, adaptive_ece, ece_from_sums, equal_width_sums
+from focal_calibration._internal import check_finite, check_n_bins, compute_dtype, prepare_scores
+from focal_calibration.metrics import adaptive_ece, ece_from_sums, equal_width_sums
 
 __all__ = ["fit_temperature", "TemperatureFit", "DEFAULT_TEMPERATURES"]
 
@@ -65,7 +65,7 @@ def _check_finite_in_blocks(logits: torch.Tensor, block: int) -> None:
     only a block whose sum is not finite (or merely overflows) gets the exact, value-naming check."""
     rows = max(1, block // logits.shape[1])
     blocks = logits.split(rows)
-    dtype = _compute_dtype(logits.dtype)
+    dtype = compute_dtype(logits.dtype)
     suspect = torch.stack([~torch.isfinite(b.sum(dtype=dtype)) for b in blocks]).nonzero().view(-1)
     for index in suspect.tolist():
         check_finite(blocks[index], "logits")
@@ -79,7 +79,7 @@ def _shifted_logits(logits: torch.Tensor, max_logit: torch.Tensor, start: int, s
 def _curves(logits, labels, grid, n_bins, max_chunk_elements):
     """ECE, AdaECE and NLL (float64 tensors [T]) of softmax(logits / T) for every T of the grid."""
     n, k = logits.shape
-    dtype = _compute_dtype(logits.dtype)
+    dtype = compute_dtype(logits.dtype)
     device = logits.device
     max_logit, prediction = logits.max(dim=-1)
     correct = prediction == labels  # T > 0 does not change the argmax
@@ -116,7 +116,7 @@ def _nll_and_grad(logits, labels, max_logit, log_t: float, max_chunk_elements):
     """NLL(T) = mean_i [log sum_k exp(beta d_ik) - beta d_iy] with d = z - z_max, beta = 1/T = exp(-log T), and its
     derivative w.r.t. log T: -beta * mean_i [E_softmax(beta d_i)[d_i] - d_iy]. Chunked, float64 accumulation."""
     n, k = logits.shape
-    dtype = _compute_dtype(logits.dtype)
+    dtype = compute_dtype(logits.dtype)
     beta = float(np.exp(-log_t))
     chunk_rows = max(1, _block_elements(max_chunk_elements, logits.device) // k)
     loss = torch.zeros((), dtype=torch.float64, device=logits.device)
@@ -177,7 +177,7 @@ def fit_temperature(logits, labels, objective: str = "ece", *, method: str = "gr
             or max_chunk_elements < 1:
         raise ValueError(f"max_chunk_elements must be an integer >= 1, got {max_chunk_elements!r}")
     grid = _check_grid(temperatures)
-    logits, labels, _ = _prepare(labels, logits, None, ignore_index)
+    logits, labels, _ = prepare_scores(labels, logits, None, ignore_index)
     if logits.shape[0] == 0:
         raise ValueError(f"empty input: every label is ignore_index={ignore_index}")
     _check_finite_in_blocks(logits, _block_elements(int(max_chunk_elements), logits.device))

@@ -27,7 +27,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from focal_calibration._checks import check_nonnegative_number
+from focal_calibration._internal import check_nonnegative_number
 from focal_calibration.focal import focal_loss
 from focal_calibration.focal_smoothing import focal_label_smoothed_loss
 from focal_calibration.gamma import FixedGamma, GammaPolicy

@@ -1,4 +1,4 @@
-"""Input validation shared by the losses, metrics and temperature scaling.
+"""Internal helpers shared by the core modules: input validation, input preparation and the compute dtype.
 
 Every check raises ``ValueError`` (or ``TypeError`` for wrong types) with a message that names the bad value, so a
 user never gets a NaN, a silently wrong number or an index error from deep inside torch.
@@ -103,3 +103,52 @@ def check_finite(values: torch.Tensor, name: str):
     if not bool(finite.all()):
         bad = values[~finite][0]
         raise ValueError(f"{name} must be finite, got {float(bad)}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the core computes in: float64 stays float64; float32, float16 and bfloat16 compute in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str):
+    """Validate and flatten the inputs of a focal loss: ``logits [N, K]``, ``target [N]`` and γ (a checked number,
+    a flattened detached per-sample tensor, or a policy callable)."""
+    logits2d, target1d = flatten_scores_and_labels(logits, target)
+    if logits2d.shape[0] == 0:
+        raise ValueError(f"{caller} got an empty batch (logits shape {tuple(logits.shape)})")
+    if value_checks_enabled(target1d):
+        check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
+    if isinstance(gamma, torch.Tensor):
+        if gamma.dim() > 0:
+            if gamma.shape != target.shape:
+                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target.shape)}, "
+                                 f"got {tuple(gamma.shape)}")
+            gamma = gamma.reshape(-1)
+        if value_checks_enabled(gamma):
+            bad = (gamma < 0) | ~torch.isfinite(gamma)
+            if bool(bad.any()):
+                raise ValueError(f"gamma must be >= 0, got {float(gamma[bad].reshape(-1)[0])}")
+        return logits2d, target1d, gamma.detach()
+    if callable(gamma):
+        return logits2d, target1d, gamma
+    return logits2d, target1d, check_nonnegative_number(gamma, "gamma")
+
+
+def prepare_scores(labels, logits, probs, ignore_index):
+    """Validate and flatten one batch -> (scores [N, K], labels [N] int64 on the scores' device, from_logits)."""
+    if (logits is None) == (probs is None):
+        raise ValueError("give exactly one of logits= or probs=, got "
+                         + ("both" if logits is not None else "neither"))
+    name = "logits" if logits is not None else "probs"
+    scores = as_tensor(logits if logits is not None else probs, name)
+    labels = as_tensor(labels, "labels")
+    scores, labels = flatten_scores_and_labels(scores, labels, scores_name=name, labels_name="labels")
+    if scores.shape[0] == 0:
+        raise ValueError(f"empty input: {name} has no rows (shape {tuple(scores.shape)})")
+    labels = labels.to(scores.device)
+    check_labels_in_range(labels, scores.shape[1], ignore_index, "labels")
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        if not bool(keep.all()):
+            scores, labels = scores[keep], labels[keep]
+    return scores, labels.long(), logits is not None
