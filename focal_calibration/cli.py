@@ -15,6 +15,36 @@
 * :class:`RunFolder`: the one layout of a run folder -- ``args.json``, ``log.jsonl`` (one line per epoch, epochs
   1-based), ``results.json`` (:func:`focal_calibration.evaluation.make_run_record`, with its ``suite``),
   ``logits.pt``, ``checkpoint.pt`` -- every file written through :func:`focal_calibration.checkpoint.atomic_write`.
+
+A trainer in this dialect (``classification/train.py`` is the worked example)::
+
+    def get_args_parser():
+        parser = cli.ArgumentParser(description=...)
+        ...                                           # the trainer's own flags
+        cli.add_run_arguments(parser, data_help=...)
+        return parser
+
+    def main(args):
+        parser = get_args_parser()
+        ...                                           # validate: raise ValueError naming the bad value
+        if args.output_dir is None:
+            args.output_dir = cli.default_output_dir("text", name, args, cli.run_defining_keys(parser))
+        folder = cli.RunFolder(args.output_dir)
+        state = cli.load_resume_state(folder, args, parser, suite="text")   # None: a fresh run
+        cli.seed_everything(args.seed); cli.set_threads(args.threads)
+        ...
+        folder.write_args(args)
+        for epoch in ...:                              # log records: 1-based "epoch", kept in the checkpoint too
+            folder.append_log(record)
+            cli.save_run_checkpoint(folder.checkpoint, {"args": cli.stored_args(args), "log": log, ...},
+                                    suite="text")
+        folder.save_logits(...); folder.write_results(make_run_record(suite="text", ...))
+
+    if __name__ == "__main__":
+        sys.exit(cli.run_cli(get_args_parser(), main))
+
+On resume: ``cli.load_state_dicts(optimizers, state["optimizers"], "optimizer")`` and
+``folder.restore_log(state["log"])``.
 """
 
 from __future__ import annotations
