@@ -65,7 +65,7 @@ from focal_calibration._internal import json_ready
 from focal_calibration.checkpoint import atomic_write, check_resume_compatible, load_checkpoint, save_checkpoint
 from focal_calibration.evaluation import write_json_atomic
 
-__all__ = ["UserError", "DataNotFoundError", "HelpFormatter", "ArgumentParser", "run_cli", "add_run_arguments",
+__all__ = ["UserError", "DataNotFoundError", "HelpFormatter", "ArgumentParser", "run_cli", "RUN_FLAGS", "add_run_arguments",
            "positive_int", "nonnegative_int", "seed_everything", "set_threads", "RESUME_ALLOWED",
            "run_defining_keys", "check_resume", "stored_args", "CHECKPOINT_FORMAT_VERSION", "save_run_checkpoint",
            "load_run_checkpoint", "load_resume_state", "load_state_dicts", "default_output_dir", "RunFolder"]
@@ -157,33 +157,45 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+RUN_FLAGS = ("data_dir", "output_dir", "resume", "limit_train", "limit_eval", "split_seed", "seed", "device",
+             "threads", "progress")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, data_help: str = "folder with the data files",
+                      output_help: str = "run folder (default: results/<suite>/<name>-<hash of the run-defining "
+                                         "options>, one folder per run)",
                       threads_help: str = "torch.set_num_threads (default: torch's choice)",
-                      title: str = "run") -> argparse._ArgumentGroup:
-    """Add the flags that mean the same in every trainer; returns their argument group.
+                      flags: Sequence[str] = RUN_FLAGS, title: str = "run") -> argparse._ArgumentGroup:
+    """Add the flags that mean the same in every trainer (``flags``: a subset of :data:`RUN_FLAGS`, e.g. for an
+    evaluator); returns their argument group.
 
     ``--output-dir`` defaults to None: the trainer resolves it with :func:`default_output_dir` (one folder per run).
     ``--progress`` defaults to None: progress bars only when stderr is a terminal.
     """
-    group = parser.add_argument_group(title)
-    group.add_argument("--data-dir", default=None, help=data_help)
-    group.add_argument("--output-dir", default=None,
-                       help="run folder (default: results/<suite>/<name>-<hash of the run-defining options>, one "
-                            "folder per run)")
-    group.add_argument("--resume", default=None, metavar="auto|PATH",
+    unknown = sorted(set(flags) - set(RUN_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown run flags {unknown}; choose from {list(RUN_FLAGS)}")
+    definitions = {
+        "data_dir": dict(default=None, help=data_help),
+        "output_dir": dict(default=None, help=output_help),
+        "resume": dict(default=None, metavar="auto|PATH",
                        help="continue from a checkpoint ('auto': OUTPUT_DIR/checkpoint.pt if it exists, else start); "
-                            "refused if a run-defining option changed")
-    group.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
-                       help="train on the first N training examples only (quick runs)")
-    group.add_argument("--limit-eval", type=positive_int, default=None, metavar="N",
-                       help="evaluate on the first N validation / test examples only")
-    group.add_argument("--split-seed", type=int, default=1,
-                       help="seed of the train / validation split (independent of --seed)")
-    group.add_argument("--seed", type=int, default=1, help="seed of initialisation, order and augmentation")
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    group.add_argument("--threads", type=positive_int, default=None, metavar="N", help=threads_help)
-    group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="progress bars (default: only when stderr is a terminal)")
+                            "refused if a run-defining option changed"),
+        "limit_train": dict(type=positive_int, default=None, metavar="N",
+                            help="train on the first N training examples only (quick runs)"),
+        "limit_eval": dict(type=positive_int, default=None, metavar="N",
+                           help="evaluate on the first N validation / test examples only"),
+        "split_seed": dict(type=int, default=1, help="seed of the train / validation split (independent of --seed)"),
+        "seed": dict(type=int, default=1, help="seed of initialisation, order and augmentation"),
+        "device": dict(default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+        "threads": dict(type=positive_int, default=None, metavar="N", help=threads_help),
+        "progress": dict(action=argparse.BooleanOptionalAction, default=None,
+                         help="progress bars (default: only when stderr is a terminal)"),
+    }
+    group = parser.add_argument_group(title)
+    for dest in RUN_FLAGS:
+        if dest in flags:
+            group.add_argument("--" + dest.replace("_", "-"), **definitions[dest])
     return group
 
 
