@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from classification.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
+from classification.figures import plot_runs  # noqa: E402
 from focal_calibration.evaluation import read_results  # noqa: E402
-from scripts.plot_training_dynamics import plot_runs  # noqa: E402
-from scripts.results_table import to_markdown  # noqa: E402
+from focal_calibration.tables import to_markdown  # noqa: E402
 
 
 def claims(records: list[dict]) -> str:

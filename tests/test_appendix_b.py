@@ -134,7 +134,8 @@ def test_demo_writes_results(run):
             assert f.read(8) == PNG_MAGIC
     table = (out / "metrics.md").read_text(encoding="utf-8")
     assert table.count("pre-T |") == 2 and table.count("post-T |") == 2
-    assert on_disk["seconds"]["total"] < 60
+    seconds = on_disk["seconds"]  # speed is measured by benchmarks/, not asserted here: only the record is checked
+    assert 0 < seconds["train_and_evaluate"] <= seconds["total"]
 
 
 def test_demo_numbers_are_consistent(demo, run):

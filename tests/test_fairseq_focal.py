@@ -16,12 +16,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = ROOT / "fairseq_focal"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import fairseq_focal  # noqa: E402  (registers focal_loss / translation_temperature_sweep, applies the compat fixes)
+pytest.importorskip("fairseq", reason="the [fairseq] extra is not installed")
+import fairseq_focal  # noqa: E402,F401  (registers focal_loss / translation_temperature_sweep, applies the compat fixes)
 from fairseq_focal.criterions.focal_loss import FocalLossCriterion  # noqa: E402
 from fairseq_focal.sweep_generator import parse_temperatures  # noqa: E402
-from nmt_toy_corpus import write_corpus  # noqa: E402
+from scripts.nmt_toy_corpus import write_corpus  # noqa: E402
 
 TINY_MODEL = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
               "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
@@ -298,7 +298,7 @@ def test_sweep_hypotheses_equal_separate_temperature_runs(generations):
 
 
 def test_sweep_script_curves_against_independent_references(corpus, generations, tmp_path):
-    import nmt_sweep
+    from scripts import nmt_sweep
     from sacrebleu.metrics import BLEU
 
     from focal_calibration.temperature import fit_temperature
@@ -337,7 +337,7 @@ def test_sweep_script_curves_against_independent_references(corpus, generations,
 def test_sweep_run_writes_table_and_figure(corpus, tmp_path):
     import json
 
-    import nmt_sweep
+    from scripts import nmt_sweep
 
     out = tmp_path / "out"
     nmt_sweep.main(["run", "--data", str(corpus["data"]), "--checkpoints", f"FL1={corpus['checkpoint']}",
@@ -369,7 +369,7 @@ def test_bad_temperatures_through_fairseq_generate(corpus):
 
 
 def test_checkpoint_from_another_dictionary(corpus, tmp_path):
-    import nmt_sweep
+    from scripts import nmt_sweep
 
     other = write_corpus(tmp_path, n_words=60, seed=1, env=ENV)
     with pytest.raises(ValueError, match="trained with another dictionary"):
