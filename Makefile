@@ -34,6 +34,7 @@ system-packages:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing
 
 test: install
+	$(PY) -m ruff check --no-cache .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install

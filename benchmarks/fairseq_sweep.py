@@ -76,7 +76,8 @@ def in_process_comparison(data, checkpoint, beam, max_tokens, repeats):
     from fairseq.sequence_generator import SequenceGenerator
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
+                                                                    arg_overrides={"data": str(data)})
     model = models[0].to(device).eval()
     task.load_dataset("test")
     batches = [utils.move_to_cuda(b) if device == "cuda" else b for b in task.get_batch_iterator(

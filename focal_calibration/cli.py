@@ -65,8 +65,8 @@ from focal_calibration._internal import json_ready
 from focal_calibration.checkpoint import atomic_write, check_resume_compatible, load_checkpoint, save_checkpoint
 from focal_calibration.evaluation import write_json_atomic
 
-__all__ = ["UserError", "DataNotFoundError", "HelpFormatter", "ArgumentParser", "run_cli", "RUN_FLAGS", "add_run_arguments",
-           "positive_int", "nonnegative_int", "seed_everything", "set_threads", "RESUME_ALLOWED",
+__all__ = ["UserError", "DataNotFoundError", "HelpFormatter", "ArgumentParser", "run_cli", "RUN_FLAGS",
+           "add_run_arguments", "positive_int", "nonnegative_int", "seed_everything", "set_threads", "RESUME_ALLOWED",
            "run_defining_keys", "check_resume", "stored_args", "CHECKPOINT_FORMAT_VERSION", "save_run_checkpoint",
            "load_run_checkpoint", "load_resume_state", "load_state_dicts", "default_output_dir", "RunFolder"]
 
@@ -231,8 +231,8 @@ def run_defining_keys(parser: argparse.ArgumentParser, allowed: Iterable[str] = 
     """The argparse dests of ``parser`` minus ``allowed`` (and help / version actions), plus ``extra`` (values a
     trainer derives after parsing, e.g. the world size), sorted."""
     allowed = set(allowed)
-    keys = {action.dest for action in parser._actions
-            if action.dest != argparse.SUPPRESS and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))}
+    keys = {action.dest for action in parser._actions if action.dest != argparse.SUPPRESS
+            and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))}
     return tuple(sorted((keys - allowed) | set(extra)))
 
 

@@ -74,7 +74,7 @@ def test_user_command_trains_and_logs_validation_ece(corpus):
     eces = log_values(log, "valid", "ece")
     assert len(eces) == 12 and all(0 <= e <= 100 for e in eces)
     nll, loss = log_values(log, "valid", "nll_loss"), log_values(log, "valid", "loss")
-    assert all(n > l for n, l in zip(nll, loss))  # focal loss < NLL for γ = 1 whenever p < 1
+    assert all(n > focal for n, focal in zip(nll, loss))  # focal loss < NLL for γ = 1 whenever p < 1
     assert "ppl" in [line for line in log.splitlines() if "| valid | epoch" in line][0]
 
 
@@ -292,7 +292,8 @@ def test_sweep_hypotheses_equal_separate_temperature_runs(generations):
         for i, (score, _) in ours.items():
             assert score == pytest.approx(reference[i][0], abs=1e-5)
     # fairseq-generate's own output in sweep mode is the --temperature (default 1) hypotheses
-    assert {i: h for i, (_, h) in hypotheses(sweep).items()} == {i: h for i, (_, h) in hypotheses(separate[1.0]).items()}
+    at_one = {i: h for i, (_, h) in hypotheses(separate[1.0]).items()}
+    assert {i: h for i, (_, h) in hypotheses(sweep).items()} == at_one
     distinct = {tuple(h for _, h in sorted(hypotheses(separate[t]).values())) for t in TEMPERATURES}
     assert len(distinct) > 1  # the temperatures really decode differently
 

@@ -44,10 +44,10 @@ def _reference(model, trees, ids):
                 c[i] = cell.leaf_cell.weight @ x + cell.leaf_cell.bias
                 h[i] = torch.sigmoid(cell.leaf_output.weight @ x + cell.leaf_output.bias) * torch.tanh(c[i])
             else:
-                l, r = tree.left[i], tree.right[i]
-                z = w @ torch.cat([h[l], h[r]]) + b
+                left, right = tree.left[i], tree.right[i]
+                z = w @ torch.cat([h[left], h[right]]) + b
                 gi, gl, gr, gu = z[:mem], z[mem:2 * mem], z[2 * mem:3 * mem], z[3 * mem:]
-                c[i] = torch.sigmoid(gi) * torch.tanh(gu) + torch.sigmoid(gl) * c[l] + torch.sigmoid(gr) * c[r]
+                c[i] = torch.sigmoid(gi) * torch.tanh(gu) + torch.sigmoid(gl) * c[left] + torch.sigmoid(gr) * c[right]
                 h[i] = torch.tanh(c[i])
         hidden.append(torch.stack(h))
     return hidden
