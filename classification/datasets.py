@@ -16,7 +16,7 @@
 Splits are :class:`ImageSplit` objects. Small datasets are held in memory as uint8 ``[N, C, H, W]`` tensors (one
 indexing op per batch); Tiny-ImageNet and ImageFolder trees stay on disk and are decoded by DataLoader workers into
 uint8 tensors of one size. Augmentation and normalisation run on whole batches on the training device
-(:mod:`classification.transforms`).
+(:mod:`classification.batches`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ Recipes (Appendix D; every value can be overridden on the command line):
   Tiny-ImageNet: the same but 100 epochs, lr drops at 40 and 60, batch 64, 50 images per class held out.
   Fashion-MNIST (not in the paper; the CPU demo): 30 epochs, drops at 15 and 25, batch 128, 55,000 / 5,000 / 10,000.
 
-Outputs in --output-dir: checkpoint.pt (every epoch, atomic), log.jsonl (one line per epoch: the §3 dynamics),
-results.json + reliability_{pre,post}.png + logits.pt (pre / post temperature scaling, T by validation ECE).
+Outputs in --output-dir (default results/image/<dataset>-<model>-<loss>-seed<seed>-<hash>, one folder per run):
+args.json, checkpoint.pt (every epoch, atomic), log.jsonl (one line per epoch: the §3 dynamics), results.json +
+reliability_{pre,post}.png + logits.pt (pre / post temperature scaling, T by validation ECE). `python -m
+classification.train` is the same command; the flags shared with the text trainer come from focal_calibration.cli.
 """
 
 from __future__ import annotations
