@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -65,10 +66,11 @@ from focal_calibration._internal import json_ready
 from focal_calibration.checkpoint import atomic_write, check_resume_compatible, load_checkpoint, save_checkpoint
 from focal_calibration.evaluation import write_json_atomic
 
-__all__ = ["UserError", "DataNotFoundError", "HelpFormatter", "ArgumentParser", "run_cli", "RUN_FLAGS",
-           "add_run_arguments", "positive_int", "nonnegative_int", "seed_everything", "set_threads", "RESUME_ALLOWED",
-           "run_defining_keys", "check_resume", "stored_args", "CHECKPOINT_FORMAT_VERSION", "save_run_checkpoint",
-           "load_run_checkpoint", "load_resume_state", "load_state_dicts", "default_output_dir", "RunFolder"]
+__all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "require_extra", "HelpFormatter", "ArgumentParser",
+           "run_cli", "RUN_FLAGS", "add_run_arguments", "positive_int", "nonnegative_int", "seed_everything",
+           "set_threads", "RESUME_ALLOWED", "run_defining_keys", "check_resume", "stored_args",
+           "CHECKPOINT_FORMAT_VERSION", "save_run_checkpoint", "load_run_checkpoint", "load_resume_state",
+           "load_state_dicts", "default_output_dir", "RunFolder"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,6 +82,24 @@ class UserError(Exception):
 
 class DataNotFoundError(UserError, FileNotFoundError):
     """Data files are not where they were looked for; the message says where, and how to get them."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require_extra(module: str, extra: str, what: str):
+    """Import ``module``, or raise :class:`MissingExtraError` saying that ``what`` needs the project's ``extra``.
+
+    Only the module's own absence is translated: an installed module that fails to import keeps its error.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        if error.name is None or module.split(".")[0] != error.name.split(".")[0]:
+            raise
+        raise MissingExtraError(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                                f"pip install 'focal-calibration[{extra}]'") from error
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -229,3 +229,20 @@ def test_seed_everything_matches_freshly_seeded_generators():
     for bad in (-1, 1.5, True, 2 ** 32):
         with pytest.raises(ValueError, match="seed must be an integer"):
             cli.seed_everything(bad)
+
+
+def test_a_missing_extra_is_a_user_error_naming_the_extra(capsys):
+    assert cli.require_extra("json", "vision", "x") is json
+    with pytest.raises(cli.MissingExtraError) as info:
+        cli.require_extra("no_such_module_xyz.sub", "vision", "--dataset cifar10")
+    assert str(info.value) == ("--dataset cifar10 needs no_such_module_xyz, which is not installed: "
+                               "pip install 'focal-calibration[vision]'")
+
+    def main(args):
+        cli.require_extra("no_such_module_xyz", "dgl", "--engine dgl")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(cli.ArgumentParser(prog="t"), main, [])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("t: error: --engine dgl needs no_such_module_xyz, which is not installed: "
+                                       "pip install 'focal-calibration[dgl]'\n")
