@@ -2,7 +2,8 @@
 
 * :class:`ArgumentParser` + :func:`run_cli`: a user's mistake (a bad flag value, missing data, an incompatible
   resume) ends as ONE line ``prog: error: <message>`` on stderr with exit status 2, never a traceback; errors count
-  as the user's when they are ``ValueError`` or derive from :class:`UserError` (e.g. :class:`DataNotFoundError`).
+  as the user's when they are ``ValueError`` or derive from :class:`UserError` (e.g. :class:`DataNotFoundError`,
+  or :class:`MissingExtraError` from :func:`require_extra` when an optional dependency is not installed).
 * :class:`HelpFormatter`: each default printed once (argparse's ``ArgumentDefaultsHelpFormatter`` appends
   ``(default: X)`` even when the help text already states the default).
 * :func:`add_run_arguments`: the flags with one meaning in every trainer (``--data-dir``, ``--output-dir``,
