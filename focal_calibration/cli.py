@@ -337,11 +337,11 @@ class RunFolder:
         self.checkpoint = self.path / "checkpoint.pt"
 
     def resume_path(self, resume: str | None) -> Path | None:
-        """The checkpoint ``--resume`` names ('auto': this folder's, if any). A fresh run (None) into a folder that
-        holds a run is refused: nothing is overwritten silently."""
-        if resume == "auto":
-            return self.checkpoint if self.checkpoint.exists() else None
-        if resume is not None:
+        """The checkpoint ``--resume`` names ('auto': this folder's, if any). A fresh run (None, or 'auto' without a
+        checkpoint) into a folder that holds a run is refused: nothing is overwritten silently."""
+        if resume == "auto" and self.checkpoint.exists():
+            return self.checkpoint
+        if resume not in (None, "auto"):
             return Path(resume)
         existing = [p.name for p in (self.checkpoint, self.results) if p.exists()]
         if existing:

@@ -186,6 +186,11 @@ def test_load_resume_state(tmp_path):
     args.resume = None  # a fresh run would overwrite the finished one
     with pytest.raises(ValueError, match="already holds a run \\(checkpoint.pt\\): pass --resume auto"):
         cli.load_resume_state(folder, args, parser, suite="image")
+    folder.checkpoint.unlink()
+    folder.results.write_text("{}")
+    args.resume = "auto"  # nothing to continue from, but a finished run's results would be overwritten
+    with pytest.raises(ValueError, match="already holds a run \\(results.json\\)"):
+        cli.load_resume_state(folder, args, parser, suite="image")
 
 
 def test_run_folder_files(tmp_path):
