@@ -41,7 +41,7 @@ demo: install
 	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --out results/demo
 
 demo-linear: install
-	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --out results/appendix_b
+	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --output-dir results/appendix_b
 
 demo-text: install
 	MPLBACKEND=Agg $(PY) scripts/text_demo.py --out results/text --parse-cache data/text/link_grammar_parses.jsonl
