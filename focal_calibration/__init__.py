@@ -6,6 +6,7 @@ sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Br
 """
 
 from focal_calibration._internal import set_value_checks
+from focal_calibration.evidence import claim_result, regime_check, seed_summary, verdict
 from focal_calibration.focal import focal_loss, g, gamma_star, optimal_confidence
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                      prop2_gamma_policy)
@@ -23,4 +24,5 @@ __all__ = [
     "mmce_weighted", "build_loss", "PAPER_LOSS_SPECS",
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
     "fit_temperature", "TemperatureFit", "set_value_checks",
+    "seed_summary", "verdict", "claim_result", "regime_check",
 ]
