@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from classification.batches import Normalize, iterate_batches, shard_for_eval
-from classification.datasets import DatasetNotFoundError, ImageSplit
+from classification.datasets import ImageSplit
 from focal_calibration.evaluation import (evaluate_calibration, make_run_record, save_reliability_diagrams,
                                           write_json_atomic)
 from focal_calibration.metrics import calibration_metrics
@@ -124,16 +124,3 @@ def format_summary(evaluation: dict) -> str:
             f"AdaECE {100 * pre['adaece']:.2f}% -> {100 * post['adaece']:.2f}% | NLL {pre['nll']:.4f} -> "
             f"{post['nll']:.4f}")
 
-
-def run_cli(parser, main, argv=None) -> int:
-    """Parse, run, and turn the errors users cause (bad arguments, missing data) into an argparse error with exit
-    status 2 instead of a traceback; always leave the process group (train and evaluate may both create one)."""
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, DatasetNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0

@@ -34,11 +34,12 @@ import torch
 from classification.batches import Normalize, epoch_generator, iterate_batches, random_crop_flip, train_order
 from classification.datasets import DATASET_NAMES, load_dataset
 from classification.dynamics import RunningTrainStats, last_layer_gradient_norms, test_statistics
-from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, run_cli, setup_distributed,
+from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, setup_distributed,
                                    write_final_report)
 from classification.models import MODEL_NAMES, build_model
 from focal_calibration.checkpoint import (capture_rng_state, check_resume_compatible, load_checkpoint,
                                           restore_rng_state, save_checkpoint)
+from focal_calibration.cli import run_cli
 from focal_calibration.losses import build_loss
 
 CHECKPOINT_VERSION = 1
