@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N per cell (default: %(default)s)")
     parser.add_argument("--model", default=defaults.model, choices=("mlp", "small_cnn"),
                         help="(default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+    parser.add_argument("--epochs", type=int, default=8,
                         help="passes over the full 55,000-image set; every size gets that many updates "
                              "(default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    recipe = Recipe(model=args.model, epochs=args.epochs)
+    recipe = Recipe.from_epochs(args.epochs, model=args.model)
     bad_sizes = [s for s in args.sizes if not 1 <= s <= FULL_TRAIN_SIZE]
     if bad_sizes:
         raise ValueError(f"--sizes must lie in [1, {FULL_TRAIN_SIZE}], got {bad_sizes[0]}")
