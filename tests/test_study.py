@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from classification.datasets import FASHION_MNIST_SYSTEM_DIR
-from classification.study import REPO, Cell, Recipe, plot_study, run_cells, study_markdown, train_command,
-                                  train_environment
+from classification.study import (REPO, Cell, Recipe, plot_study, run_cells, study_markdown, train_command,
+                                  train_environment)
 
 needs_data = pytest.mark.skipif(not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists(),
                                 reason="Fashion-MNIST (Debian package dataset-fashion-mnist) is not installed")
