@@ -1,6 +1,6 @@
 """Bootstrap uncertainty of the calibration metrics: resample the test set's rows with replacement.
 
-Every metric of :func:`focal_calibration.calibration_metrics` is computed on ``n_resamples`` resamples of the N test
+Every metric of :func:`focal_calibration.calibration_metrics` (and its ``extra`` metrics) is computed on ``n_resamples`` resamples of the N test
 rows, vectorised over resamples. A resample is described by its multinomial count weights ``w [N]`` (how often each
 row was drawn, summing to N), and each metric is written as a weighted sum over the original rows:
 
@@ -42,7 +42,9 @@ import numpy as np
 import torch
 
 from focal_calibration._internal import check_n_bins, compute_dtype, prepare_scores
-from focal_calibration.metrics import (S99_THRESHOLD, bin_index, ece_from_sums, probabilities, sample_statistics)
+from focal_calibration.metrics import S99_THRESHOLD, bin_index, ece_from_sums, probabilities, sample_statistics
+from focal_calibration.metrics_extra import (SMECE_GRID, SortedGroups, adaptive_ece_weighted, check_extra,
+                                             extra_metrics)
 
 __all__ = ["bootstrap_ci", "bootstrap_samples"]
 
@@ -95,42 +97,6 @@ def weighted_bin_sums(weights: torch.Tensor, bins: torch.Tensor, values: torch.T
         1, bins, weighted)
 
 
-class _AdaptiveBins:
-    """The weight-independent part of weighted AdaECE: each row's tie group in sorted order and the bin boundaries."""
-
-    def __init__(self, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int):
-        n = confidence.shape[0]
-        sorted_conf, order = confidence.sort()
-        starts = torch.ones(n, dtype=torch.bool, device=confidence.device)
-        starts[1:] = sorted_conf[1:] != sorted_conf[:-1]
-        group_of_sorted = starts.cumsum(0) - 1
-        self.n_groups = int(group_of_sorted[-1]) + 1
-        self.group = torch.empty_like(group_of_sorted).scatter_(0, order, group_of_sorted)  # group of each row
-        self.gap = correct.to(torch.float64) - confidence.to(torch.float64)
-        # rank r is in bin floor(r M / N), so bin b starts at rank ceil(b N / M)
-        b = torch.arange(n_bins + 1, device=confidence.device)
-        self.boundaries = ((b * n + n_bins - 1) // n_bins).to(torch.float64)
-        self.n = n
-
-    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
-        chunk = weights.shape[0]
-        zeros = torch.zeros(chunk, self.n_groups, dtype=torch.float64, device=weights.device)
-        group_weight = zeros.index_add(1, self.group, weights)
-        group_gap = zeros.index_add(1, self.group, weights * self.gap)
-        ends = group_weight.cumsum(1)  # last rank (exclusive) of each group
-        cum_gap = group_gap.cumsum(1)
-        boundaries = self.boundaries.expand(chunk, -1).contiguous()
-        # g = number of groups that end at or before the boundary x: x lies in group g (ends[g-1] <= x < ends[g])
-        g = torch.searchsorted(ends, boundaries, right=True)
-        pad = torch.zeros(chunk, 1, dtype=torch.float64, device=weights.device)
-        ends_before = torch.cat([pad, ends], 1).gather(1, g)
-        gap_before = torch.cat([pad, cum_gap], 1).gather(1, g)
-        inside = g.clamp(max=self.n_groups - 1)  # x = N lies past the last group; its partial term is 0 anyway
-        per_rank = group_gap.gather(1, inside) / group_weight.gather(1, inside).clamp(min=1)
-        cumulative = gap_before + (boundaries - ends_before) * per_rank
-        return (cumulative[:, 1:] - cumulative[:, :-1]).abs().sum(1) / self.n
-
-
 class _ClasswiseBins:
     """Weighted classwise ECE: sparse (class, bin) scatters for the labels and the listed ``p_k > 1/M``, dense ``w @ P``
     for the class totals."""
@@ -171,7 +137,7 @@ def _probabilities_of(scores: torch.Tensor, from_logits: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_resamples: int = 1000,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+                      seed: int = 0, extra=()) -> dict[str, np.ndarray]:
     """Bootstrap replicates of every numeric metric of :func:`calibration_metrics` (its keys, without ``n``).
 
     Args:
@@ -181,11 +147,15 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
         n_resamples: number of resamples (each N rows drawn with replacement).
         seed: seeds the resampling; the resamples depend only on ``(seed, N, n_resamples)`` (see the module docstring:
             the same seed on the same test set gives paired replicates for two models).
+        extra: metrics beyond the paper, as for :func:`calibration_metrics` (``ks``, ``ece_sweep`` and
+            ``debiased_l2_ece`` are weighted sums over the sorted samples; ``ece_sweep`` sweeps bin counts in blocks
+            and ``smece`` bisects its width, each vectorised over the resamples of a chunk).
 
     Returns:
         ``{metric: float64 array [n_resamples]}``; ``s99_accuracy`` is NaN for a resample with no S99 sample.
     """
     M = check_n_bins(n_bins)
+    extra = check_extra(extra)
     n_resamples = _check_n_resamples(n_resamples)
     seed = _check_seed(seed)
     scores, labels, from_logits = prepare_scores(labels, logits, probs, None)
@@ -214,10 +184,10 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
     confidence64 = stats.confidence.to(f64)
     correct64 = stats.correct.to(f64)
     equal_width_bin = bin_index(stats.confidence, M)
-    adaptive = _AdaptiveBins(stats.confidence, stats.correct, M)
+    groups = SortedGroups(stats.confidence, stats.correct)
     classwise = _ClasswiseBins(stats, labels, _probabilities_of(scores, from_logits), M)
 
-    widest = max(n, stats.upper_value.numel(), num_classes * M)
+    widest = max(n, stats.upper_value.numel(), num_classes * M, 4 * SMECE_GRID if "smece" in extra else 0)
     chunk = max(1, _CHUNK_ELEMENTS // widest)
     rng = np.random.Generator(np.random.PCG64(seed))
     parts = []
@@ -226,6 +196,7 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
         weights = count_weights(indices, n)
         del indices
         sums = weights @ per_row
+        cumulative = groups.cumulative(weights)
         count = weighted_bin_sums(weights, equal_width_bin, None, M)
         ece, mce = ece_from_sums(count, weighted_bin_sums(weights, equal_width_bin, confidence64, M),
                                  weighted_bin_sums(weights, equal_width_bin, correct64, M))
@@ -238,13 +209,14 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
             "nll": torch.where(sums[:, column["nll_infinite"]] > 0, math.inf, sums[:, column["nll"]] / n),
             "brier": sums[:, column["brier"]] / n,
             "ece": ece,
-            "adaece": adaptive(weights),
+            "adaece": adaptive_ece_weighted(groups, weights, M, cumulative),
             "mce": mce,
             "classwise_ece": classwise(weights),
             "s99": s99_count / n,
             "s99_accuracy": torch.where(s99_count > 0, sums[:, column["s99_correct"]] / s99_count.clamp(min=1),
                                         math.nan),
             "entropy": sums[:, column["entropy"]] / n,
+            **extra_metrics(extra, stats.confidence, stats.correct, M, weights, groups=groups, cumulative=cumulative),
         }
         parts.append({key: value for key, value in part.items() if value is not None})
     return {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
@@ -263,7 +235,7 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
 
 
 def bootstrap_ci(labels, *, logits=None, probs=None, n_bins: int = 15, n_resamples: int = 1000,
-                 confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float] | None]:
+                 confidence: float = 0.95, seed: int = 0, extra=()) -> dict[str, tuple[float, float] | None]:
     """Percentile bootstrap intervals for every numeric metric of :func:`calibration_metrics` (its keys without n).
 
     The interval of a metric is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles (linear
@@ -272,5 +244,5 @@ def bootstrap_ci(labels, *, logits=None, probs=None, n_bins: int = 15, n_resampl
     """
     confidence = _check_confidence(confidence)
     samples = bootstrap_samples(labels, logits=logits, probs=probs, n_bins=n_bins, n_resamples=n_resamples,
-                                seed=seed)
+                                seed=seed, extra=extra)
     return {key: percentile_interval(values, confidence) for key, values in samples.items()}

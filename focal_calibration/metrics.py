@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from focal_calibration._internal import check_finite, check_n_bins, compute_dtype, prepare_scores
+from focal_calibration.metrics_extra import (ORDER_BASED, check_extra, extra_metrics, smece_grid_sums,
+                                             smooth_ece_from_grid)
 
 __all__ = ["calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins"]
 
@@ -331,20 +333,25 @@ class CalibrationAccumulator:
 
     Equal-width quantities (ECE, MCE, classwise ECE, reliability bins) stream as per-bin sums; AdaECE keeps each
     sample's (confidence, correct) pair (5 bytes per sample for fp32 inputs) and sorts once in :meth:`compute`.
-    State lives on the device of the first batch.
+    Of the ``extra`` metrics (:mod:`focal_calibration.metrics_extra`), ``smece`` streams exactly as sums on its grid;
+    ``ks``, ``ece_sweep`` and ``debiased_l2_ece`` need the global order of the confidences, so they keep the same
+    per-sample pairs as AdaECE. State lives on the device of the first batch.
     """
 
     _SUMMED = ("n", "correct", "top5_correct", "nll_sum", "brier_sum", "entropy_sum", "s99_count", "s99_correct",
-               "bin_count", "bin_conf_sum", "bin_correct", "class_label_count", "class_prob_sum", "class_prob_total")
+               "bin_count", "bin_conf_sum", "bin_correct", "class_label_count", "class_prob_sum", "class_prob_total",
+               "smece_grid")
 
     def __init__(self, n_bins: int = 15, *, ignore_index: int | None = None, classwise: bool = True,
-                 adaptive: bool = True):
+                 adaptive: bool = True, extra=()):
         self.n_bins = check_n_bins(n_bins)
         if self.n_bins > _MAX_BINS:
             raise ValueError(f"n_bins must be <= {_MAX_BINS}, got {n_bins!r}")
         self.ignore_index = ignore_index
         self.classwise = bool(classwise)
         self.adaptive = bool(adaptive)
+        self.extra = check_extra(extra)
+        self.keep_samples = self.adaptive or any(name in ORDER_BASED for name in self.extra)
         self.reset()
 
     def reset(self) -> None:
@@ -400,16 +407,20 @@ class CalibrationAccumulator:
             batch["class_prob_sum"] = torch.zeros(num_classes * M, dtype=torch.float64, device=device).index_add_(
                 0, stats.upper_class_bin(num_classes, M), stats.upper_value.to(torch.float64))
             batch["class_prob_total"] = stats.class_total
-        adaptive = ([confidence], [correct]) if self.adaptive else ([], [])
-        return batch, *adaptive
+        if "smece" in self.extra:
+            ones = torch.ones(1, len(labels), dtype=torch.float64, device=device)
+            batch["smece_grid"] = smece_grid_sums(confidence, correct, ones)[0]
+        samples = ([confidence], [correct]) if self.keep_samples else ([], [])
+        return batch, *samples
 
     # -- combine ---------------------------------------------------------------------------------------------------
     def merge(self, other: "CalibrationAccumulator") -> "CalibrationAccumulator":
-        """Add another accumulator's state (same n_bins / classwise / adaptive settings) into this one."""
-        if (other.n_bins, other.classwise, other.adaptive) != (self.n_bins, self.classwise, self.adaptive):
-            raise ValueError(f"cannot merge accumulators with different settings: (n_bins, classwise, adaptive) = "
-                             f"{(self.n_bins, self.classwise, self.adaptive)} vs "
-                             f"{(other.n_bins, other.classwise, other.adaptive)}")
+        """Add another accumulator's state (same n_bins / classwise / adaptive / extra settings) into this one."""
+        mine = (self.n_bins, self.classwise, self.adaptive, self.extra)
+        theirs = (other.n_bins, other.classwise, other.adaptive, other.extra)
+        if mine != theirs:
+            raise ValueError(f"cannot merge accumulators with different settings: (n_bins, classwise, adaptive, "
+                             f"extra) = {mine} vs {theirs}")
         if not other.state:
             return self
         if not self.state:
@@ -437,7 +448,7 @@ class CalibrationAccumulator:
         for name in self._SUMMED:
             if name in self.state:
                 dist.all_reduce(self.state[name], group=group)
-        if self.adaptive:
+        if self.keep_samples:
             confidence, correct = torch.cat(self.confidences), torch.cat(self.corrects)
             world = dist.get_world_size(group)
             size = torch.tensor([confidence.numel()], device=confidence.device)
@@ -484,6 +495,12 @@ class CalibrationAccumulator:
         }
         if self.adaptive:
             values["adaece"] = adaptive_ece(torch.cat(self.confidences), torch.cat(self.corrects), self.n_bins)
+        ordered = [name for name in self.extra if name in ORDER_BASED]
+        if ordered:
+            extra = extra_metrics(ordered, torch.cat(self.confidences), torch.cat(self.corrects), self.n_bins)
+            values.update({name: value[0] for name, value in extra.items()})
+        if "smece" in self.extra:
+            values["smece"] = smooth_ece_from_grid(s["smece_grid"][None], float(s["n"]))[0][0]
         if self.classwise:
             M = self.n_bins
             label_count = s["class_label_count"].view(-1, M).to(torch.float64)
@@ -494,7 +511,7 @@ class CalibrationAccumulator:
         numbers = dict(zip(names, torch.stack([v.to(torch.float64) for v in values.values()]).tolist()))
 
         order = ["n", "accuracy", "error", "top5_error", "nll", "brier", "ece", "adaece", "mce", "classwise_ece",
-                 "s99", "s99_accuracy", "entropy"]
+                 "s99", "s99_accuracy", "entropy", *self.extra]
         result = {name: numbers[name] for name in order if name in numbers}
         result["n"] = int(result["n"])
         if self.num_classes < 5:
@@ -525,7 +542,7 @@ class CalibrationAccumulator:
 # ----------------------------------------------------------------------------------------------------------------
 
 def calibration_metrics(labels, *, logits=None, probs=None, n_bins: int = 15,
-                        ignore_index: int | None = None) -> dict:
+                        ignore_index: int | None = None, extra=()) -> dict:
     """Calibration and accuracy metrics of one set of predictions (fractions, not %).
 
     Args:
@@ -534,12 +551,15 @@ def calibration_metrics(labels, *, logits=None, probs=None, n_bins: int = 15,
         n_bins: ``M``, for the equal-width bins ``((i-1)/M, i/M]`` (ECE eq. 1, MCE eq. 2, classwise ECE) and the
             equal-mass bins of AdaECE (eq. 3).
         ignore_index: rows with this label are dropped.
+        extra: names of metrics beyond the paper to add (``"smece", "ks", "ece_sweep", "debiased_l2_ece"``; see
+            :mod:`focal_calibration.metrics_extra`), in the order given.
 
     Returns:
         ``n, accuracy, error, top5_error`` (K >= 5), ``nll, brier, ece, adaece, mce, classwise_ece, s99,
-        s99_accuracy`` (None when S99 is empty), ``entropy`` (nats). See the module docstring for the conventions.
+        s99_accuracy`` (None when S99 is empty), ``entropy`` (nats), then the ``extra`` keys. See the module docstring
+        for the conventions.
     """
-    accumulator = CalibrationAccumulator(n_bins, ignore_index=ignore_index)
+    accumulator = CalibrationAccumulator(n_bins, ignore_index=ignore_index, extra=extra)
     accumulator.update(labels, logits=logits, probs=probs)
     return accumulator.compute()
 
