@@ -12,6 +12,8 @@ wait make every parallel op cost a scheduler tick, whatever its size, which pena
 with ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` there, or run on an idle machine.
 
 * calibration_metrics: n, accuracy, top-5, NLL, Brier, ECE, AdaECE, MCE, classwise ECE, S99, entropy.
+* calibration_metrics, plain path: the same with the CPU fast path of metrics.sample_statistics switched off (the gain
+  quoted in its docstring).
 * loop reference: what per-bin Python loops cost: softmax, then ECE, AdaECE and classwise ECE with a boolean mask
   and .item() per bin (per class and bin for classwise ECE). Written here for the comparison only.
 * torchmetrics: MulticlassCalibrationError(n_bins, norm="l1") (ECE only), update(logits) + compute(), default
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from common import add_device_and_threads, apply_threads, timed
+import focal_calibration.metrics as metrics_module
 from focal_calibration import bootstrap_ci
 from focal_calibration.metrics import calibration_metrics
 
@@ -64,6 +67,14 @@ def loop_reference(logits, labels, n_bins):
             if in_bin.any().item():
                 classwise += abs(is_c[in_bin].sum().item() - p[in_bin].sum().item()) / n
     return ece, adaece, classwise / k
+
+
+def plain_path(labels, logits, n_bins):
+    metrics_module._FAST_PATH = False
+    try:
+        return calibration_metrics(labels, logits=logits, n_bins=n_bins)
+    finally:
+        metrics_module._FAST_PATH = True
 
 
 def torchmetrics_module(logits, labels, n_bins):
@@ -139,6 +150,7 @@ def main():
 
     variants = {
         "calibration_metrics (all metrics)": lambda: calibration_metrics(labels, logits=logits, n_bins=args.bins),
+        "calibration_metrics, plain path": lambda: plain_path(labels, logits, args.bins),
         "loop reference (ECE+AdaECE+classwise)": lambda: loop_reference(logits, labels, args.bins),
         "torchmetrics MulticlassCalibrationError": lambda: torchmetrics_module(logits, labels, args.bins),
         "torchmetrics functional, no validation": lambda: torchmetrics_functional(logits, labels, args.bins),

@@ -38,6 +38,8 @@ import math
 
 import torch
 
+from focal_calibration._internal import ascending_order
+
 __all__ = ["EXTRA_METRICS", "check_extra", "extra_metrics", "SortedGroups", "adaptive_ece_weighted", "ks_error",
            "ece_sweep", "debiased_l2_ece", "smooth_ece", "smece_grid_sums", "smooth_ece_from_grid", "SMECE_GRID"]
 
@@ -72,7 +74,8 @@ class SortedGroups:
 
     def __init__(self, confidence: torch.Tensor, correct: torch.Tensor):
         n = confidence.shape[0]
-        sorted_conf, order = confidence.sort()
+        order = ascending_order(confidence[None])[0]
+        sorted_conf = confidence[order]
         starts = torch.ones(n, dtype=torch.bool, device=confidence.device)
         starts[1:] = sorted_conf[1:] != sorted_conf[:-1]
         group_of_sorted = starts.cumsum(0) - 1
