@@ -105,7 +105,8 @@ def interleaved_median_times(variants, repeats, device):
 
 
 def bootstrap_rows(rows, classes, bins, resamples, loop_calls, device):
-    """(bootstrap_ci seconds, per-resample calibration_metrics loop seconds scaled to ``resamples``), best of 3."""
+    """((wall, CPU) seconds of bootstrap_ci, (wall, CPU) of the per-resample calibration_metrics loop scaled to
+    ``resamples``), each the best of 3."""
     generator = torch.Generator().manual_seed(1)
     logits = (torch.randn(rows, classes, generator=generator) * 3).to(device)
     labels = torch.randint(0, classes, (rows,), generator=generator).to(device)
@@ -119,8 +120,9 @@ def bootstrap_rows(rows, classes, bins, resamples, loop_calls, device):
         bootstrap_ci(labels, logits=logits, n_bins=bins, n_resamples=resamples)
 
     loop(), vectorised()  # warm-up
-    best_loop = min(timed(loop, device)[0] for _ in range(3)) * resamples / loop_calls
-    best_vectorised = min(timed(vectorised, device)[0] for _ in range(3))
+    scale = resamples / loop_calls
+    best_loop = [min(column) * scale for column in zip(*(timed(loop, device) for _ in range(3)))]
+    best_vectorised = [min(column) for column in zip(*(timed(vectorised, device) for _ in range(3)))]
     return best_vectorised, best_loop
 
 
@@ -171,13 +173,13 @@ def main():
               f"| {cpu * 1e3:.1f} ms | {cpu / base_cpu:.1f}x |")
 
     if args.resamples:
-        print(f"\nbootstrap, {args.resamples} resamples (README rows: input | bootstrap_ci | calibration_metrics per "
-              f"resample, {args.loop_calls} timed and scaled | ratio):")
+        print(f"\nbootstrap, {args.resamples} resamples (README rows: input | bootstrap_ci wall / CPU | "
+              f"calibration_metrics per resample ({args.loop_calls} timed, scaled) wall / CPU | ratio wall / CPU):")
         for classes in args.bootstrap_classes:
-            vectorised, loop = bootstrap_rows(args.bootstrap_rows, classes, args.bins, args.resamples,
-                                              args.loop_calls, args.device)
-            print(f"| {args.bootstrap_rows:,} x {classes} | {vectorised:.2f} s | {loop:.2f} s | "
-                  f"{loop / vectorised:.1f}x |")
+            (wall, cpu), (loop_wall, loop_cpu) = bootstrap_rows(args.bootstrap_rows, classes, args.bins,
+                                                                args.resamples, args.loop_calls, args.device)
+            print(f"| {args.bootstrap_rows:,} x {classes} | {wall:.2f} s / {cpu:.2f} s | {loop_wall:.1f} s / "
+                  f"{loop_cpu:.1f} s | {loop_wall / wall:.1f}x / {loop_cpu / cpu:.1f}x |")
 
 if __name__ == "__main__":
     main()

@@ -81,20 +81,22 @@ def resample_indices(rng: np.random.Generator, n_resamples: int, n_rows: int) ->
 
 
 def count_weights(indices: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Multinomial count weights ``w [C, N]`` (float64) of resample indices ``[C, N]``: how often each row was drawn."""
-    weights = torch.zeros(indices.shape[0], n_rows, dtype=torch.float64, device=indices.device)
-    return weights.scatter_add_(1, indices, torch.ones(indices.shape, dtype=torch.float64, device=indices.device))
+    """Multinomial count weights ``w [N, C]`` (float64; column c = resample c) of resample indices ``[C, N]``: how
+    often each row was drawn."""
+    chunk = indices.shape[0]
+    flat = indices * chunk + torch.arange(chunk, device=indices.device)[:, None]
+    return torch.bincount(flat.view(-1), minlength=n_rows * chunk).view(n_rows, chunk).to(torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Weighted metrics: each takes count weights w [C, N] and returns float64 [C]
+# Weighted metrics: each takes count weights w [N, C] and returns float64 [C]
 # ----------------------------------------------------------------------------------------------------------------
 
 def weighted_bin_sums(weights: torch.Tensor, bins: torch.Tensor, values: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """``out[c, b] = sum_i w[c, i] * values[i] * 1[bins[i] = b]`` (values None: counts)."""
-    weighted = weights if values is None else weights * values
-    return torch.zeros(weights.shape[0], n_bins, dtype=torch.float64, device=weights.device).index_add_(
-        1, bins, weighted)
+    """``out[b, c] = sum_i w[i, c] * values[i] * 1[bins[i] = b]`` (values None: counts), ``[n_bins, C]``."""
+    weighted = weights if values is None else weights * values[:, None]
+    return torch.zeros(n_bins, weights.shape[1], dtype=torch.float64, device=weights.device).index_add_(
+        0, bins, weighted)
 
 
 class _ClasswiseBins:
@@ -113,14 +115,14 @@ class _ClasswiseBins:
 
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
         K, M = self.num_classes, self.n_bins
-        label_count = weighted_bin_sums(weights, self.label_bin, None, K * M).view(-1, K, M)
-        prob_sum = weighted_bin_sums(weights[:, self.upper_row], self.upper_bin, self.upper_value,
-                                     K * M).view(-1, K, M)
+        label_count = weighted_bin_sums(weights, self.label_bin, None, K * M).view(K, M, -1)
+        prob_sum = weighted_bin_sums(weights.index_select(0, self.upper_row), self.upper_bin, self.upper_value,
+                                     K * M).view(K, M, -1)
         rows_per_chunk = max(1, _PROB_CHUNK_ELEMENTS // K)
-        total = sum(weights[:, start:start + rows_per_chunk] @ self.probs[start:start + rows_per_chunk].to(
-            torch.float64) for start in range(0, self.n, rows_per_chunk))
-        prob_sum[:, :, 0] = total - prob_sum[:, :, 1:].sum(-1)  # first bin = class total - upper bins
-        return (label_count - prob_sum).abs().sum(-1).mean(-1) / self.n
+        total = sum(self.probs[start:start + rows_per_chunk].to(torch.float64).t()
+                    @ weights[start:start + rows_per_chunk] for start in range(0, self.n, rows_per_chunk))
+        prob_sum[:, 0] = total - prob_sum[:, 1:].sum(1)  # first bin = class total - upper bins
+        return (label_count - prob_sum).abs().sum(1).mean(0) / self.n
 
 
 def _probabilities_of(scores: torch.Tensor, from_logits: bool) -> torch.Tensor:
@@ -195,11 +197,11 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
         indices = torch.from_numpy(resample_indices(rng, min(chunk, n_resamples - start), n)).to(device)
         weights = count_weights(indices, n)
         del indices
-        sums = weights @ per_row
+        sums = (per_row.t() @ weights).t()  # [C, columns]
         cumulative = groups.cumulative(weights)
-        count = weighted_bin_sums(weights, equal_width_bin, None, M)
-        ece, mce = ece_from_sums(count, weighted_bin_sums(weights, equal_width_bin, confidence64, M),
-                                 weighted_bin_sums(weights, equal_width_bin, correct64, M))
+        count = weighted_bin_sums(weights, equal_width_bin, None, M).t()
+        ece, mce = ece_from_sums(count, weighted_bin_sums(weights, equal_width_bin, confidence64, M).t(),
+                                 weighted_bin_sums(weights, equal_width_bin, correct64, M).t())
         accuracy = sums[:, column["accuracy"]] / n
         s99_count = sums[:, column["s99"]]
         part = {

@@ -482,7 +482,7 @@ class CalibrationAccumulator:
                 0, stats.upper_class_bin(num_classes, M), stats.upper_value.to(torch.float64))
             batch["class_prob_total"] = stats.class_total
         if "smece" in self.extra:
-            ones = torch.ones(1, len(labels), dtype=torch.float64, device=device)
+            ones = torch.ones(len(labels), 1, dtype=torch.float64, device=device)
             batch["smece_grid"] = smece_grid_sums(confidence, correct, ones)[0]
         samples = ([confidence], [correct]) if self.keep_samples else ([], [])
         return batch, *samples

@@ -1,8 +1,9 @@
 """Calibration metrics beyond the paper, opt-in through ``calibration_metrics(..., extra=...)``.
 
 All four measure top-label calibration: the confidence ``c_i = max_k p_ik`` against ``correct_i = 1[argmax = y_i]``,
-with N samples. They are written for sample weights ``w [R, N]`` (multinomial bootstrap counts summing to N; a plain
-evaluation is ``w = 1``), so :mod:`focal_calibration.bootstrap` evaluates them for all resamples at once.
+with N samples. They are written for sample weights ``w [N, R]``, one column per resample (multinomial bootstrap
+counts summing to N; a plain evaluation is one column of ones), so :mod:`focal_calibration.bootstrap` evaluates them
+for all resamples at once. (Samples on the first axis: gathering and scattering whole rows of R weights is fast.)
 
 * ``ks`` — KS calibration error (Gupta et al., "Calibration of Neural Networks using Splines", ICLR 2021, eq. 6 /
   §4): sort by confidence; ``KS = max_i |(1/N) sum_{j<=i} (correct_j - c_j)|``. The cumulative curves are functions
@@ -86,10 +87,11 @@ class SortedGroups:
         self.correct = correct.to(torch.float64)
 
     def cumulative(self, weights: torch.Tensor):
-        """Per group (weight, correct) and cumulative (ends, correct) sums, each ``[R, G]`` float64."""
-        zeros = torch.zeros(weights.shape[0], self.n_groups, dtype=torch.float64, device=weights.device)
-        group_weight = zeros.index_add(1, self.group, weights)
-        group_correct = zeros.index_add(1, self.group, weights * self.correct)
+        """Per group (weight, correct) and cumulative (ends, correct) sums of weights ``[N, R]``, each ``[R, G]``
+        float64 (resamples first: ``searchsorted`` needs each resample's ends contiguous)."""
+        zeros = torch.zeros(self.n_groups, weights.shape[1], dtype=torch.float64, device=weights.device)
+        group_weight = zeros.index_add(0, self.group, weights).t().contiguous()
+        group_correct = zeros.index_add(0, self.group, weights * self.correct[:, None]).t().contiguous()
         return group_weight, group_correct, group_weight.cumsum(1), group_correct.cumsum(1)
 
     def at(self, cumulative, positions: torch.Tensor):
@@ -109,18 +111,19 @@ class SortedGroups:
         return (correct_before + partial * correct_per_rank,
                 conf_before + partial * self.group_confidence[inside])
 
-    def bin_sums(self, cumulative, n_bins: int, chunk: int):
-        """Per equal-mass bin (correct, confidence) sums ``[R, M]``: rank r is in bin floor(r M / N)."""
+    def bin_sums(self, cumulative, n_bins: int):
+        """Per equal-mass bin (correct, confidence) sums ``[R, M]`` and bin sizes ``[M]``: rank r is in bin
+        floor(r M / N)."""
         b = torch.arange(n_bins + 1, device=self.group.device)
         boundaries = ((b * self.n + n_bins - 1) // n_bins).to(torch.float64)  # bin b starts at rank ceil(b N / M)
-        correct, conf = self.at(cumulative, boundaries.expand(chunk, -1))
+        correct, conf = self.at(cumulative, boundaries.expand(cumulative[0].shape[0], -1))
         return correct.diff(dim=1), conf.diff(dim=1), boundaries.diff()
 
 
 def adaptive_ece_weighted(groups: SortedGroups, weights: torch.Tensor, n_bins: int, cumulative=None):
     """AdaECE (eq. 3 of Mukhoti et al.) of each weighted sample ``[R]``."""
     cumulative = groups.cumulative(weights) if cumulative is None else cumulative
-    correct, conf, _ = groups.bin_sums(cumulative, n_bins, weights.shape[0])
+    correct, conf, _ = groups.bin_sums(cumulative, n_bins)
     return (correct - conf).abs().sum(1) / groups.n
 
 
@@ -138,7 +141,7 @@ def ks_error(groups: SortedGroups, weights: torch.Tensor, cumulative=None) -> to
 def debiased_l2_ece(groups: SortedGroups, weights: torch.Tensor, n_bins: int, cumulative=None) -> torch.Tensor:
     """Debiased L2 calibration error of Kumar et al. (2019) with ``n_bins`` equal-mass bins ``[R]``."""
     cumulative = groups.cumulative(weights) if cumulative is None else cumulative
-    correct, conf, size = groups.bin_sums(cumulative, n_bins, weights.shape[0])
+    correct, conf, size = groups.bin_sums(cumulative, n_bins)
     filled = size.clamp(min=1)
     accuracy, mean_conf = correct / filled, conf / filled
     variance = accuracy * (1 - accuracy) / (size - 1).clamp(min=1)
@@ -153,7 +156,7 @@ def ece_sweep(groups: SortedGroups, weights: torch.Tensor, cumulative=None) -> t
     at once, until every resample has met a count whose accuracies decrease (or b = N).
     """
     cumulative = groups.cumulative(weights) if cumulative is None else cumulative
-    chunk, n, device = weights.shape[0], groups.n, weights.device
+    chunk, n, device = weights.shape[1], groups.n, weights.device
     everything = torch.tensor([0.0, float(n)], dtype=torch.float64, device=device).expand(chunk, -1)
     correct, conf = groups.at(cumulative, everything)
     value = (correct.diff(dim=1) - conf.diff(dim=1)).abs().squeeze(1) / n  # one bin: always monotone
@@ -196,17 +199,17 @@ def ece_sweep(groups: SortedGroups, weights: torch.Tensor, cumulative=None) -> t
 
 def smece_grid_sums(confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor,
                     grid: int = SMECE_GRID) -> torch.Tensor:
-    """Residuals ``correct - c`` split linearly onto the grid points g / grid: ``[R, grid + 1]`` float64 (sums over
-    samples, so batches add up exactly)."""
+    """Residuals ``correct - c`` split linearly onto the grid points g / grid, for weights ``[N, R]``: ``[R, grid + 1]``
+    float64 (sums over samples, so batches add up exactly)."""
     position = confidence.to(torch.float64) * grid
     left = position.floor().clamp(0, grid - 1)
     right_share = position - left
     left = left.long()
-    residual = weights * (correct.to(torch.float64) - confidence.to(torch.float64))
-    sums = torch.zeros(weights.shape[0], grid + 1, dtype=torch.float64, device=weights.device)
-    sums.index_add_(1, left, residual * (1 - right_share))
-    sums.index_add_(1, left + 1, residual * right_share)
-    return sums
+    residual = weights * (correct.to(torch.float64) - confidence.to(torch.float64))[:, None]
+    sums = torch.zeros(grid + 1, weights.shape[1], dtype=torch.float64, device=weights.device)
+    sums.index_add_(0, left, residual * (1 - right_share)[:, None])
+    sums.index_add_(0, left + 1, residual * right_share[:, None])
+    return sums.t().contiguous()
 
 
 def _smooth_ece_at(spectrum: torch.Tensor, sigma: torch.Tensor, grid: int, n: float) -> torch.Tensor:
@@ -257,9 +260,9 @@ def extra_metrics(names, confidence: torch.Tensor, correct: torch.Tensor, n_bins
                   weights: torch.Tensor | None = None, *, groups: SortedGroups | None = None,
                   cumulative=None) -> dict:
     """``{name: float64 [R]}`` for the requested extra metrics of samples ``confidence / correct [N]`` with weights
-    ``[R, N]`` (None: one unweighted evaluation, R = 1). ``groups`` / ``cumulative``: reuse those of the caller."""
+    ``[N, R]`` (None: one unweighted evaluation, R = 1). ``groups`` / ``cumulative``: reuse those of the caller."""
     if weights is None:
-        weights = torch.ones(1, confidence.shape[0], dtype=torch.float64, device=confidence.device)
+        weights = torch.ones(confidence.shape[0], 1, dtype=torch.float64, device=confidence.device)
     out = {}
     if any(name in ORDER_BASED for name in names):
         groups = SortedGroups(confidence, correct) if groups is None else groups

@@ -164,7 +164,7 @@ def direct_smece(confidence, residual, sigma, points=10001):
 
 def smece_at(confidence, correct, sigma):
     conf = torch.from_numpy(confidence)
-    ones = torch.ones(1, len(conf), dtype=torch.float64)
+    ones = torch.ones(len(conf), 1, dtype=torch.float64)
     return float(smooth_ece_from_grid(smece_grid_sums(conf, torch.from_numpy(correct), ones), len(conf),
                                       sigma=sigma)[0][0])
 
