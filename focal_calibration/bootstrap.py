@@ -1,8 +1,9 @@
 """Bootstrap uncertainty of the calibration metrics: resample the test set's rows with replacement.
 
-Every metric of :func:`focal_calibration.calibration_metrics` (and its ``extra`` metrics) is computed on ``n_resamples`` resamples of the N test
-rows, vectorised over resamples. A resample is described by its multinomial count weights ``w [N]`` (how often each
-row was drawn, summing to N), and each metric is written as a weighted sum over the original rows:
+Every metric of :func:`focal_calibration.calibration_metrics` (and its ``extra`` metrics) is computed on
+``n_resamples`` resamples of the N test rows, vectorised over resamples. A resample is described by its multinomial
+count weights ``w [N]`` (how often each row was drawn, summing to N; a chunk of C resamples is ``[N, C]``), and each
+metric is written as a weighted sum over the original rows:
 
 * accuracy, top-5, NLL, Brier, entropy, S99: ``w @ per-row value / N`` (one matrix product for all of them);
 * ECE (eq. 1) / MCE (eq. 2): per-bin sums ``sum_i w_i 1[bin_i = b] x_i`` (``index_add`` over the rows' bins);
@@ -13,7 +14,8 @@ row was drawn, summing to N), and each metric is written as a weighted sum over 
   ``G_g = sum_{i in g} w_i (correct_i - conf_i)``, the cumulative gap over the first ``x`` ranks is piecewise linear
   in ``x`` (each rank of group g adds ``G_g / W_g``: the tie convention of metrics.py, the group's mean correctness).
   Bin b holds ranks ``[ceil(bM/N)... )``, i.e. ranks r with ``floor(r M / N) = b``; its gap is the cumulative gap at its
-  upper boundary minus that at its lower one (one batched ``searchsorted`` per chunk).
+  upper boundary minus that at its lower one (one batched ``searchsorted`` per chunk;
+  :class:`focal_calibration.metrics_extra.SortedGroups`, shared with KS, ECE-sweep and the debiased L2 error).
 
 These equal :func:`calibration_metrics` on the explicitly resampled rows up to float64 rounding (tested).
 
@@ -29,9 +31,9 @@ no ``batch`` draws the same indices.)
 An NLL replicate is +inf when a given probability ``p_y`` is exactly 0 in that resample.
 
 **Memory.** Resamples are processed in chunks of ``C = max(1, 2**21 // max(N, E, K * M))`` (E = the number of
-``p_k > 1/M``, at most about ``N * M``), so each chunk-sized float64 array has at most ``2**21`` elements (16 MiB) plus
-one resample; about ten such arrays live at once (~160 MiB), besides the probabilities themselves (``N x K`` in the
-compute dtype) and the per-row statistics.
+``p_k > 1/M``, fewer than ``N * M``; with ``smece`` also ``4 * 2048``), so each chunk-sized float64 array has at most
+``2**21`` elements (16 MiB) plus one resample; about ten such arrays live at once (~160 MiB), besides the
+probabilities themselves (``N x K`` in the compute dtype) and the per-row statistics.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from focal_calibration.metrics_extra import (SMECE_GRID, SortedGroups, adaptive_
 
 __all__ = ["bootstrap_ci", "bootstrap_samples"]
 
-_CHUNK_ELEMENTS = 2 ** 21  # elements of each [chunk, N]-sized float64 array (16 MiB)
+_CHUNK_ELEMENTS = 2 ** 21  # elements of each [N, chunk]-sized float64 array (16 MiB)
 _PROB_CHUNK_ELEMENTS = 2 ** 20  # rows of P converted to float64 at a time for w @ P
 
 
