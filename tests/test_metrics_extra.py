@@ -186,7 +186,7 @@ def test_smece_matches_relplot_where_its_grid_is_accurate():
     for sigma in (0.03, 0.08):
         assert smece_at(confidence, correct, sigma) == pytest.approx(
             relplot.smECE_sigma(confidence, correct.astype(float), sigma), rel=2e-3)
-    # fixed point: relplot bisects the width 10 times on [0, 1] (to 2^-10), we to 1e-10; smECE = width there
+    # fixed point: relplot bisects the width 10 times on [0, 1] (to 2^-10), we to 1e-9; smECE = width there
     got = calibration_metrics(labels_for(correct), probs=binary_probs(confidence), extra=("smece",))["smece"]
     theirs, width = relplot.smECE(confidence, correct.astype(float), return_width=True)
     assert got == pytest.approx(smece_at(confidence, correct, got), abs=1e-9)  # the fixed point
