@@ -7,6 +7,7 @@ sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Br
 
 from focal_calibration._internal import set_value_checks
 from focal_calibration.bootstrap import bootstrap_ci, bootstrap_samples
+from focal_calibration.evidence import claim_result, regime_check, seed_summary, verdict
 from focal_calibration.focal import focal_loss, g, gamma_star, optimal_confidence
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                      prop2_gamma_policy)
@@ -25,4 +26,5 @@ __all__ = [
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
     "bootstrap_ci", "bootstrap_samples",
     "fit_temperature", "TemperatureFit", "set_value_checks",
+    "seed_summary", "verdict", "claim_result", "regime_check",
 ]

@@ -11,7 +11,9 @@ and temperature scaling always check: they run once per evaluation, not per step
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -165,3 +167,20 @@ def prepare_scores(labels, logits, probs, ignore_index):
         if not bool(keep.all()):
             scores, labels = scores[keep], labels[keep]
     return scores, labels.long(), logits is not None
+
+
+def json_ready(value):
+    """Paths -> str, tuples -> lists, tensors / numpy scalars -> Python numbers, non-finite floats -> None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, torch.Tensor):
+        return json_ready(value.tolist())
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
