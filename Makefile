@@ -38,10 +38,10 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install
-	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --out results/demo
+	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --output-dir results/demo
 
 study: install
-	MPLBACKEND=Agg $(PY) scripts/regime_study.py --out results/study
+	MPLBACKEND=Agg $(PY) scripts/regime_study.py --output-dir results/study
 
 demo-linear: install
 	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --output-dir results/appendix_b

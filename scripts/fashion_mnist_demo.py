@@ -1,7 +1,7 @@
 """`make demo`: does focal loss calibrate better than cross-entropy? Fashion-MNIST, in the paper's §3 regime and
 outside it, with seeds, intervals and computed verdicts.
 
-    python scripts/fashion_mnist_demo.py --out results/demo
+    python scripts/fashion_mnist_demo.py --output-dir results/demo
 
 Configuration (README, "The main job"): the regime study's recipe (classification/study.py: `mlp`, the paper's SGD,
 3,440 updates for every training-set size) on the training-set size chosen by the §3 criterion from CE runs alone —
@@ -9,8 +9,8 @@ CE reaches <= 0.5% training error and its test NLL on misclassified samples rise
 LS-0.05, FL-3, FLSD-53) x 3 seeds; plus a contrast: CE and FLSD-53 x 3 seeds on all 55,000 training images, where
 CE does not reach the regime.
 
-Writes under --out: study.json (one record per run; re-running skips finished runs), table.md (mean ± std per loss
-and size), claims.md and claims.json (each claim: mean ± std over seeds, 95% intervals over seeds and over test-set
+Writes under --output-dir: study.json (one record per run; re-running skips finished runs), table.md (mean ± std per
+loss and size), claims.md and claims.json (each claim: mean ± std over seeds, 95% intervals over seeds and over test-set
 resamples, the verdict computed from them, and the regime of CE per seed), figures/ (the §3 dynamics, Figs. 2, 3 and
 10, of seed 1), and each run's folder runs/<cell>/ with its reliability diagrams.
 """
@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 from classification.claims import claims_markdown, compute_claims
-from classification.datasets import DatasetNotFoundError, load_dataset
+from classification.datasets import load_dataset
 from classification.figures import plot_runs
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, run_cells, study_markdown
+from focal_calibration import cli
 from focal_calibration.evaluation import write_json_atomic
 from focal_calibration.losses import build_loss
 
@@ -39,20 +40,20 @@ DEMO_LOSSES = ("ce", "brier", "ls-0.05", "fl-3", "flsd-53")
 CONTRAST_LOSSES = ("ce", "flsd-53")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/demo", help="output folder (default: %(default)s)")
+def get_args_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default="results/demo", help="output folder")
     parser.add_argument("--size", type=int, default=DEMO_SIZE,
                         help="training images of the main configuration (default: %(default)s, by the criterion)")
-    parser.add_argument("--losses", nargs="+", default=list(DEMO_LOSSES), help="(default: %(default)s)")
+    parser.add_argument("--losses", nargs="+", default=list(DEMO_LOSSES), help="losses of the main configuration")
     parser.add_argument("--contrast-size", type=int, default=FULL_TRAIN_SIZE,
                         help="training images of the contrast (default: %(default)s; 0 = no contrast)")
-    parser.add_argument("--contrast-losses", nargs="+", default=list(CONTRAST_LOSSES), help="(default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N (default: %(default)s)")
+    parser.add_argument("--contrast-losses", nargs="+", default=list(CONTRAST_LOSSES), help="losses of the contrast")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N")
     parser.add_argument("--epochs", type=int, default=8,
-                        help="passes over 55,000 images = the updates of every run (default: %(default)s)")
+                        help="passes over 55,000 images = the updates of every run")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="runs at once, one CPU thread each (default: %(default)s)")
+                        help="runs at once, one CPU thread each")
     parser.add_argument("--n-resamples", type=int, default=1000,
                         help="test-set bootstrap resamples per run (default: %(default)s; 0 = seeds only)")
     parser.add_argument("--data-dir", default=None)
@@ -78,7 +79,7 @@ def main(args: argparse.Namespace) -> dict:
     cells = [Cell(seed, args.size, loss) for seed in seeds for loss in args.losses]
     if args.contrast_size:
         cells += [Cell(seed, args.contrast_size, loss) for seed in seeds for loss in args.contrast_losses]
-    out = Path(args.out)
+    out = Path(args.output_dir)
     start = time.perf_counter()
     print(f"demo: {len(cells)} runs of {recipe.updates} updates ({args.size:,} training images: "
           f"{', '.join(args.losses)}; contrast {args.contrast_size:,}: {', '.join(args.contrast_losses)}; "
@@ -111,17 +112,12 @@ def main(args: argparse.Namespace) -> dict:
     return claims
 
 
-def cli(argv=None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
     try:
-        main(args)
-    except (ValueError, DatasetNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except RuntimeError as error:
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    return 0
+        return main(args)
+    except RuntimeError as error:  # training runs failed (the others finished and are recorded): exit status 1
+        raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli.run_cli(get_args_parser(), run))

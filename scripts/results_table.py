@@ -10,145 +10,36 @@ says how many (``n=3``). Metrics that temperature scaling cannot change (error, 
 
 from __future__ import annotations
 
-import argparse
-import math
-from collections import defaultdict
+import sys
 from pathlib import Path
 
-from focal_calibration.evaluation import read_results  # noqa: E402
-from focal_calibration.evidence import seed_summary  # noqa: E402
-
-PAPER_ORDER = ("ce", "brier", "mmce-2", "ls-0.05", "fl-1", "fl-2", "fl-3", "flsc-531", "flsc-532", "flsd-532",
-               "flsd-53")
-LOSS_TITLES = {"ce": "Cross-Entropy", "brier": "Brier Loss", "mmce-2": "MMCE", "ls-0.05": "LS-0.05",
-               "fl-1": "FL-1", "fl-2": "FL-2", "fl-3": "FL-3", "flsc-531": "FLSc-531", "flsc-532": "FLSc-532",
-               "flsd-532": "FLSD-532", "flsd-53": "FLSD-53"}
-METRICS = {  # name -> (title, scaled by temperature?)
-    "ece": ("ECE (%)", True), "adaece": ("AdaECE (%)", True), "mce": ("MCE (%)", True),
-    "classwise_ece": ("Classwise ECE (%)", True), "nll": ("NLL (x100)", True), "brier": ("Brier (x100)", True),
-    "error": ("Error (%)", False), "top5_error": ("Top-5 error (%)", False), "s99": ("|S99| (%)", True),
-    "s99_accuracy": ("S99 accuracy (%)", True),
-}
+from focal_calibration import cli
+from focal_calibration.checkpoint import atomic_write
+from focal_calibration.evaluation import read_results
+from focal_calibration.tables import METRICS, to_latex, to_markdown
 
 
-def _summary(values, scale: float = 1.0):
-    """(mean, std) of the defined values, scaled; None if none is defined."""
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None
-    summary = seed_summary([scale * v for v in values])
-    return summary["mean"], summary["std"]
-
-
-def build_table(records: list[dict], metric: str) -> tuple[list[str], list[tuple[str, str]], dict]:
-    """(loss columns, (dataset, model) rows, {(row, loss): (pre, post, T, n)}) with pre / post / T each None or a
-    (mean, std) pair over the runs (pre / post in % or x100)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    groups = defaultdict(list)
-    seen = set()
-    for record in records:
-        run = record.get("paths", {}).get("checkpoint") or record.get("path")
-        if run is not None and run in seen:  # train.py's and evaluate.py's results of the same checkpoint
-            continue
-        seen.add(run)
-        groups[(record["dataset"], record["model"]), record["loss"]].append(record["evaluation"])
-    losses = sorted({loss for _, loss in groups},
-                    key=lambda s: (PAPER_ORDER.index(s) if s in PAPER_ORDER else len(PAPER_ORDER), s))
-    rows = sorted({row for row, _ in groups})
-    cells = {}
-    for (row, loss), evaluations in groups.items():
-        cells[row, loss] = (_summary([e["pre"].get(metric) for e in evaluations], 100),
-                            _summary([e["post"].get(metric) for e in evaluations], 100),
-                            _summary([e["temperature"] for e in evaluations]), len(evaluations))
-    return losses, rows, cells
-
-
-def _number(summary, decimals: int = 2, plus_minus: str = " ± ", spread: bool = True) -> str:
-    if summary is None:
-        return "-"
-    mean, std = summary
-    return f"{mean:.{decimals}f}" + (f"{plus_minus}{std:.{decimals}f}" if spread else "")
-
-
-def _cell(value, scaled: bool) -> str:
-    if value is None:
-        return "-"
-    pre, post, temperature, n = value
-    many = n > 1  # a single run has no spread to show
-    text = (f"{_number(pre, spread=many)} / {_number(post, spread=many)} ({_number(temperature, 1, spread=many)})"
-            if scaled else _number(pre, spread=many))
-    return text + (f" n={n}" if many else "")
-
-
-def to_markdown(records, metric: str) -> str:
-    losses, rows, cells = build_table(records, metric)
-    title, scaled = METRICS[metric]
-    head = ["Dataset", "Model"] + [LOSS_TITLES.get(loss, loss) for loss in losses]
-    lines = [f"**{title}**" + (" — pre T / post T (T), T chosen by validation ECE" if scaled else ""), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        lines.append("| " + " | ".join([*row, *(_cell(cells.get((row, loss)), scaled) for loss in losses)]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _tex(text: str) -> str:
-    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-
-
-def to_latex(records, metric: str) -> str:
-    losses, rows, cells = build_table(records, metric)
-    title, scaled = METRICS[metric]
-    per_loss = 2 if scaled else 1
-    lines = [r"\begin{tabular}{ll" + "c" * (per_loss * len(losses)) + "}", r"\toprule"]
-    lines.append("Dataset & Model & " + " & ".join(
-        (rf"\multicolumn{{2}}{{c}}{{{_tex(LOSS_TITLES.get(loss, loss))}}}" if scaled else
-         _tex(LOSS_TITLES.get(loss, loss))) for loss in losses) + r" \\")
-    if scaled:
-        lines.append(" & & " + " & ".join(["Pre T & Post T"] * len(losses)) + r" \\")
-    lines.append(r"\midrule")
-    for row in rows:
-        parts = [_tex(row[0]), _tex(row[1])]
-        for loss in losses:
-            value = cells.get((row, loss))
-            if value is None:
-                parts += ["-"] * per_loss
-            elif scaled:
-                pre, post, temperature, _ = value
-                many, pm = value[3] > 1, r"$\pm$"
-                parts += [_number(pre, 2, pm, many),
-                          f"{_number(post, 2, pm, many)}({_number(temperature, 1, pm, many)})"]
-            else:
-                parts.append(_number(value[0], 2, r"$\pm$", value[3] > 1))
-        lines.append(" & ".join(parts) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", f"% {title}"]
-    return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="results.json files or folders searched recursively")
     parser.add_argument("--metric", nargs="+", default=["ece", "adaece"], choices=tuple(METRICS))
     parser.add_argument("--format", nargs="+", default=["markdown"], choices=("markdown", "latex"))
     parser.add_argument("--out", default=None, help="also write the tables to this file")
-    args = parser.parse_args(argv)
-    try:
-        records = read_results(args.paths)
-    except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return parser
+
+
+def main(args) -> str:
+    records = read_results(args.paths)
     if not records:
-        parser.exit(2, f"{parser.prog}: error: no results.json found under {', '.join(args.paths)}\n")
-    parts = []
-    for fmt in args.format:
-        for metric in args.metric:
-            parts.append((to_markdown if fmt == "markdown" else to_latex)(records, metric))
+        raise ValueError(f"no results.json found under {', '.join(args.paths)}")
+    parts = [(to_markdown if fmt == "markdown" else to_latex)(records, metric)
+             for fmt in args.format for metric in args.metric]
     text = "\n".join(parts)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write(Path(args.out), lambda handle: handle.write(text), binary=False)
     print(text, end="")
     return text
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_cli(get_args_parser(), main))

@@ -9,7 +9,15 @@ import torch
 from classification.figures import plot_runs
 from focal_calibration.evaluation import write_json_atomic
 from focal_calibration.tables import to_latex, to_markdown
-from scripts.results_table import main as table_main
+from focal_calibration import cli
+from scripts.results_table import get_args_parser, main
+
+
+def table_main(argv):
+    """scripts/results_table.py as its command line runs it (one-line errors, exit status 2)."""
+    text = []
+    cli.run_cli(get_args_parser(), lambda args: text.append(main(args)), argv)
+    return text[0]
 
 
 def _metrics(ece, adaece, error):
