@@ -2,7 +2,8 @@
 
 The shared core of the image, text and fairseq trainers: losses (focal loss with fixed / epoch-scheduled /
 sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Brier, MMCE), calibration metrics
-(ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99), temperature scaling and plots.
+(ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99), temperature scaling, vector / matrix scaling and Dirichlet
+calibration, and plots.
 """
 
 from focal_calibration._internal import set_value_checks
@@ -12,6 +13,7 @@ from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolic
 from focal_calibration.losses import (PAPER_LOSS_SPECS, BrierLoss, CalibrationLoss, CrossEntropyLoss, FocalLoss,
                                       LabelSmoothingLoss, MMCELoss, build_loss, mmce_weighted)
 from focal_calibration.metrics import CalibrationAccumulator, ReliabilityBins, calibration_metrics, reliability_bins
+from focal_calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.temperature import TemperatureFit, fit_temperature
 
 __version__ = "0.1.0"
@@ -23,4 +25,5 @@ __all__ = [
     "mmce_weighted", "build_loss", "PAPER_LOSS_SPECS",
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
     "fit_temperature", "TemperatureFit", "set_value_checks",
+    "fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit",
 ]
