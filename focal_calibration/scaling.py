@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from focal_calibration._internal import as_tensor, check_finite, check_n_bins, compute_dtype, prepare_scores
+from focal_calibration._internal import (as_tensor, check_finite, check_n_bins, check_nonnegative_number, compute_dtype,
+                                         prepare_scores)
 from focal_calibration.metrics import calibration_metrics
 
 __all__ = ["fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit", "DEFAULT_ODIR_GRID"]
@@ -197,16 +198,7 @@ def _check_odir(odir):
         return odir
     if isinstance(odir, str) or not hasattr(odir, "__len__") or len(odir) != 2:
         raise ValueError(f"odir must be None, 'cv' or a pair (lambda, mu) of numbers >= 0, got {odir!r}")
-    pair = []
-    for name, value in zip(("lambda", "mu"), odir):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"odir {name} must be a number >= 0, got {value!r}") from None
-        if not np.isfinite(number) or number < 0:
-            raise ValueError(f"odir {name} must be a finite number >= 0, got {value!r}")
-        pair.append(number)
-    return tuple(pair)
+    return tuple(check_nonnegative_number(value, f"odir {name}") for name, value in zip(("lambda", "mu"), odir))
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -233,7 +225,7 @@ def _prepare(logits, labels, ignore_index, max_chunk_elements):
     logits, labels, _ = prepare_scores(labels, logits, None, ignore_index)
     if logits.shape[0] == 0:
         raise ValueError(f"empty input: every label is ignore_index={ignore_index}")
-    n, k = logits.shape
+    k = logits.shape[1]
     if k < 2:
         raise ValueError(f"a calibration map needs K >= 2 classes, got logits of shape {tuple(logits.shape)}")
     check_finite(logits, "logits")
