@@ -151,8 +151,8 @@ def main():
                 "fit_dirichlet ODIR 1,1": timed_map("fit_dirichlet ODIR 1,1", fit_dirichlet, odir=(1.0, 1.0)),
             })
         else:
-            print(f"\n{rows:,} x {classes}: matrix scaling / Dirichlet not timed (rows * K^2 = {rows * classes ** 2:.2g}"
-                  f" > {MATRIX_MAPS_MAX_COST:.2g})")
+            print(f"\n{rows:,} x {classes}: matrix scaling / Dirichlet not timed "
+                  f"(rows * K^2 = {rows * classes ** 2:.2g} > {MATRIX_MAPS_MAX_COST:.2g})")
         times, peaks = measure(variants, repeats, args.device)
         times[loop_name] = tuple(seconds * loop_scale for seconds in times[loop_name])
         base_wall, base_cpu = times["fit_temperature grid ECE (100 T)"]

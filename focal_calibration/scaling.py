@@ -314,7 +314,7 @@ def _fit(method, logits, labels, *, odir, odir_grid, cv_folds, seed, ignore_inde
 # Public entry points
 
 @torch.no_grad()
-def fit_vector_scaling(logits, labels, *, ignore_index: int | None = None, n_bins: int = 15, max_iter: int = 500,
+def fit_vector_scaling(logits, labels, *, ignore_index: int | None = None, n_bins: int = 15, max_iter: int = 1000,
                        max_chunk_elements: int = 2 ** 25) -> ScalingFit:
     """Vector scaling (Guo et al. 2017): ``s = a ⊙ z + b`` minimising the NLL on validation logits ``[..., K]`` and
     labels ``[...]``; unregularised, so it needs 2K <= N and every class among the labels.
@@ -331,7 +331,7 @@ def fit_vector_scaling(logits, labels, *, ignore_index: int | None = None, n_bin
 
 @torch.no_grad()
 def fit_matrix_scaling(logits, labels, *, odir=None, odir_grid=None, cv_folds: int = 3, seed: int = 0,
-                       ignore_index: int | None = None, n_bins: int = 15, max_iter: int = 500,
+                       ignore_index: int | None = None, n_bins: int = 15, max_iter: int = 1000,
                        max_chunk_elements: int = 2 ** 25) -> ScalingFit:
     """Matrix scaling (Guo et al. 2017): ``s = W z + b`` minimising the NLL on validation logits ``[..., K]``.
 
@@ -347,7 +347,7 @@ def fit_matrix_scaling(logits, labels, *, odir=None, odir_grid=None, cv_folds: i
 
 @torch.no_grad()
 def fit_dirichlet(logits, labels, *, odir=None, odir_grid=None, cv_folds: int = 3, seed: int = 0,
-                  ignore_index: int | None = None, n_bins: int = 15, max_iter: int = 500,
+                  ignore_index: int | None = None, n_bins: int = 15, max_iter: int = 1000,
                   max_chunk_elements: int = 2 ** 25) -> ScalingFit:
     """Dirichlet calibration (Kull et al. 2019): ``s = W log softmax(z) + b``, i.e. matrix scaling of the
     log-probabilities, from logits ``[..., K]`` (the log-softmax is exact, no clipping). Arguments as

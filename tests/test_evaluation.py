@@ -110,8 +110,8 @@ def test_post_hoc_maps_are_fitted_on_validation_and_reported_on_test(data, resul
     (420, 6, "auto", True, "plain"),       # 42 <= 42.0
     (1500, 6, "auto", False, "odir"),      # a class missing from the validation labels: no finite plain optimum
     (5000, 100, "auto", True, "odir"),     # CIFAR-100-like: 10,100 parameters
-    (25000, 1000, "auto", True, "skip"),   # ImageNet-like: N K^2 = 2.5e10 > 2^28
-    (10000, 200, "auto", True, "skip"),    # Tiny-ImageNet-like: 4e8 > 2^28
+    (25000, 1000, "auto", True, "skip"),   # ImageNet-like: N K^2 = 2.5e10 > 2^27
+    (10000, 200, "auto", True, "skip"),    # Tiny-ImageNet-like: 4e8 > 2^27
     (25000, 1000, "odir", True, "odir"),
     (50, 6, "plain", True, "plain"),
     (1500, 6, "off", True, "skip"),
