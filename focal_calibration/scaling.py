@@ -30,19 +30,19 @@ from the strongest regularisation down; the path (grid, held-out NLL) is kept on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from focal_calibration._internal import (as_tensor, check_finite, check_n_bins, check_nonnegative_number, compute_dtype,
                                          prepare_scores)
-from focal_calibration.metrics import calibration_metrics
+from focal_calibration.metrics import CalibrationAccumulator
 
 __all__ = ["fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit", "DEFAULT_ODIR_GRID"]
 
-MAPS = ("vector", "matrix", "dirichlet")
-DEFAULT_ODIR_GRID = 10.0 ** np.arange(-2, 5)  # λ = μ candidates of odir="cv": 0.01 ... 10^4 (Kull et al.'s scale)
+# λ = μ candidates of odir="cv": 10^-2 ... 10^4 (Kull et al.'s experiment scripts search 10^-5 or 10^-2 ... 10^6)
+DEFAULT_ODIR_GRID = 10.0 ** np.arange(-2, 5)
 _CPU_BLOCK = 2 ** 22  # rows x K elements per chunk on CPU (16 MB in fp32), so a chunk's passes mostly hit the cache
 
 
@@ -67,7 +67,7 @@ class ScalingFit:
     converged: bool
     odir_grid: np.ndarray | None = None
     cv_nll: np.ndarray | None = None
-    cv_folds: int | None = field(default=None)
+    cv_folds: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -228,9 +228,11 @@ def _prepare(logits, labels, ignore_index, max_chunk_elements):
     k = logits.shape[1]
     if k < 2:
         raise ValueError(f"a calibration map needs K >= 2 classes, got logits of shape {tuple(logits.shape)}")
-    check_finite(logits, "logits")
     block = min(max_chunk_elements, _CPU_BLOCK) if logits.device.type == "cpu" else max_chunk_elements
-    return logits.detach(), labels, max(1, block // k)
+    chunk_rows = max(1, block // k)
+    for start in range(0, logits.shape[0], chunk_rows):  # chunked: no N x K mask
+        check_finite(logits[start:start + chunk_rows], "logits")
+    return logits.detach(), labels, chunk_rows
 
 
 def _check_identifiable(n: int, k: int, n_params: int, labels: torch.Tensor, name: str, hint: str) -> None:
@@ -300,14 +302,21 @@ def _fit(method, logits, labels, *, odir, odir_grid, cv_folds, seed, ignore_inde
         odir = (best, best)
     theta, objective, n_iter, converged = _minimise(x, labels, odir, _identity_params(k, vector, x.device),
                                                     max_iter, chunk_rows)
-    weight, bias = _split_params(theta.cpu(), k)
-    fit = ScalingFit(method=method, weight=weight.numpy().copy(), bias=bias.numpy().copy(), odir=odir,
-                     nll=float("nan"), ece=float("nan"), adaece=float("nan"), objective=objective, n_iter=n_iter,
-                     converged=converged, odir_grid=grid, cv_nll=cv_nll,
-                     cv_folds=cv_folds if grid is not None else None)
-    metrics = calibration_metrics(labels, logits=fit.scale(logits), n_bins=n_bins)
-    fit.nll, fit.ece, fit.adaece = metrics["nll"], metrics["ece"], metrics["adaece"]
-    return fit
+    weight, bias = _split_params(theta, k)
+    metrics = _metrics_at_fit(x, labels, weight.to(x.dtype), bias.to(x.dtype), n_bins, chunk_rows)
+    return ScalingFit(method=method, weight=weight.cpu().numpy().copy(), bias=bias.cpu().numpy().copy(), odir=odir,
+                      nll=metrics["nll"], ece=metrics["ece"], adaece=metrics["adaece"], objective=objective,
+                      n_iter=n_iter, converged=converged, odir_grid=grid, cv_nll=cv_nll,
+                      cv_folds=cv_folds if grid is not None else None)
+
+
+def _metrics_at_fit(x, labels, weight, bias, n_bins, chunk_rows) -> dict:
+    """Validation metrics of the fitted map, streamed over row chunks (the mapped N x K logits never exist at once)."""
+    accumulator = CalibrationAccumulator(n_bins, classwise=False)
+    for start in range(0, x.shape[0], chunk_rows):
+        accumulator.update(labels[start:start + chunk_rows],
+                           logits=_linear_map(x[start:start + chunk_rows], weight, bias))
+    return accumulator.compute()
 
 
 # ----------------------------------------------------------------------------------------------------------------

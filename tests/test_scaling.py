@@ -289,9 +289,11 @@ def test_ignore_index_drops_rows():
 def test_metrics_at_the_fit_are_the_cores():
     logits = torch.randn(500, 4, generator=torch.Generator().manual_seed(19), dtype=torch.float64) * 3
     labels = sampled_labels(logits / 2, seed=20)
-    fit = fit_vector_scaling(logits, labels, n_bins=10)
-    metrics = calibration_metrics(labels, logits=fit.scale(logits), n_bins=10)
-    assert (fit.nll, fit.ece, fit.adaece) == (metrics["nll"], metrics["ece"], metrics["adaece"])
+    for max_chunk_elements in (2 ** 25, 44):  # one chunk; chunks of 11 rows (streamed metrics)
+        fit = fit_vector_scaling(logits, labels, n_bins=10, max_chunk_elements=max_chunk_elements)
+        metrics = calibration_metrics(labels, logits=fit.scale(logits), n_bins=10)
+        for key in ("nll", "ece", "adaece"):
+            assert getattr(fit, key) == pytest.approx(metrics[key], rel=1e-9), key
 
 
 # ----------------------------------------------------------------------------------------------------------------
