@@ -9,7 +9,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Real offline data and tools from Debian: Fashion-MNIST (image demo/tests) and link-grammar (text-suite trees).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install system-packages test demo demo-linear demo-text demo-nmt bench clean
+.PHONY: install system-packages test demo study demo-linear demo-text demo-nmt bench clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ test: install
 
 demo: install
 	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --out results/demo
+
+study: install
+	MPLBACKEND=Agg $(PY) scripts/regime_study.py --out results/study
 
 demo-linear: install
 	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --out results/appendix_b

@@ -30,12 +30,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from focal_calibration.cli import DataNotFoundError
+
 __all__ = ["ImageSplit", "DatasetSplits", "load_dataset", "DATASET_NAMES", "DATASET_INFO", "DatasetNotFoundError"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataNotFoundError):
     """The data files are not where they were looked for (the message says where and how to get them)."""
 
 

@@ -20,9 +20,10 @@ if __package__ in (None, ""):
 
 from classification.batches import Normalize
 from classification.datasets import load_dataset
-from classification.engine import collect_logits, format_summary, run_cli, setup_distributed, write_final_report
+from classification.engine import collect_logits, format_summary, setup_distributed, write_final_report
 from classification.models import build_model
 from focal_calibration.checkpoint import load_checkpoint
+from focal_calibration.cli import run_cli
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

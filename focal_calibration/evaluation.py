@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from focal_calibration._internal import as_tensor, check_n_bins
+from focal_calibration._internal import as_tensor, check_n_bins, json_ready
 from focal_calibration.checkpoint import atomic_write
 from focal_calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.scaling import fit_matrix_scaling, fit_vector_scaling
@@ -180,26 +180,9 @@ def save_reliability_diagrams(test_logits, test_labels, temperature: float, out_
 # ----------------------------------------------------------------------------------------------------------------
 # Results files
 
-def _json_ready(value):
-    """Paths -> str, tuples -> lists, tensors / numpy scalars -> Python numbers, non-finite floats -> None."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, torch.Tensor):
-        return _json_ready(value.tolist())
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    text = json.dumps(_json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    text = json.dumps(json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
     return atomic_write(path, lambda handle: handle.write(text), binary=False)
 
 
