@@ -35,6 +35,7 @@ system-packages:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing
 
 test: install
+	$(PY) -m ruff check --no-cache .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install
@@ -44,7 +45,7 @@ study: install
 	MPLBACKEND=Agg $(PY) scripts/regime_study.py --out results/study
 
 demo-linear: install
-	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --out results/appendix_b
+	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --output-dir results/appendix_b
 
 demo-text: install
 	MPLBACKEND=Agg $(PY) scripts/text_demo.py --out results/text --parse-cache data/text/link_grammar_parses.jsonl

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from classification.claims import claims_markdown, compute_claims
 from classification.datasets import DatasetNotFoundError, load_dataset
+from classification.figures import plot_runs
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, run_cells, study_markdown
 from focal_calibration.evaluation import write_json_atomic
 from focal_calibration.losses import build_loss
-from scripts.plot_training_dynamics import plot_runs
 
 # Chosen by the criterion in the README ("The main job") from CE runs alone (`scripts/regime_study.py --losses ce`,
 # 3 seeds): CE's final training error was 0.00-0.04% at 2,500 / 5,000, 0.09-0.19% at 10,000, 1.60-1.69% at 20,000

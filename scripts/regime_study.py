@@ -63,7 +63,8 @@ def main(args: argparse.Namespace) -> dict:
     cells = [Cell(seed, size, loss) for seed in range(1, args.seeds + 1) for size in args.sizes
              for loss in args.losses]
     out = Path(args.out)
-    print(f"regime study: {len(cells)} runs ({len(args.sizes)} sizes x {len(args.losses)} losses x {args.seeds} seeds), "
+    print(f"regime study: {len(cells)} runs ({len(args.sizes)} sizes x {len(args.losses)} losses x "
+          f"{args.seeds} seeds), "
           f"{recipe.updates} updates each, {args.jobs} at a time -> {out}", flush=True)
     start = time.perf_counter()
     study = run_cells(cells, recipe, out, jobs=args.jobs, data_dir=args.data_dir, limit_eval=args.limit_eval,

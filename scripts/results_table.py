@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from focal_calibration.evaluation import read_results  # noqa: E402
 from focal_calibration.evidence import seed_summary  # noqa: E402

@@ -1,14 +1,15 @@
-"""scripts/results_table.py (Table 1 / 2 layout) and scripts/plot_training_dynamics.py on hand-written run files."""
+"""focal_calibration.tables + scripts/results_table.py (Table 1 / 2 layout) and classification.figures (the dynamics
+figures) on hand-written run files."""
 
 import json
 
 import pytest
 import torch
 
+from classification.figures import plot_runs
 from focal_calibration.evaluation import write_json_atomic
-from scripts.plot_training_dynamics import plot_runs
+from focal_calibration.tables import to_latex, to_markdown
 from scripts.results_table import main as table_main
-from scripts.results_table import to_latex, to_markdown
 
 
 def _metrics(ece, adaece, error):
