@@ -138,7 +138,7 @@ def _nll_and_grad(x, labels, weight, bias, chunk_rows):
     return loss / n, grad_weight / n, grad_bias / n
 
 
-def odir_penalty(weight: torch.Tensor, bias: torch.Tensor, lam: float, mu: float):
+def _odir_penalty(weight: torch.Tensor, bias: torch.Tensor, lam: float, mu: float):
     """Kull et al.'s ODIR term λ/(K(K−1)) Σ_{i≠j} W_ij² + μ/K Σ_j b_j² and its gradient (w.r.t. W, b)."""
     k = bias.shape[0]
     off_diagonal = weight - torch.diag_embed(torch.diagonal(weight))
@@ -165,7 +165,7 @@ def _objective(theta, x, labels, odir, chunk_rows):
     weight, bias = _split_params(theta, k)
     loss, grad_weight, grad_bias = _nll_and_grad(x, labels, weight.to(x.dtype), bias.to(x.dtype), chunk_rows)
     if odir is not None:
-        penalty, penalty_weight, penalty_bias = odir_penalty(weight, bias, *odir)
+        penalty, penalty_weight, penalty_bias = _odir_penalty(weight, bias, *odir)
         loss, grad_weight, grad_bias = loss + penalty, grad_weight + penalty_weight, grad_bias + penalty_bias
     return loss, torch.cat([grad_weight.reshape(-1), grad_bias])
 
