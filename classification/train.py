@@ -87,7 +87,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help="'sum' is the released code's choice (Brier keeps its per-batch mean there)")
     model.add_argument("--mmce-variant", choices=("kumar", "official"), default="kumar")
     model.add_argument("--gamma-milestones", type=int, nargs="+", default=None,
-                       help="FLSc epoch milestones (default 100 250, Appendix E)")
+                       help="FLSc epoch milestones (default: 100/350 and 250/350 of --epochs, Appendix E)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=None)
@@ -167,7 +167,7 @@ def _loss_options(args, reduction=None) -> dict:
     reduction = reduction or args.loss_reduction
     if args.loss.strip().lower() == "brier" and reduction == "sum" and args.official_code:
         reduction = "mean"  # the released code averages the Brier score over the batch even when it sums CE
-    options = dict(reduction=reduction, mmce_variant=args.mmce_variant)
+    options = dict(reduction=reduction, mmce_variant=args.mmce_variant, epochs=args.epochs)
     if args.gamma_milestones is not None:
         options["milestones"] = tuple(args.gamma_milestones)
     return options

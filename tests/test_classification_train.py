@@ -50,12 +50,12 @@ def read_log(out):
 
 @pytest.mark.parametrize("loss", PAPER_LOSS_SPECS + ("ls-torch-0.1",))
 def test_every_loss_trains_and_reports(fmnist, tmp_path, loss):
-    extra = ["--epochs", "2", "--gamma-milestones", "1", "2"] if loss.startswith("flsc") else ["--epochs", "1"]
+    extra = ["--epochs", "3"] if loss.startswith("flsc") else ["--epochs", "1"]  # FLSc: milestones 1, 2 of 3
     record = run(fmnist_args(fmnist, tmp_path, "--loss", loss, "--limit-train", "128", *extra))
     log = read_log(tmp_path)
     assert [line["epoch"] for line in log] == list(range(1, len(log) + 1))
-    if loss.startswith("flsc"):  # the trainer feeds the epoch: γ = 5 in epoch 1, 3 in epoch 2
-        assert [line["gamma"] for line in log] == [5.0, 3.0]
+    if loss.startswith("flsc"):  # the schedule follows the run: γ = 5 in epoch 1, 3 in epoch 2, the last γ in 3
+        assert [line["gamma"] for line in log] == [5.0, 3.0, float(loss[-1])]
     evaluation = record["evaluation"]
     assert evaluation["pre"]["n"] == 100 and evaluation["val_pre"]["n"] == 60
     for key in ("ece", "adaece", "mce", "classwise_ece", "nll", "error"):

@@ -100,7 +100,7 @@ def resolve_args(args) -> argparse.Namespace:
         _positive(getattr(args, name), "--" + name.replace("_", "-"))
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must lie in [0, 1), got {args.dropout}")
-    build_loss(args.loss)  # a bad spec fails here, before any data is loaded
+    build_loss(args.loss, epochs=args.epochs)  # a bad spec fails here, before any data is loaded
     return args
 
 
@@ -239,7 +239,7 @@ def main(args) -> dict:
     model = build_model(args, embeddings, splits.num_classes)
     optimizers = build_optimizers(args, model)
     reduction = "sum" if args.model == "treelstm" else "mean"
-    criterion = build_loss(args.loss, reduction=reduction)
+    criterion = build_loss(args.loss, reduction=reduction, epochs=args.epochs)
     generator = torch.Generator().manual_seed(args.seed)
     print(f"{splits.name}: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} examples, "
           f"{splits.num_classes} classes, vocabulary {len(vocab)} ({emb_stats['in_glove']} in GloVe, "
