@@ -270,6 +270,8 @@ def main(args: argparse.Namespace) -> dict | None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        for loss in (criterion, criterion_sum):  # adaptive losses' state (AdaFocal's γ per bin)
+            loss.load_state_dict(state.get("criterion", {}))
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
@@ -320,13 +322,20 @@ def main(args: argparse.Namespace) -> dict | None:
             if path is not None:
                 grad_norm_paths[f"grad_norms_epoch{epoch + 1}"] = path
                 record["grad_norms_file"] = str(path)
+        if criterion.uses_validation:  # AdaFocal: one update of γ per bin from the validation set, every rank alike
+            val_logits, val_labels = collect_logits(net, data.val, normalize, ctx, batch_size=args.eval_batch_size,
+                                                    amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
+            criterion.observe_validation(val_logits, val_labels)
+            criterion_sum.load_state_dict(criterion.state_dict())
+        record.update(criterion.describe_state())  # the γ per bin for the next epoch
         record["seconds"] = time.perf_counter() - epoch_start
         if ctx.is_main:
             # checkpoint first: a log line always has its checkpoint (resume truncates the log to it)
             save_checkpoint(checkpoint_path, {
                 "version": CHECKPOINT_VERSION, "epoch": epoch, "args": vars(args), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state()})
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state(),
+                "criterion": criterion.state_dict()})
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             print(_epoch_line(record, args.epochs), flush=True)

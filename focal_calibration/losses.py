@@ -86,6 +86,14 @@ class CalibrationLoss(nn.Module):
         """The loss's adaptive state as JSON-ready values for the epoch's log line ({} for stateless losses)."""
         return {}
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module's, with a ValueError naming the loss when the state does not fit (e.g. a checkpoint written
+        before the loss had state)."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as error:
+            raise ValueError(f"cannot restore the state of {type(self).__name__}: {error}") from None
+
     def _flatten_checked(self, logits, target):
         """Flattened logits [N, K] and targets [N] (with ignore_index entries), shapes and label range checked."""
         logits2d, target1d = flatten_scores_and_labels(logits, target)
