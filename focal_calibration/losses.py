@@ -43,7 +43,6 @@ log p_y (focal, inverse focal, AdaFocal, Poly-1) share the fused analytic backwa
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
@@ -261,10 +260,10 @@ class MMCELoss(CalibrationLoss):
 # Beyond the paper: losses of log p_y alone (fused analytic backward)
 
 class _RowLoss(CalibrationLoss):
-    """A loss L(log p_y; θ) through the fused kernel: dL/dz = c·(softmax - onehot), c = -dL/d(log p_y)."""
+    """A loss L(log p_y; θ) through the fused kernel: dL/dz = c·(softmax - onehot), c = -dL/d(log p_y).
+    Subclasses set ``row_terms`` ((log p, θ) -> (loss, c)) and return θ from ``_row_param``."""
 
-    def _row_terms(self, log_p, param):
-        raise NotImplementedError
+    row_terms = None
 
     def _row_param(self):
         """θ: a number, or a callable of the detached p_y returning a per-row tensor."""
@@ -272,8 +271,7 @@ class _RowLoss(CalibrationLoss):
 
     def forward(self, logits, target):
         logits2d, target1d = self._flatten_checked(logits, target)
-        per_row = fused_row_loss(logits2d, target1d, self._row_terms, self._row_param(),
-                                 ignore_index=self.ignore_index)
+        per_row = fused_row_loss(logits2d, target1d, self.row_terms, self._row_param(), ignore_index=self.ignore_index)
         return self._reduce(per_row, target1d != self.ignore_index, target.shape)
 
 
@@ -281,12 +279,11 @@ class InverseFocalLoss(_RowLoss):
     """Inverse focal loss -(1 + p_y)^γ log p_y (Wang et al., NeurIPS 2021), γ >= 0: it weights confident samples
     *more* than cross-entropy, the opposite of focal loss (AdaFocal's form for under-confident bins)."""
 
+    row_terms = staticmethod(inverse_focal_terms)
+
     def __init__(self, gamma: float, reduction: str = "mean", ignore_index: int = -100):
         super().__init__(reduction, ignore_index)
         self.gamma = check_nonnegative_number(gamma, "gamma")
-
-    def _row_terms(self, log_p, gamma):
-        return inverse_focal_terms(log_p, gamma)
 
     def _row_param(self):
         return self.gamma
@@ -299,18 +296,13 @@ class PolyLoss(_RowLoss):
     """Poly-1 (Leng et al., ICLR 2022): -log p_y + ε (1 - p_y). ε >= -1 keeps every coefficient of the loss's
     expansion in powers of (1 - p_y) non-negative (ε = -1 drops the linear term); ε = 0 is cross-entropy."""
 
+    row_terms = staticmethod(poly1_terms)
+
     def __init__(self, epsilon: float, reduction: str = "mean", ignore_index: int = -100):
         super().__init__(reduction, ignore_index)
-        try:
-            epsilon = float(epsilon)
-        except (TypeError, ValueError):
-            raise TypeError(f"epsilon must be a number, got {epsilon!r}") from None
-        if not math.isfinite(epsilon) or epsilon < -1:
+        self.epsilon = _finite(epsilon, "epsilon")
+        if self.epsilon < -1:
             raise ValueError(f"epsilon must be a finite number >= -1, got {epsilon!r}")
-        self.epsilon = epsilon
-
-    def _row_terms(self, log_p, epsilon):
-        return poly1_terms(log_p, epsilon)
 
     def _row_param(self):
         return self.epsilon
@@ -330,6 +322,7 @@ class AdaFocalLoss(_RowLoss):
     """
 
     uses_validation = True
+    row_terms = staticmethod(signed_focal_terms)
 
     def __init__(self, lam: float = 1.0, gamma_init: float = 1.0, switch_threshold: float = 0.2,
                  gamma_min: float = -2.0, gamma_max: float = 20.0, n_bins: int = 15, reduction: str = "mean",
@@ -355,9 +348,6 @@ class AdaFocalLoss(_RowLoss):
     @property
     def n_bins(self) -> int:
         return self.gammas.numel()
-
-    def _row_terms(self, log_p, gamma):
-        return signed_focal_terms(log_p, gamma)
 
     def _row_param(self):
         return self.gamma_of

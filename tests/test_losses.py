@@ -11,6 +11,7 @@ from focal_calibration import (PAPER_LOSS_SPECS, BrierLoss, CrossEntropyLoss, Ep
                                LabelSmoothingLoss, MMCELoss, SampleDependentGamma, build_loss, gamma_star,
                                mmce_weighted, prop2_gamma_policy)
 from focal_calibration.gamma import parse_gamma_policy
+from focal_calibration.losses import BEYOND_PAPER_LOSS_SPECS
 
 
 # ------------------------------------------------------------------------------------------------ label smoothing
@@ -208,16 +209,20 @@ def test_flsd53_loss_equals_per_sample_reference():
 
 # ------------------------------------------------------------------------------------------------ factory
 
-@pytest.mark.parametrize("spec", PAPER_LOSS_SPECS + ("fl-0.5", "ls-torch-0.1", "mmce-8", "FL-3"))
+@pytest.mark.parametrize("spec", PAPER_LOSS_SPECS + BEYOND_PAPER_LOSS_SPECS + (
+    "fl-0.5", "ls-torch-0.1", "mmce-8", "FL-3", "mbls-10-1e-3", "poly--1", "POLY-2"))
 def test_every_spec_builds_and_trains_a_step(spec):
     torch.manual_seed(7)
     loss_fn = build_loss(spec, epochs=10)
-    loss_fn.set_epoch(3)
+    loss_fn.set_epoch(3)  # the trainers' hooks exist on every loss (no-ops where unused)
     logits = torch.randn(2, 8, 10, requires_grad=True)
     target = torch.randint(0, 10, (2, 8))
+    loss_fn.observe_validation(logits.detach().reshape(-1, 10), target.reshape(-1))
     loss = loss_fn(logits, target)
     loss.backward()
     assert loss.dim() == 0 and torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert loss_fn.uses_validation == (spec == "adafocal")
+    assert isinstance(loss_fn.describe_state(), dict)
 
 
 def test_factory_maps_names_to_the_right_losses():
