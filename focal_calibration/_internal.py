@@ -54,7 +54,8 @@ def check_nonnegative_number(value, name: str) -> float:
 
 
 def parse_finite_number(text: str) -> float:
-    """A number written in a loss spec (``"0.05"``, ``"1e-3"``); ``ValueError`` saying why not (callers add the spec)."""
+    """A number written in a loss spec (``"0.05"``, ``"1e-3"``); a ``ValueError`` saying why not (the caller adds
+    the spec)."""
     try:
         value = float(text)
     except ValueError:

@@ -449,13 +449,14 @@ class DualFocalLoss(CalibrationLoss):
     def forward(self, logits, target):
         z, y, valid = self._prepare(logits, target)
         log_probs = torch.log_softmax(z, dim=-1)
-        probs = log_probs.exp()
-        log_p_y = log_probs.gather(1, y[:, None])
-        if self.pj == "below-target":
-            others = torch.where(probs < probs.gather(1, y[:, None]), probs, torch.zeros_like(probs))
-        else:
-            others = probs.scatter(1, y[:, None], 0.0)
-        p_j = others.max(dim=-1, keepdim=True).values
+        with torch.no_grad():  # which class is j
+            if self.pj == "below-target":
+                others = torch.where(log_probs < log_probs.gather(1, y[:, None]), log_probs, -math.inf)
+            else:
+                others = log_probs.scatter(1, y[:, None], -math.inf)
+            best_other, j = others.max(dim=-1, keepdim=True)
+        log_p_y, log_p_j = log_probs.gather(1, torch.cat([y[:, None], j], dim=1)).split(1, dim=1)  # one gather
+        p_j = torch.where(best_other > -math.inf, log_p_j.exp(), 0.0)  # 0 when no class qualifies
         base = -torch.expm1(log_p_y) + p_j  # 1 - p_y + p_j, exact as p_y -> 1
         # base == 0 only when p_y == 1 and p_j == 0, where log p_y = 0 too: feed pow a safe value there so that its
         # backward (γ·base^(γ-1), infinite for γ < 1) never meets a zero gradient.
@@ -490,11 +491,19 @@ class MarginLabelSmoothingLoss(CalibrationLoss):
 
     def forward(self, logits, target):
         z, y, valid = self._prepare(logits, target)
-        ce = torch.logsumexp(z, dim=-1) - z.gather(1, y[:, None]).squeeze(1)
-        distances = z.max(dim=-1, keepdim=True).values - z
-        penalty = F.relu(distances - self.margin)
-        penalty = penalty.mean(dim=-1) if self.normalization == "mean" else penalty.sum(dim=-1)
-        return self._reduce(ce + self.lam * penalty, valid, target.shape)
+        # Logit distances are log-probability distances (z_j - z_k = log p_j - log p_k), so everything is read off
+        # one log_softmax. Σ_k max(0, top - l_k - m) = n·(top - m) - Σ_{k active} l_k over the n active classes
+        # (l_k < top - m): the hinge sum's value and (sub)gradient without an autograd graph over N×K hinges.
+        log_probs = torch.log_softmax(z, dim=-1)
+        with torch.no_grad():
+            best, top = log_probs.max(dim=-1, keepdim=True)
+            active = log_probs < best - self.margin
+        log_p_y, log_p_top = log_probs.gather(1, torch.cat([y[:, None], top], dim=1)).unbind(dim=1)  # one gather
+        n_active = active.sum(dim=-1).to(z.dtype)
+        penalty = n_active * (log_p_top - self.margin) - torch.where(active, log_probs, 0.0).sum(dim=-1)
+        if self.normalization == "mean":
+            penalty = penalty / z.shape[1]
+        return self._reduce(-log_p_y + self.lam * penalty, valid, target.shape)
 
     def extra_repr(self):
         return (f"margin={self.margin:g}, lam={self.lam:g}, normalization={self.normalization!r}, "
