@@ -1,16 +1,19 @@
 """focal-calibration: "Calibrating Deep Neural Networks using Focal Loss" (Mukhoti et al., NeurIPS 2020).
 
 The shared core of the image, text and fairseq trainers: losses (focal loss with fixed / epoch-scheduled /
-sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Brier, MMCE), calibration metrics
+sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Brier, MMCE; beyond the paper AdaFocal,
+inverse focal, dual focal, Poly-1 and MbLS), calibration metrics
 (ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99), temperature scaling and plots.
 """
 
 from focal_calibration._internal import set_value_checks
 from focal_calibration.focal import focal_loss, g, gamma_star, optimal_confidence
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
-                                     prop2_gamma_policy)
+                                     parse_gamma_policy, prop2_gamma_policy)
 from focal_calibration.losses import (PAPER_LOSS_SPECS, BrierLoss, CalibrationLoss, CrossEntropyLoss, FocalLoss,
                                       LabelSmoothingLoss, MMCELoss, build_loss, mmce_weighted)
+from focal_calibration.losses import (BEYOND_PAPER_LOSS_SPECS, AdaFocalLoss, DualFocalLoss, InverseFocalLoss,
+                                      MarginLabelSmoothingLoss, PolyLoss)
 from focal_calibration.metrics import CalibrationAccumulator, ReliabilityBins, calibration_metrics, reliability_bins
 from focal_calibration.temperature import TemperatureFit, fit_temperature
 
@@ -21,6 +24,8 @@ __all__ = [
     "GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy",
     "CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss",
     "mmce_weighted", "build_loss", "PAPER_LOSS_SPECS",
+    "parse_gamma_policy", "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
+    "BEYOND_PAPER_LOSS_SPECS",
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
     "fit_temperature", "TemperatureFit", "set_value_checks",
 ]
