@@ -254,6 +254,7 @@ def test_validation_ece_is_exact_over_batches(loaded):
     (dict(loss_options="lam=1"), "--loss-options 'lam=1' needs --loss-spec"),
     (dict(loss_spec="adafocal", loss_options="lam"), "--loss-options must be comma-separated KEY=VALUE pairs"),
     (dict(loss_spec="poly-1", loss_options="lam=1"), "build_loss('poly-1') got unknown option(s) ['lam']"),
+    (dict(loss_spec="adafocal", disable_validation=True), "cannot run with --disable-validation"),
 ])
 def test_bad_criterion_arguments(loaded, kwargs, message):
     _, task, _ = loaded

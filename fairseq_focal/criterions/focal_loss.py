@@ -79,6 +79,7 @@ class FocalLossCriterionConfig(FairseqDataclass):
     max_epoch: int = II("optimization.max_epoch")
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
+    disable_validation: bool = II("dataset.disable_validation")
 
 
 def _numbers(text: Optional[str], name: str, kind=float):
@@ -158,7 +159,7 @@ class _RecordingPolicy:
 class FocalLossCriterion(FairseqCriterion):
     def __init__(self, task, sentence_avg, gamma=1.0, gamma_policy=None, gamma_milestones=None, gamma_thresholds=None,
                  loss_spec=None, loss_options=None, label_smoothing=0.0, report_accuracy=False, ignore_prefix_size=0,
-                 calibration_bins=15, max_epoch=0, save_dir=None, restore_file=None):
+                 calibration_bins=15, max_epoch=0, save_dir=None, restore_file=None, disable_validation=False):
         super().__init__(task)
         self.sentence_avg = sentence_avg
         self.eps = check_nonnegative_number(label_smoothing, "label_smoothing")
@@ -185,6 +186,9 @@ class FocalLossCriterion(FairseqCriterion):
         self.report_accuracy = report_accuracy
         self.calibration_bins = calibration_bins
         self._adafocal = self.loss_module if getattr(self.loss_module, "uses_validation", False) else None
+        if self._adafocal is not None and disable_validation:
+            raise ValueError(f"--loss-spec {loss_spec} updates its γ from the validation set: it cannot run with "
+                             f"--disable-validation")
         self._checkpoint = None  # the checkpoint fairseq resumes from (AdaFocal reads its state there)
         if save_dir:
             self._checkpoint = (os.path.join(save_dir, "checkpoint_last.pt")
@@ -239,8 +243,9 @@ class FocalLossCriterion(FairseqCriterion):
             state = self._state_in_checkpoint()
         if state is None:
             if resumed:
-                raise ValueError(f"cannot resume AdaFocal: the checkpoint ({self._checkpoint}) holds no AdaFocal "
-                                 f"state (fairseq keeps it with the checkpoint's meters)")
+                where = f" {self._checkpoint}" if self._checkpoint else ""
+                raise ValueError(f"cannot resume AdaFocal: the checkpoint{where} holds no AdaFocal state (fairseq "
+                                 f"keeps it with the checkpoint's meters)")
             return
         self._adafocal.load_state_dict({key: value.cpu() for key, value in state.items()})
 
