@@ -105,16 +105,20 @@ def test_checkpoint_resumes(corpus, tmp_path):
 def test_adafocal_trains_and_resumes_exactly_through_the_cli(corpus, tmp_path):
     adafocal = ["--criterion", "focal_loss", "--loss-spec", "adafocal", "--loss-options", "n_bins=5"]
 
-    def updates(log):
-        return re.findall(r"AdaFocal update (\d+): gamma per bin \[([^\]]*)\]", log)
+    def updates(log, what=r"update (\d+):"):
+        return [(k, [float(g) for g in gammas.split(", ")])
+                for k, gammas in re.findall(rf"AdaFocal {what} gamma per bin \[([^\]]*)\]", log)]
 
-    straight = train(corpus["data"], tmp_path / "straight", *adafocal, "--no-save", epochs=3)
-    first = train(corpus["data"], tmp_path / "resumed", *adafocal, epochs=2)
-    resumed = train(corpus["data"], tmp_path / "resumed", *adafocal, epochs=3)
-    assert [u[0] for u in updates(straight)] == ["1", "2", "3"] and [u[0] for u in updates(first)] == ["1", "2"]
-    # the state came back from the checkpoint: the resumed run makes update 3 with the straight run's γ (to the 3
-    # digits logged: fairseq's own resume is not bit-exact here, its epoch-3 loss differs by ~5e-3 with plain FL-1)
-    assert updates(resumed) == updates(straight)[2:]
+    straight = train(corpus["data"], tmp_path / "straight", *adafocal, "--no-save", epochs=2)
+    first = train(corpus["data"], tmp_path / "resumed", *adafocal, epochs=1)
+    resumed = train(corpus["data"], tmp_path / "resumed", *adafocal, epochs=2)
+    assert [k for k, _ in updates(straight)] == ["1", "2"] and [k for k, _ in updates(first)] == ["1"]
+    # the resumed run starts from the checkpoint's state (update 1, its γ exactly) and continues with update 2 ...
+    assert updates(resumed, r"state restored: update (\d+),") == updates(first)
+    assert [k for k, _ in updates(resumed)] == ["2"]
+    # ... close to the straight run's (fairseq's own resume is not bit-exact here: with plain FL-1 a resumed epoch's
+    # loss differs by ~5e-3, so the model, hence the validation gaps, differ slightly)
+    assert updates(resumed)[0][1] == pytest.approx(updates(straight)[1][1], abs=0.01)
 
 
 def test_bad_criterion_options_fail_clearly(corpus, tmp_path):

@@ -248,6 +248,7 @@ class FocalLossCriterion(FairseqCriterion):
                                  f"keeps it with the checkpoint's meters)")
             return
         self._adafocal.load_state_dict({key: value.cpu() for key, value in state.items()})
+        logger.info(f"AdaFocal state restored: update {int(self._adafocal.updates)}, {self._gammas_text()}")
 
     def _state_in_checkpoint(self):
         if self._checkpoint is None or not os.path.isfile(self._checkpoint):
@@ -269,8 +270,10 @@ class FocalLossCriterion(FairseqCriterion):
         hist = agg["_adafocal_hist"].sum.detach().to("cpu", torch.float64)
         self._adafocal.observe_bin_sums(sums[0], sums[1], sums[2], _histogram_edges(hist, self._adafocal.n_bins))
         self._store_adafocal()
-        gammas = ", ".join(f"{g:.3g}" for g in self._adafocal.gammas.tolist())
-        logger.info(f"AdaFocal update {int(self._adafocal.updates)}: gamma per bin [{gammas}]")
+        logger.info(f"AdaFocal update {int(self._adafocal.updates)}: {self._gammas_text()}")
+
+    def _gammas_text(self) -> str:
+        return "gamma per bin [" + ", ".join(f"{g:.6g}" for g in self._adafocal.gammas.tolist()) + "]"
 
     def forward(self, model, sample, reduce=True):
         """Returns (loss, sample_size, logging_output) like fairseq's criteria."""
