@@ -9,7 +9,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Real offline data and tools from Debian: Fashion-MNIST (image demo/tests) and link-grammar (text-suite trees).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install system-packages test demo demo-linear demo-text demo-nmt bench clean
+.PHONY: install system-packages test demo study demo-linear demo-text demo-nmt bench clean
 
 install: $(STAMP)
 
@@ -34,13 +34,17 @@ system-packages:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing
 
 test: install
+	$(PY) -m ruff check --no-cache .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install
 	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --out results/demo
 
+study: install
+	MPLBACKEND=Agg $(PY) scripts/regime_study.py --out results/study
+
 demo-linear: install
-	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --out results/appendix_b
+	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --output-dir results/appendix_b
 
 demo-text: install
 	MPLBACKEND=Agg $(PY) scripts/text_demo.py --out results/text --parse-cache data/text/link_grammar_parses.jsonl

@@ -140,7 +140,7 @@ def main():
             print(f"{name:36s} {wall:8.3f} {wall / base_wall:7.2f} {cpu:8.3f} {cpu / base_cpu:7.2f} {peak}")
             readme.append(f"| {name} | {rows:,} x {classes} | {wall:.3f} s | {wall / base_wall:.2f}x | {cpu:.3f} s "
                           f"| {cpu / base_cpu:.2f}x | {peak.strip()} MiB |")
-        del logits, labels
+        logits = labels = None  # free this size's problem before the next one
     print(f"\nload average {os.getloadavg()[0]:.1f} at end")
     print("README rows (variant | input | median wall time | ratio | CPU time of all threads | ratio | extra peak):")
     print("\n".join(readme))

@@ -2,11 +2,13 @@
 
 The shared core of the image, text and fairseq trainers: losses (focal loss with fixed / epoch-scheduled /
 sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Brier, MMCE; beyond the paper AdaFocal,
-inverse focal, dual focal, Poly-1 and MbLS), calibration metrics
-(ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99), temperature scaling and plots.
+inverse focal, dual focal, Poly-1 and MbLS), calibration metrics (ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k,
+S99) with bootstrap intervals, temperature scaling and plots.
 """
 
 from focal_calibration._internal import set_value_checks
+from focal_calibration.bootstrap import bootstrap_ci, bootstrap_samples
+from focal_calibration.evidence import claim_result, regime_check, seed_summary, verdict
 from focal_calibration.focal import focal_loss, g, gamma_star, optimal_confidence
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                      parse_gamma_policy, prop2_gamma_policy)
@@ -27,5 +29,7 @@ __all__ = [
     "parse_gamma_policy", "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
     "BEYOND_PAPER_LOSS_SPECS",
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
+    "bootstrap_ci", "bootstrap_samples",
     "fit_temperature", "TemperatureFit", "set_value_checks",
+    "seed_summary", "verdict", "claim_result", "regime_check",
 ]

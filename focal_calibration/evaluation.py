@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 
-from focal_calibration._internal import as_tensor, check_n_bins
+from focal_calibration._internal import as_tensor, check_n_bins, json_ready
 from focal_calibration.checkpoint import atomic_write
 from focal_calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.temperature import fit_temperature
@@ -112,26 +111,9 @@ def save_reliability_diagrams(test_logits, test_labels, temperature: float, out_
 # ----------------------------------------------------------------------------------------------------------------
 # Results files
 
-def _json_ready(value):
-    """Paths -> str, tuples -> lists, tensors / numpy scalars -> Python numbers, non-finite floats -> None."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, torch.Tensor):
-        return _json_ready(value.tolist())
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    text = json.dumps(_json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    text = json.dumps(json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
     return atomic_write(path, lambda handle: handle.write(text), binary=False)
 
 

@@ -4,21 +4,19 @@
 
 One row per (dataset, model), one column per loss (the paper's order: CE, Brier, MMCE, LS-0.05, FL-1/2/3, FLSc,
 FLSD; other specs after them), cells "pre / post (T)" in % with T chosen on validation ECE (§5.1). Runs that share
-dataset, model and loss (e.g. several seeds) are averaged and the cell says how many (``n=3``). Metrics that temperature
-scaling cannot change (error, top-5 error) get one number per cell.
+dataset, model and loss (several seeds) are summarised as mean ± std over the runs (sample std, ddof = 1) and the cell
+says how many (``n=3``). Metrics that temperature scaling cannot change (error, top-5 error) get one number per cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from focal_calibration.evaluation import read_results  # noqa: E402
+from focal_calibration.evidence import seed_summary  # noqa: E402
 
 PAPER_ORDER = ("ce", "brier", "mmce-2", "ls-0.05", "fl-1", "fl-2", "fl-3", "flsc-531", "flsc-532", "flsd-532",
                "flsd-53")
@@ -33,13 +31,18 @@ METRICS = {  # name -> (title, scaled by temperature?)
 }
 
 
-def _mean(values):
+def _summary(values, scale: float = 1.0):
+    """(mean, std) of the defined values, scaled; None if none is defined."""
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(values) / len(values) if values else None
+    if not values:
+        return None
+    summary = seed_summary([scale * v for v in values])
+    return summary["mean"], summary["std"]
 
 
 def build_table(records: list[dict], metric: str) -> tuple[list[str], list[tuple[str, str]], dict]:
-    """(loss columns, (dataset, model) rows, {(row, loss): (pre %, post %, T, n)})."""
+    """(loss columns, (dataset, model) rows, {(row, loss): (pre, post, T, n)}) with pre / post / T each None or a
+    (mean, std) pair over the runs (pre / post in % or x100)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     groups = defaultdict(list)
@@ -55,21 +58,27 @@ def build_table(records: list[dict], metric: str) -> tuple[list[str], list[tuple
     rows = sorted({row for row, _ in groups})
     cells = {}
     for (row, loss), evaluations in groups.items():
-        pre = _mean([e["pre"].get(metric) for e in evaluations])
-        post = _mean([e["post"].get(metric) for e in evaluations])
-        temperature = _mean([e["temperature"] for e in evaluations])
-        cells[row, loss] = (None if pre is None else 100 * pre, None if post is None else 100 * post, temperature,
-                            len(evaluations))
+        cells[row, loss] = (_summary([e["pre"].get(metric) for e in evaluations], 100),
+                            _summary([e["post"].get(metric) for e in evaluations], 100),
+                            _summary([e["temperature"] for e in evaluations]), len(evaluations))
     return losses, rows, cells
+
+
+def _number(summary, decimals: int = 2, plus_minus: str = " ± ", spread: bool = True) -> str:
+    if summary is None:
+        return "-"
+    mean, std = summary
+    return f"{mean:.{decimals}f}" + (f"{plus_minus}{std:.{decimals}f}" if spread else "")
 
 
 def _cell(value, scaled: bool) -> str:
     if value is None:
         return "-"
     pre, post, temperature, n = value
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    text = f"{fmt(pre)} / {fmt(post)} ({temperature:.1f})" if scaled else fmt(pre)
-    return text + (f" n={n}" if n > 1 else "")
+    many = n > 1  # a single run has no spread to show
+    text = (f"{_number(pre, spread=many)} / {_number(post, spread=many)} ({_number(temperature, 1, spread=many)})"
+            if scaled else _number(pre, spread=many))
+    return text + (f" n={n}" if many else "")
 
 
 def to_markdown(records, metric: str) -> str:
@@ -106,10 +115,11 @@ def to_latex(records, metric: str) -> str:
                 parts += ["-"] * per_loss
             elif scaled:
                 pre, post, temperature, _ = value
-                parts += ["-" if pre is None else f"{pre:.2f}",
-                          "-" if post is None else f"{post:.2f}({temperature:.1f})"]
+                many, pm = value[3] > 1, r"$\pm$"
+                parts += [_number(pre, 2, pm, many),
+                          f"{_number(post, 2, pm, many)}({_number(temperature, 1, pm, many)})"]
             else:
-                parts.append("-" if value[0] is None else f"{value[0]:.2f}")
+                parts.append(_number(value[0], 2, r"$\pm$", value[3] > 1))
         lines.append(" & ".join(parts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", f"% {title}"]
     return "\n".join(lines) + "\n"
