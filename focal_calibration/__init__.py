@@ -9,9 +9,9 @@ S99) with bootstrap intervals, temperature scaling and plots.
 from focal_calibration._internal import set_value_checks
 from focal_calibration.bootstrap import bootstrap_ci, bootstrap_samples
 from focal_calibration.evidence import claim_result, regime_check, seed_summary, verdict
-from focal_calibration.focal import focal_loss, g, gamma_star, optimal_confidence
+from focal_calibration.focal import focal_loss, fused_row_loss, g, gamma_star, optimal_confidence
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
-                                     parse_gamma_policy, prop2_gamma_policy)
+                                     flsc_milestones, parse_gamma_policy, prop2_gamma_policy)
 from focal_calibration.losses import (PAPER_LOSS_SPECS, BrierLoss, CalibrationLoss, CrossEntropyLoss, FocalLoss,
                                       LabelSmoothingLoss, MMCELoss, build_loss, mmce_weighted)
 from focal_calibration.losses import (BEYOND_PAPER_LOSS_SPECS, AdaFocalLoss, DualFocalLoss, InverseFocalLoss,
@@ -26,7 +26,8 @@ __all__ = [
     "GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy",
     "CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss",
     "mmce_weighted", "build_loss", "PAPER_LOSS_SPECS",
-    "parse_gamma_policy", "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
+    "parse_gamma_policy", "flsc_milestones", "fused_row_loss",
+    "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
     "BEYOND_PAPER_LOSS_SPECS",
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
     "bootstrap_ci", "bootstrap_samples",

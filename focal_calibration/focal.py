@@ -27,7 +27,7 @@ from focal_calibration._internal import (check_finite, check_nonnegative_number,
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
-__all__ = ["focal_loss", "g", "gamma_star", "optimal_confidence"]
+__all__ = ["focal_loss", "fused_row_loss", "g", "gamma_star", "optimal_confidence"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

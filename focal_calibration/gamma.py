@@ -19,7 +19,7 @@ from focal_calibration._internal import check_nonnegative_number, parse_finite_n
 from focal_calibration.focal import gamma_star
 
 __all__ = ["GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy",
-           "parse_gamma_policy", "flsc_milestones", "GAMMA_POLICY_FORMS"]
+           "parse_gamma_policy", "flsc_milestones"]
 
 
 class GammaPolicy:
