@@ -31,6 +31,27 @@ VARIANTS = {
 }
 
 
+# ---- losses beyond the paper (losses branch: a separate block to ease merges) --------------------------------------
+
+def _adafocal_mixed():
+    """AdaFocal as it trains after some epochs: 15 equal-mass bins, focal and inverse-focal rows mixed."""
+    loss = build_loss("adafocal")
+    loss.gammas.copy_(torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, -0.2, -0.5, 1.0, 2.0, -1.0, 0.3, 4.0, -2.0, 1.5, 0.2],
+                                   dtype=torch.float64))
+    loss.inner_edges.copy_(torch.logspace(-9, -4.6, 14, dtype=torch.float64))  # spreads these inputs' p_y over bins
+    return loss
+
+
+VARIANTS.update({
+    "AdaFocal, mixed focal / inverse-focal rows (ours, fused)": _adafocal_mixed(),
+    "inverse focal γ=2 (ours, fused)": build_loss("inverse-focal-2"),
+    "Poly-1 ε=1 (ours, fused)": build_loss("poly-1"),
+    "dual focal γ=5 (ours, autograd)": build_loss("dual-focal-5"),
+    "MbLS m=10 λ=0.1 (ours, autograd)": build_loss("mbls-10-0.1"),
+})
+# ---- end of the losses-beyond-the-paper block ----------------------------------------------------------------------
+
+
 def make_inputs(rows, classes, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.empty(rows, classes).normal_(generator=gen).mul_(3)  # in place: no transient copy in the peak

@@ -73,7 +73,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help="'sum' is the released code's choice (Brier keeps its per-batch mean there)")
     model.add_argument("--mmce-variant", choices=("kumar", "official"), default="kumar")
     model.add_argument("--gamma-milestones", type=int, nargs="+", default=None,
-                       help="FLSc epoch milestones (default 100 250, Appendix E)")
+                       help="FLSc epoch milestones (default: 100/350 and 250/350 of --epochs, Appendix E)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=None)
@@ -158,7 +158,7 @@ def _loss_options(args, *, per_sample_sum: bool = False) -> dict:
     reduction = "sum" if per_sample_sum else args.loss_reduction
     if args.official_code and not per_sample_sum and args.loss.strip().lower() == "brier" and reduction == "sum":
         reduction = "mean"  # the released code averages the Brier score over the batch even when it sums CE
-    options = dict(reduction=reduction, mmce_variant=args.mmce_variant)
+    options = dict(reduction=reduction, mmce_variant=args.mmce_variant, epochs=args.epochs)
     if args.gamma_milestones is not None:
         options["milestones"] = tuple(args.gamma_milestones)
     return options
@@ -236,6 +236,8 @@ def main(args: argparse.Namespace) -> dict | None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        for loss in (criterion, criterion_sum):  # adaptive losses' state (AdaFocal's γ per bin)
+            loss.load_state_dict(state.get("criterion", {}))
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
@@ -284,6 +286,12 @@ def main(args: argparse.Namespace) -> dict | None:
             if path is not None:
                 grad_norm_paths[f"grad_norms_epoch{epoch + 1}"] = path
                 record["grad_norms_file"] = str(path)
+        if criterion.uses_validation:  # AdaFocal: one update of γ per bin from the validation set, every rank alike
+            val_logits, val_labels = collect_logits(net, data.val, normalize, ctx, batch_size=args.eval_batch_size,
+                                                    amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
+            criterion.observe_validation(val_logits, val_labels)
+            criterion_sum.load_state_dict(criterion.state_dict())
+        record.update(criterion.describe_state())  # the γ per bin for the next epoch
         record["seconds"] = time.perf_counter() - epoch_start
         log.append(record)
         if ctx.is_main and ((epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs):
@@ -291,7 +299,8 @@ def main(args: argparse.Namespace) -> dict | None:
             cli.save_run_checkpoint(folder.checkpoint, {
                 "epoch": epoch, "args": cli.stored_args(args), "log": log, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state()},
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state(),
+                "criterion": criterion.state_dict()},
                 suite=SUITE)
         if ctx.is_main:
             folder.append_log(record)

@@ -55,6 +55,18 @@ def check_nonnegative_number(value, name: str) -> float:
     return v
 
 
+def parse_finite_number(text: str) -> float:
+    """A number written in a loss spec (``"0.05"``, ``"1e-3"``); a ``ValueError`` saying why not (the caller adds
+    the spec)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not np.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
 def check_reduction(reduction: str) -> str:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.seeds < 1 or args.n_resamples < 0:
         raise ValueError(f"--seeds must be >= 1 and --n-resamples >= 0, got {args.seeds} and {args.n_resamples}")
     for loss in {*args.losses, *args.contrast_losses}:
-        build_loss(loss)
+        build_loss(loss, epochs=args.epochs)  # epochs: FLSc places its γ changes by the run length
     if "ce" not in args.losses:
         raise ValueError("--losses must include ce: every claim compares with cross-entropy")
     load_dataset("fashion-mnist", data_dir=args.data_dir)

@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     for loss in args.losses:
-        build_loss(loss)  # an unknown spec fails now, not inside a training process
+        build_loss(loss, epochs=args.epochs)  # an unknown spec fails now, not inside a training process
     load_dataset("fashion-mnist", data_dir=args.data_dir)  # missing data: one clear message, not one per run
     cells = [Cell(seed, size, loss) for seed in range(1, args.seeds + 1) for size in args.sizes
              for loss in args.losses]

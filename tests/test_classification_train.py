@@ -50,12 +50,12 @@ def read_log(out):
 
 @pytest.mark.parametrize("loss", PAPER_LOSS_SPECS + ("ls-torch-0.1",))
 def test_every_loss_trains_and_reports(fmnist, tmp_path, loss):
-    extra = ["--epochs", "2", "--gamma-milestones", "1", "2"] if loss.startswith("flsc") else ["--epochs", "1"]
+    extra = ["--epochs", "3"] if loss.startswith("flsc") else ["--epochs", "1"]  # FLSc: milestones 1, 2 of 3
     record = run(fmnist_args(fmnist, tmp_path, "--loss", loss, "--limit-train", "128", *extra))
     log = read_log(tmp_path)
     assert [line["epoch"] for line in log] == list(range(1, len(log) + 1))
-    if loss.startswith("flsc"):  # the trainer feeds the epoch: γ = 5 in epoch 1, 3 in epoch 2
-        assert [line["gamma"] for line in log] == [5.0, 3.0]
+    if loss.startswith("flsc"):  # the schedule follows the run: γ = 5 in epoch 1, 3 in epoch 2, the last γ in 3
+        assert [line["gamma"] for line in log] == [5.0, 3.0, float(loss[-1])]
     evaluation = record["evaluation"]
     assert evaluation["pre"]["n"] == 100 and evaluation["val_pre"]["n"] == 60
     for key in ("ece", "adaece", "mce", "classwise_ece", "nll", "error"):
@@ -170,12 +170,12 @@ def _train_subprocess(fmnist, out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [sys.executable, str(REPO / "classification" / "train.py"),
                *fmnist_args(fmnist, out, "--epochs", "3", "--batch-size", "8", "--lr-milestones", "2",
-                            "--loss", "flsd-53", "--print-freq", "1", "--workers", "0", "--no-progress",
+                            "--loss", "adafocal", "--print-freq", "1", "--workers", "0", "--no-progress",
                             "--limit-train", "120", "--limit-eval", "50", *extra)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 
 
-def test_resume_after_sigkill_mid_epoch_is_exact(fmnist, tmp_path):
+def test_resume_after_sigkill_mid_epoch_is_exact(fmnist, tmp_path):  # with AdaFocal, whose state must resume too
     straight = _train_subprocess(fmnist, tmp_path / "straight")
     output = straight.communicate(timeout=300)[0]
     assert straight.returncode == 0, output
@@ -197,8 +197,9 @@ def test_resume_after_sigkill_mid_epoch_is_exact(fmnist, tmp_path):
     assert a["epoch"] == b["epoch"] == 2
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for key in ("optimizer", "scheduler"):
+    for key in ("optimizer", "scheduler", "criterion"):  # criterion: AdaFocal's γ per bin
         assert str(a[key]) == str(b[key])
+    assert int(a["criterion"]["updates"]) == 3
     results = [json.loads((tmp_path / d / "results.json").read_text())["evaluation"] for d in ("straight", "killed")]
     assert results[0] == results[1]
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "killed")
