@@ -98,6 +98,12 @@ def compute_claims(records: Sequence[dict], size: int, *, bootstrap: Callable | 
             "claims": results}
 
 
+# How each statistic is shown: (label, in percentage points?)
+_LABELS = {"ece_pre": ("Δ ECE, points", True), "adaece_pre": ("Δ AdaECE, points", True),
+           "ece_post": ("Δ post-T ECE, points", True), "error": ("Δ error, points", True),
+           "temperature": ("T", False), "nll_misclassified_final": ("Δ NLL", False)}
+
+
 def _fmt(value, percent: bool) -> str:
     return f"{100 * value:+.2f}" if percent else f"{value:.2f}"
 
@@ -110,22 +116,23 @@ def _interval(interval, percent: bool) -> str:
 
 def claims_markdown(main: dict, contrast: dict | None = None) -> str:
     """``claims.md``: one row per claim (mean ± std over seeds, both 95% intervals, verdict), main regime first."""
-    lines = []
-    for block, title in ((main, "Paper's regime"), (contrast, "Contrast")):
+    lines = ["Δ = the named loss's value minus CE's, per seed (runs with the same seed are paired). Verdicts: `holds` when "
+             "both 95% intervals lie inside the claim's region, `does not hold` when both lie outside, `inconclusive` "
+             "otherwise.", ""]
+    for block, title in ((main, "In the paper's regime"), (contrast, "Contrast")):
         if block is None:
             continue
         regime = block["regime"]
         errors = ", ".join(f"{100 * e:.2f}%" for e in regime["ce_train_error_per_seed"])
-        lines += [f"**{title}: {block['size']:,} training images** — CE final training error per seed {errors}; "
-                  f"§3 criterion (<= {100 * regime['train_error_max']:.1f}% and misclassified NLL rising) "
+        lines += [f"**{title}: {block['size']:,} training images** — CE's final training error per seed {errors}; "
+                  f"the §3 criterion (<= {100 * regime['train_error_max']:.1f}% and misclassified test NLL rising) "
                   f"{'held in every seed' if regime['criterion_held'] else 'did NOT hold in every seed'}", "",
-                  "| claim | mean ± std (n) | 95% interval, seeds | 95% interval, test set | verdict |",
-                  "|---|---|---|---|---|"]
+                  "| claim | statistic | mean ± std (n) | 95% interval, seeds | 95% interval, test set | verdict |",
+                  "|---|---|---|---|---|---|"]
         for c in block["claims"]:
-            percent = not c["statistic"].endswith("temperature") and "nll" not in c["statistic"]
-            unit = " pts" if percent else ""
-            lines.append(f"| {c['claim']} ({c['statistic'].replace('diff ', 'Δ ')}{unit}) | "
-                         f"{_fmt(c['mean'], percent)} ± {(100 if percent else 1) * c['std']:.2f} (n={c['n']}) | "
+            label, percent = _LABELS.get(c["statistic"].split()[-1], (c["statistic"], False))
+            lines.append(f"| {c['claim']} | {label} | {_fmt(c['mean'], percent)} ± "
+                         f"{(100 if percent else 1) * c['std']:.2f} (n={c['n']}) | "
                          f"{_interval(c['interval_seeds'], percent)} | {_interval(c['interval_test_set'], percent)} "
                          f"| **{c['verdict']}** |")
         lines.append("")
