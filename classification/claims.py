@@ -116,9 +116,9 @@ def _interval(interval, percent: bool) -> str:
 
 def claims_markdown(main: dict, contrast: dict | None = None) -> str:
     """``claims.md``: one row per claim (mean ± std over seeds, both 95% intervals, verdict), main regime first."""
-    lines = ["Δ = the named loss's value minus CE's, per seed (runs with the same seed are paired). Verdicts: `holds` when "
-             "both 95% intervals lie inside the claim's region, `does not hold` when both lie outside, `inconclusive` "
-             "otherwise.", ""]
+    lines = ["Δ = the named loss's value minus CE's, per seed (runs with the same seed are paired). Verdicts: "
+             "`holds` when both 95% intervals lie inside the claim's region, `does not hold` when both lie outside, "
+             "`inconclusive` otherwise.", ""]
     for block, title in ((main, "In the paper's regime"), (contrast, "Contrast")):
         if block is None:
             continue
