@@ -17,7 +17,7 @@ import torch
 
 from focal_calibration.evidence import REGIME_NLL_RISE_MIN, REGIME_TRAIN_ERROR_MAX, claim_result
 
-__all__ = ["CLAIMS", "compute_claims", "claims_markdown"]
+__all__ = ["CLAIMS", "versus_ce_claims", "compute_claims", "claims_markdown"]
 
 # (id, text, compared loss, statistic, region, bootstrap metric, scaled by T for the bootstrap)
 #   statistic: ("diff", key) = record[key] of the loss minus CE's; ("value", key) = the loss's own record[key]
@@ -39,6 +39,21 @@ CLAIMS = (
     ("fl3_ece_pre_lower", "FL-3 has a lower test ECE than CE before temperature scaling (Table 1)", "fl-3",
      ("diff", "ece_pre"), {"below": 0.0}, "ece", False),
 )
+
+
+def versus_ce_claims(loss: str) -> tuple:
+    """The same four comparisons for any loss against CE (for losses beyond the paper: AdaFocal, dual focal, ...):
+    lower ECE before and after temperature scaling, T near 1, error within 1 point."""
+    return (
+        (f"{loss}_ece_pre_lower", f"{loss} has a lower test ECE than CE before temperature scaling", loss,
+         ("diff", "ece_pre"), {"below": 0.0}, "ece", False),
+        (f"{loss}_ece_post_lower", f"{loss} has a lower test ECE than CE after temperature scaling", loss,
+         ("diff", "ece_post"), {"below": 0.0}, "ece", True),
+        (f"{loss}_t_near_1", f"{loss}'s optimal temperature is near 1 (0.9-1.1)", loss, ("value", "temperature"),
+         {"inside": (0.9, 1.1)}, None, False),
+        (f"{loss}_error_within_1", f"{loss}'s test error is within 1 point of CE's", loss, ("diff", "error"),
+         {"inside": (-0.01, 0.01)}, "error", False),
+    )
 
 
 def _by_seed(records: Sequence[dict], size: int, loss: str) -> dict:

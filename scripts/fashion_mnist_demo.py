@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from classification.claims import claims_markdown, compute_claims
+from classification.claims import CLAIMS, claims_markdown, compute_claims, versus_ce_claims
 from classification.datasets import load_dataset
 from classification.figures import plot_runs
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, run_cells, study_markdown
@@ -49,6 +49,9 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("--contrast-size", type=int, default=FULL_TRAIN_SIZE,
                         help="training images of the contrast (default: %(default)s; 0 = no contrast)")
     parser.add_argument("--contrast-losses", nargs="+", default=list(CONTRAST_LOSSES), help="losses of the contrast")
+    parser.add_argument("--compare", nargs="+", default=[],
+                        help="losses to compare with CE beyond the paper's claims (each must be in --losses), e.g. "
+                             "adafocal dual-focal-5")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N")
     parser.add_argument("--epochs", type=int, default=8,
                         help="passes over 55,000 images = the updates of every run")
@@ -74,6 +77,9 @@ def main(args: argparse.Namespace) -> dict:
         build_loss(loss, epochs=args.epochs)  # epochs: FLSc places its γ changes by the run length
     if "ce" not in args.losses:
         raise ValueError("--losses must include ce: every claim compares with cross-entropy")
+    missing = [loss for loss in args.compare if loss not in args.losses]
+    if missing:
+        raise ValueError(f"--compare {missing[0]} is not in --losses {' '.join(args.losses)}")
     load_dataset("fashion-mnist", data_dir=args.data_dir)
     seeds = range(1, args.seeds + 1)
     cells = [Cell(seed, args.size, loss) for seed in seeds for loss in args.losses]
@@ -92,9 +98,11 @@ def main(args: argparse.Namespace) -> dict:
     if args.n_resamples:
         from focal_calibration import bootstrap_samples as bootstrap
     records = [r for r in study["runs"] if r["seed"] in seeds]
-    main_claims = compute_claims(records, args.size, bootstrap=bootstrap, n_resamples=args.n_resamples)
-    contrast = (compute_claims(records, args.contrast_size, bootstrap=bootstrap, n_resamples=args.n_resamples)
-                if args.contrast_size else None)
+    claim_list = CLAIMS + tuple(claim for loss in args.compare for claim in versus_ce_claims(loss))
+    main_claims = compute_claims(records, args.size, bootstrap=bootstrap, n_resamples=args.n_resamples,
+                                 claims=claim_list)
+    contrast = (compute_claims(records, args.contrast_size, bootstrap=bootstrap, n_resamples=args.n_resamples,
+                               claims=claim_list) if args.contrast_size else None)
     claims = {"recipe": study["recipe"], "updates": recipe.updates, "n_resamples": args.n_resamples,
               "main": main_claims, "contrast": contrast}
     write_json_atomic(out / "claims.json", claims)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from classification.claims import CLAIMS, claims_markdown, compute_claims
+from classification.claims import CLAIMS, claims_markdown, compute_claims, versus_ce_claims
 from focal_calibration import bootstrap_samples, calibration_metrics
 
 SIZE = 1000
@@ -67,6 +67,14 @@ def test_claims_pair_runs_by_seed_and_compute_verdicts(tmp_path):
 
     text = claims_markdown(result)
     assert text.count("| **holds** |") == 6 and "| **does not hold** |" in text
+
+    # the same four comparisons for any loss (here FLSD-53 again): the numbers of the paper's claims
+    generic = {c["id"]: c for c in compute_claims(records, SIZE, bootstrap=None,
+                                                  claims=versus_ce_claims("flsd-53"))["claims"]}
+    assert list(generic) == ["flsd-53_ece_pre_lower", "flsd-53_ece_post_lower", "flsd-53_t_near_1",
+                             "flsd-53_error_within_1"]
+    assert generic["flsd-53_ece_pre_lower"]["per_seed"] == ece["per_seed"]
+    assert generic["flsd-53_ece_pre_lower"]["interval_test_set"] is None  # no bootstrap given
 
 
 def test_claims_with_the_core_bootstrap_match_the_point_estimates(tmp_path):
