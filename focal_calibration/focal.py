@@ -36,12 +36,12 @@ __all__ = ["focal_loss", "g", "gamma_star", "optimal_confidence"]
 def focal_terms(log_p: torch.Tensor, gamma) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (loss, g) elementwise from log p_y <= 0: loss = -(1-p)^γ log p, g = g(p, γ) of Proposition 1."""
     one_minus_p = -torch.expm1(log_p)
-    p = torch.exp(log_p)
     weight = one_minus_p.pow(gamma)  # 0^0 = 1, so γ = 0 is cross-entropy exactly
     loss = -weight * log_p
-    # log p / (1 - p) -> -1 as p -> 1; the where() covers p == 1 exactly, and p == 0 (log p = -inf) gives p·ratio = 0.
-    ratio = torch.where(one_minus_p > 0, log_p / one_minus_p, torch.full_like(log_p, -1.0))
-    p_ratio = torch.where(p > 0, p * ratio, torch.zeros_like(p))
+    # p · log p / (1 - p) is 0/0 at p == 1 and 0·(-inf) at p == 0 (log p = -inf); both become 0. At p == 0 that is the
+    # limit; at p == 1 the limit is -1, but there weight = 0^γ is 0 (γ > 0) or γ is 0, so g is the same exactly.
+    # One nan_to_num instead of two where()s: 12 small ops instead of 17 (it runs once per batch on small batches).
+    p_ratio = torch.nan_to_num(torch.exp(log_p) * (log_p / one_minus_p), nan=0.0)
     return loss, weight * (1.0 - gamma * p_ratio)
 
 
