@@ -1,16 +1,25 @@
-"""Focal loss forward+backward vs F.cross_entropy and the naive formula: time and peak-memory ratios.
+"""Focal loss forward+backward vs F.cross_entropy and the naive formula: time and peak-memory ratios, four shapes.
 
-    python benchmarks/focal_loss.py [--rows 4096 --classes 32000 --device cpu|cuda]
+    python benchmarks/focal_loss.py [--shapes 128x10,128x100,20000x100,4096x32000] [--device cpu|cuda]
+                                    [--dtype float32|bfloat16|float16] [--threads N] [--json OUT.json]
+    python benchmarks/focal_loss.py --crossover      # the small-batch path vs the fused one (SMALL_BATCH_ELEMENTS)
 
-Time: best of --repeats rounds after a warm-up, variants taking turns in this process, ratio to F.cross_entropy.
-Peak memory: each variant runs in a fresh subprocess. On CPU the extra peak is the process's resident high-water mark
-(VmHWM) after one forward+backward minus the mark once the inputs exist (the true peak, whatever the allocator caches); on CUDA it
-is torch.cuda.max_memory_allocated() minus the memory held by the inputs. The gradient itself (one N×K tensor) is
-part of every variant's peak.
+Time: per shape, every variant runs --calls forward+backward calls per round (many for small shapes, so a round
+takes milliseconds), the variants taking turns in each of --repeats rounds in this process; the best round counts,
+and ratios are to F.cross_entropy and to the naive formula of the same round set.
+Peak memory (shapes with at least --memory-min-elements logits): on CPU each variant runs in a fresh subprocess, the
+resident high-water mark (VmHWM) after one forward+backward minus the mark once the inputs exist; on CUDA
+torch.cuda.max_memory_allocated() minus the memory the inputs hold, in this process. The gradient (one N×K tensor)
+is part of every variant's peak.
+
+Variants: F.cross_entropy; the naive formula -(1 - exp(log p))^γ log p through log_softmax + gather (autograd);
+focal_loss γ=3 and build_loss("flsd-53") with the default backend (auto: the Triton kernel for CUDA tensors, the
+PyTorch path otherwise); on CUDA also both with backend="torch"; on CPU also keep_softmax=False and γ=0.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,23 +27,54 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common import add_device_and_threads, apply_threads
 from focal_calibration import build_loss, focal_loss
+from focal_calibration import focal as focal_module
+from focal_calibration.evaluation import write_json_atomic
 
-VARIANTS = {
-    "F.cross_entropy": lambda z, y: F.cross_entropy(z, y),
-    "focal γ=3 (ours)": lambda z, y: focal_loss(z, y, 3.0),
-    "FLSD-53 (ours)": build_loss("flsd-53"),
-    "focal γ=3 (ours, keep_softmax=False)": lambda z, y: focal_loss(z, y, 3.0, keep_softmax=False),
-    "cross-entropy γ=0 (ours)": lambda z, y: focal_loss(z, y, 0.0),
-    "naive -(1-exp(logp))**γ·logp": lambda z, y: (-(1 - (lp := F.log_softmax(z, -1).gather(1, y[:, None]))
-                                                  .exp()) ** 3.0 * lp).mean(),
-}
+DEFAULT_SHAPES = "128x10,128x100,20000x100,4096x32000"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def make_inputs(rows, classes, device, seed=0):
+def naive_focal(z, y, gamma=3.0):
+    log_p = F.log_softmax(z, -1).gather(1, y[:, None])
+    return (-(1 - log_p.exp()) ** gamma * log_p).mean()
+
+
+def variants(device: str) -> dict:
+    flsd = build_loss("flsd-53")
+    out = {
+        "F.cross_entropy": lambda z, y: F.cross_entropy(z, y),
+        "naive -(1-exp(logp))**γ·logp": naive_focal,
+        "focal γ=3 (ours)": lambda z, y: focal_loss(z, y, 3.0),
+        "FLSD-53 (ours)": flsd,
+    }
+    if device == "cuda":  # the default backend is the Triton kernel there; the PyTorch path for comparison
+        out["focal γ=3 (backend=torch)"] = lambda z, y: focal_loss(z, y, 3.0, backend="torch")
+        out["FLSD-53 (backend=torch)"] = lambda z, y: focal_loss(z, y, flsd.policy, backend="torch")
+    else:
+        out["focal γ=3 (keep_softmax=False)"] = lambda z, y: focal_loss(z, y, 3.0, keep_softmax=False)
+        out["cross-entropy γ=0 (ours)"] = lambda z, y: focal_loss(z, y, 0.0)
+    return out
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in text.split(","):
+        try:
+            rows, classes = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"error: --shapes wants ROWSxCLASSES[,...], got {item!r}") from None
+        if rows < 1 or classes < 2:
+            raise SystemExit(f"error: a shape needs >= 1 row and >= 2 classes, got {item!r}")
+        shapes.append((rows, classes))
+    return shapes
+
+
+def make_inputs(rows, classes, device, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.empty(rows, classes).normal_(generator=gen).mul_(3)  # in place: no transient copy in the peak
-    logits = logits.to(device).requires_grad_()
+    logits = logits.to(device=device, dtype=dtype).requires_grad_()
     target = torch.randint(0, classes, (rows,), generator=gen).to(device)
     return logits, target
 
@@ -49,36 +89,28 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_variants(args):
-    """Round-robin over the variants (so a busy machine slows them alike); best of --repeats rounds."""
-    logits, target = make_inputs(args.rows, args.classes, args.device)
-    runs = {name: [] for name in VARIANTS}
-    for name, fn in VARIANTS.items():  # warm-up
+def calls_per_round(rows, classes):
+    """Enough calls that a round of a small shape lasts milliseconds (timer resolution, scheduler ticks)."""
+    return max(1, min(200, 2_000_000 // (rows * classes)))
+
+
+def time_variants(fns, rows, classes, device, dtype, repeats):
+    """Seconds per call of each variant: best of `repeats` rounds, the variants taking turns in every round."""
+    logits, target = make_inputs(rows, classes, device, dtype)
+    calls = calls_per_round(rows, classes)
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():  # warm-up: allocator, thread pool, Triton compilation
         step(fn, logits, target)
-    for _ in range(args.repeats):
-        for name, fn in VARIANTS.items():
-            sync(args.device)
+        step(fn, logits, target)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
             start = time.perf_counter()
-            step(fn, logits, target)
-            sync(args.device)
-            runs[name].append(time.perf_counter() - start)
-    return {name: min(times) for name, times in runs.items()}
-
-
-def peak_memory_of(name, args):
-    """Run in a fresh process: extra peak memory (bytes) of one forward+backward of variant `name`."""
-    logits, target = make_inputs(args.rows, args.classes, args.device)
-    fn = VARIANTS[name]
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step(fn, logits, target)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    base = high_water_rss()
-    step(fn, logits, target)
-    return high_water_rss() - base
+            for _ in range(calls):
+                step(fn, logits, target)
+            sync(device)
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
+    return best
 
 
 def high_water_rss():
@@ -90,32 +122,115 @@ def high_water_rss():
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=4096)
-    parser.add_argument("--classes", type=int, default=32000)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--memory-variant", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.memory_variant:
-        print(json.dumps(peak_memory_of(args.memory_variant, args)))
-        return
-    times = time_variants(args)
+def peak_memory_here(fn, rows, classes, device, dtype):
+    """Extra peak bytes of one forward+backward (CUDA: allocator peak; CPU: this process's VmHWM)."""
+    logits, target = make_inputs(rows, classes, device, dtype)
+    if device == "cuda":
+        step(fn, logits, target)  # compile first; its workspace is not the variant's
+        logits.grad = None
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(fn, logits, target)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base = high_water_rss()
+    step(fn, logits, target)
+    return high_water_rss() - base
+
+
+def peak_memory(names, rows, classes, args):
+    if args.device == "cuda":
+        fns = variants(args.device)
+        return {name: peak_memory_here(fns[name], rows, classes, args.device, DTYPES[args.dtype]) for name in names}
     peaks = {}
-    for name in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--classes", str(args.classes),
-                              "--device", args.device, "--memory-variant", name],
+    for name in names:  # CPU: a fresh process per variant, so one variant's high-water mark is not another's
+        out = subprocess.run([sys.executable, __file__, "--device", "cpu", "--dtype", args.dtype,
+                              "--memory-variant", name, "--memory-shape", f"{rows}x{classes}"],
                              check=True, capture_output=True, text=True).stdout
         peaks[name] = json.loads(out.strip().splitlines()[-1])
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"focal loss forward+backward, logits [{args.rows}, {args.classes}] float32, {device}, torch {torch.__version__}")
-    print("| variant | time (ms) | time vs F.cross_entropy | extra peak memory (MiB) | peak vs F.cross_entropy |")
-    print("|---|---|---|---|---|")
-    ce_time, ce_peak = times["F.cross_entropy"], peaks["F.cross_entropy"]
-    for name in VARIANTS:
-        print(f"| {name} | {times[name] * 1e3:.0f} | {times[name] / ce_time:.2f}× | {peaks[name] / 2**20:.0f} | "
-              f"{peaks[name] / ce_peak:.2f}× |")
+    return peaks
+
+
+def shape_table(rows, classes, times, peaks):
+    ce, naive = times["F.cross_entropy"], times["naive -(1-exp(logp))**γ·logp"]
+    unit, scale = ("µs", 1e6) if ce < 1e-3 else ("ms", 1e3)
+    lines = [f"| variant | time ({unit}) | × F.cross_entropy | × naive | extra peak (MiB) | peak × F.cross_entropy |",
+             "|---|---|---|---|---|---|"]
+    for name, seconds in times.items():
+        if peaks:
+            memory = f"{peaks[name] / 2**20:.0f} | {peaks[name] / peaks['F.cross_entropy']:.2f}×"
+        else:
+            memory = "— | —"
+        lines.append(f"| {name} | {seconds * scale:.{0 if seconds * scale >= 100 else 1}f} | {seconds / ce:.2f}× | "
+                     f"{seconds / naive:.2f}× | {memory} |")
+    return "\n".join(lines)
+
+
+def crossover(args):
+    """Small-batch path vs fused Function path on a grid of sizes (the SMALL_BATCH_ELEMENTS choice)."""
+    print(f"small-batch path vs fused path, focal γ=3 forward+backward, {args.dtype}, {args.device}, "
+          f"threads {torch.get_num_threads()}; time ratio small / fused (< 1: the small-batch path is faster)")
+    print("| N·K | K=10 | K=100 | K=1000 |")
+    print("|---|---|---|---|")
+    results = {}
+    for power in range(10, 21):
+        cells = []
+        for classes in (10, 100, 1000):
+            rows = max(1, 2 ** power // classes)
+            saved = focal_module.SMALL_BATCH_ELEMENTS
+            fns = {"small": lambda z, y: focal_loss(z, y, 3.0)}
+            try:
+                focal_module.SMALL_BATCH_ELEMENTS = 2 ** 40  # every shape takes the small-batch path
+                small = time_variants(fns, rows, classes, args.device, DTYPES[args.dtype], args.repeats)["small"]
+                focal_module.SMALL_BATCH_ELEMENTS = 0  # every shape takes the fused path
+                fused = time_variants(fns, rows, classes, args.device, DTYPES[args.dtype], args.repeats)["small"]
+            finally:
+                focal_module.SMALL_BATCH_ELEMENTS = saved
+            results[f"2^{power}x{classes}"] = small / fused
+            cells.append(f"{small / fused:.2f}")
+        print(f"| 2^{power} | " + " | ".join(cells) + " |")
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_and_threads(parser)
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="ROWSxCLASSES,... (default %(default)s)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--memory-min-elements", type=int, default=1_000_000,
+                        help="measure peak memory for shapes with at least this many logits (default %(default)s)")
+    parser.add_argument("--crossover", action="store_true", help="time the small-batch path against the fused one")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--memory-variant", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-shape", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
+    apply_threads(args)
+    if args.memory_variant:
+        (rows, classes), = parse_shapes(args.memory_shape)
+        fn = variants(args.device)[args.memory_variant]
+        print(json.dumps(peak_memory_here(fn, rows, classes, args.device, DTYPES[args.dtype])))
+        return
+    if args.crossover:
+        results = crossover(args)
+    else:
+        device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(f"focal loss forward+backward, {args.dtype} logits, {device}, torch {torch.__version__}, "
+              f"load average {os.getloadavg()[0]:.1f}, best of {args.repeats} rounds")
+        results = {}
+        fns = variants(args.device)
+        for rows, classes in parse_shapes(args.shapes):
+            times = time_variants(fns, rows, classes, args.device, DTYPES[args.dtype], args.repeats)
+            peaks = peak_memory(fns, rows, classes, args) if rows * classes >= args.memory_min_elements else {}
+            print(f"\n[{rows} x {classes}]")
+            print(shape_table(rows, classes, times, peaks))
+            results[f"{rows}x{classes}"] = {"seconds": times, "peak_bytes": peaks}
+    if args.json:
+        write_json_atomic(args.json, {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
+                                      "load_average": os.getloadavg()[0], "results": results})
 
 
 if __name__ == "__main__":

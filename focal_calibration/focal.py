@@ -18,12 +18,16 @@ from __future__ import annotations
 
 from typing import Callable, Union
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.special import lambertw
 
-from focal_calibration._internal import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
-                                         prepare_focal_inputs, value_checks_enabled)
+from focal_calibration._internal import (check_finite, check_labels_in_range, check_nonnegative_number,
+                                         check_reduction, compute_dtype, prepare_focal_inputs, resolve_backend,
+                                         value_checks_enabled)
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
@@ -106,8 +110,57 @@ class _FocalLossFunction(torch.autograd.Function):
         return grad.to(ctx.logits_dtype), None, None, None, None
 
 
+# Logits (N·K) up to which focal_loss takes the small-batch path: below it a batch costs what its ~40 small ops cost,
+# not what its N·K arithmetic costs. The crossover measured by benchmarks/focal_loss.py --crossover (README).
+SMALL_BATCH_ELEMENTS = 2 ** 15
+
+
+def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, ignore_index: int,
+                            reduction: str) -> torch.Tensor:
+    """Small-batch fast path: plain autograd through one fused ``F.cross_entropy`` and as few small ops as possible.
+
+    With nll = -log p_y from cross-entropy (0 exactly at ignored rows), the value is L = (1-p)^γ · nll and the
+    gradient is g(p_y, γ) · dnll/dz (Proposition 1 on the logits): the result is the product of g and nll (a dot
+    product for "sum" / "mean"), whose value is then overwritten with L's under no_grad -- that product's backward
+    reads only g and nll, so the gradient stays g · dnll/dz. No Python backward, no one-hot, nothing N×K beyond
+    cross-entropy's own log-softmax. The per-row terms are focal_terms() written for N numbers with fewer ops (the
+    mean's 1/n folded into the weight). Checks cost nothing on good input: a bad label is found by cross-entropy's own
+    bounds check (CPU), a non-finite logit by one sum; only then do the exact checks run, to name the bad value.
+    """
+    z = logits.to(compute_dtype(logits.dtype))
+    try:
+        nll = F.cross_entropy(z, target, reduction="none", ignore_index=ignore_index)
+    except (IndexError, RuntimeError):
+        check_labels_in_range(target, z.shape[1], ignore_index)  # raises naming the bad label
+        raise
+    with torch.no_grad():
+        if value_checks_enabled(z) and not math.isfinite(z.sum()):  # an inf or nan (or a sum that overflowed)
+            safe_target = torch.where(target != ignore_index, target, torch.zeros_like(target))
+            check_finite(z.gather(1, safe_target[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1), "logits")
+        log_p = -nll
+        p = torch.exp(log_p)
+        if callable(gamma):
+            gamma = gamma(p)
+        one_minus_p = torch.expm1(log_p).neg_()
+        weight = one_minus_p.pow(gamma)  # (1-p)^γ, 0^0 = 1
+        if reduction == "mean":
+            weight.div_((target != ignore_index).sum().clamp_min_(1))
+        # g = weight · (1 + γ · p·nll/(1-p)); p·nll/(1-p) is 0/0 at p == 1, made 0 (the limit is 1, but there weight
+        # is 0 or γ is 0): the finite form of focal_terms().
+        p_ratio = torch.mul(p, nll).div_(one_minus_p).nan_to_num_(nan=0.0)
+        if isinstance(gamma, torch.Tensor):
+            g_factor = torch.addcmul(weight, weight, p_ratio.mul_(gamma))
+        else:
+            g_factor = torch.addcmul(weight, weight, p_ratio, value=gamma)
+        loss = torch.mul(weight, nll) if reduction == "none" else torch.dot(weight, nll)
+    result = torch.mul(g_factor, nll) if reduction == "none" else torch.dot(g_factor, nll)
+    with torch.no_grad():
+        result.copy_(loss)
+    return result
+
+
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *, reduction: str = "mean",
-               ignore_index: int = -100, keep_softmax: bool = True) -> torch.Tensor:
+               ignore_index: int = -100, keep_softmax: bool = True, backend: str = "auto") -> torch.Tensor:
     """Focal loss L = -(1 - p_y)^γ log p_y (Mukhoti et al. 2020, §4; Lin et al. 2017), with an analytic backward.
 
     Args:
@@ -120,14 +173,28 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
             ``target``, 0 at ignored positions).
         keep_softmax: keep the forward's softmax and turn it into the gradient in place (fastest; the graph can be
             backpropagated once). ``False`` keeps one number per row instead and recomputes the softmax in the
-            backward (least memory between forward and backward; allows ``retain_graph``).
+            backward (least memory between forward and backward; allows ``retain_graph``). Batches of at most
+            ``SMALL_BATCH_ELEMENTS`` logits take the small-batch path, where neither restriction applies.
+        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.focal_triton` for CUDA float32 /
+            float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
+            ``"triton"``.
 
     The gradient w.r.t. the logits is ``g(p_y, γ) · (softmax - onehot)`` (Proposition 1 applied to the logits).
     Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient has the logits' dtype.
     """
     check_reduction(reduction)
-    logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss")
-    loss = _FocalLossFunction.apply(logits2d, target1d, gamma, ignore_index, keep_softmax)
+    backend = resolve_backend(backend, logits)
+    small = backend == "torch" and logits.numel() <= SMALL_BATCH_ELEMENTS
+    logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss",
+                                                      check_labels=not (small and logits.device.type == "cpu"))
+    if small:
+        loss = _focal_loss_small_batch(logits2d, target1d, gamma, ignore_index, reduction)
+        return loss.reshape(target.shape) if reduction == "none" else loss
+    if backend == "triton":
+        from focal_calibration import focal_triton  # imports triton: only when asked for
+        loss = focal_triton.focal_loss_rows(logits2d, target1d, gamma, ignore_index)
+    else:
+        loss = _FocalLossFunction.apply(logits2d, target1d, gamma, ignore_index, keep_softmax)
     if reduction == "none":
         return loss.reshape(target.shape)
     total = loss.sum()
