@@ -127,15 +127,21 @@ def _row_gamma(rows, in_rows, log_p, gamma_ptr, thresholds_ptr, gammas_ptr, gamm
 
 
 @triton.jit
+def _load_tile(logits_ptr, offsets, in_rows, start, n_cols, other, BLOCK_COLS: tl.constexpr):
+    """Columns start ... start + BLOCK_COLS of this program's rows, in float32: (columns, mask, z)."""
+    c = start + tl.arange(0, BLOCK_COLS)
+    mask = in_rows[:, None] & (c < n_cols)[None, :]
+    z = tl.load(logits_ptr + offsets[:, None] + c[None, :], mask=mask, other=other).to(tl.float32)
+    return c, mask, z
+
+
+@triton.jit
 def _row_stats(logits_ptr, offsets, in_rows, n_cols, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """Online max m and S = Σ exp(z - m) of each row in one read, tile by tile."""
-    cols = tl.arange(0, BLOCK_COLS)
     row_max = tl.full([BLOCK_ROWS], float("-inf"), tl.float32)
     total = tl.zeros([BLOCK_ROWS], tl.float32)
     for start in range(0, n_cols, BLOCK_COLS):
-        c = start + cols
-        mask = in_rows[:, None] & (c < n_cols)[None, :]
-        z = tl.load(logits_ptr + offsets[:, None] + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        _, _, z = _load_tile(logits_ptr, offsets, in_rows, start, n_cols, float("-inf"), BLOCK_COLS)
         new_max = tl.maximum(row_max, tl.max(z, axis=1))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows that are all -inf so far (or masked)
         total = total * tl.exp(row_max - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
@@ -154,10 +160,10 @@ def _row_log_p(logits_ptr, offsets, in_rows, target, valid, row_max, log_norm, n
 
 
 @triton.jit
-def _focal_forward_kernel(logits_ptr, row_stride, target_ptr, gamma_ptr, thresholds_ptr, gammas_ptr, gamma_value,
-                          loss_ptr, g_ptr, log_p_ptr, row_max_ptr, log_norm_ptr, n_rows, n_cols, ignore_index,
-                          GAMMA_MODE: tl.constexpr, N_THRESHOLDS: tl.constexpr,
-                          BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+def _forward_rows(logits_ptr, row_stride, target_ptr, gamma_ptr, thresholds_ptr, gammas_ptr, gamma_value, n_rows,
+                  n_cols, ignore_index, GAMMA_MODE: tl.constexpr, N_THRESHOLDS: tl.constexpr,
+                  BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """This program's rows: their statistics (one read of the logits), log p_y and γ."""
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     in_rows = rows < n_rows
     offsets = rows.to(tl.int64) * row_stride
@@ -167,6 +173,32 @@ def _focal_forward_kernel(logits_ptr, row_stride, target_ptr, gamma_ptr, thresho
     log_p = _row_log_p(logits_ptr, offsets, in_rows, target, valid, row_max, log_norm, n_cols)
     gamma = _row_gamma(rows, in_rows, log_p, gamma_ptr, thresholds_ptr, gammas_ptr, gamma_value,
                        GAMMA_MODE, N_THRESHOLDS)
+    return rows, in_rows, offsets, valid, row_max, log_norm, log_p, gamma
+
+
+@triton.jit
+def _backward_rows(target_ptr, grad_loss_ptr, grad_loss_stride, row_max_ptr, log_norm_ptr, n_rows, ignore_index,
+                   BLOCK_ROWS: tl.constexpr):
+    """This program's rows for a backward: targets, dL/dL_row (0 at ignored rows), and the saved m and log S."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    in_rows = rows < n_rows
+    target = tl.load(target_ptr + rows, mask=in_rows, other=ignore_index)
+    valid = in_rows & (target != ignore_index)
+    grad_loss = tl.load(grad_loss_ptr + rows.to(tl.int64) * grad_loss_stride, mask=valid, other=0.0)
+    grad_loss = tl.where(valid, grad_loss.to(tl.float32), 0.0)
+    row_max = tl.load(row_max_ptr + rows, mask=in_rows, other=0.0)
+    log_norm = tl.load(log_norm_ptr + rows, mask=in_rows, other=0.0)
+    return rows, in_rows, target, valid, grad_loss, row_max, log_norm
+
+
+@triton.jit
+def _focal_forward_kernel(logits_ptr, row_stride, target_ptr, gamma_ptr, thresholds_ptr, gammas_ptr, gamma_value,
+                          loss_ptr, g_ptr, log_p_ptr, row_max_ptr, log_norm_ptr, n_rows, n_cols, ignore_index,
+                          GAMMA_MODE: tl.constexpr, N_THRESHOLDS: tl.constexpr,
+                          BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    rows, in_rows, _, valid, row_max, log_norm, log_p, gamma = _forward_rows(
+        logits_ptr, row_stride, target_ptr, gamma_ptr, thresholds_ptr, gammas_ptr, gamma_value, n_rows, n_cols,
+        ignore_index, GAMMA_MODE, N_THRESHOLDS, BLOCK_ROWS, BLOCK_COLS)
     loss, g = _focal_terms(log_p, gamma)
     tl.store(loss_ptr + rows, tl.where(valid, loss, 0.0), mask=in_rows)
     tl.store(g_ptr + rows, tl.where(valid, g, 0.0), mask=in_rows)
@@ -179,22 +211,14 @@ def _focal_forward_kernel(logits_ptr, row_stride, target_ptr, gamma_ptr, thresho
 def _focal_backward_kernel(logits_ptr, row_stride, target_ptr, grad_loss_ptr, grad_loss_stride, g_ptr, row_max_ptr,
                            log_norm_ptr, grad_ptr, grad_row_stride, n_rows, n_cols, ignore_index,
                            BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    in_rows = rows < n_rows
-    target = tl.load(target_ptr + rows, mask=in_rows, other=ignore_index)
-    valid = in_rows & (target != ignore_index)
-    coef = tl.load(grad_loss_ptr + rows.to(tl.int64) * grad_loss_stride, mask=valid, other=0.0).to(tl.float32)
-    coef = tl.where(valid, coef * tl.load(g_ptr + rows, mask=valid, other=0.0), 0.0)
-    shift = tl.load(row_max_ptr + rows, mask=in_rows, other=0.0)
-    log_norm = tl.load(log_norm_ptr + rows, mask=in_rows, other=0.0)
+    rows, in_rows, target, valid, grad_loss, row_max, log_norm = _backward_rows(
+        target_ptr, grad_loss_ptr, grad_loss_stride, row_max_ptr, log_norm_ptr, n_rows, ignore_index, BLOCK_ROWS)
+    coef = grad_loss * tl.load(g_ptr + rows, mask=valid, other=0.0)
     offsets = rows.to(tl.int64) * row_stride
     grad_offsets = rows.to(tl.int64) * grad_row_stride
-    cols = tl.arange(0, BLOCK_COLS)
     for start in range(0, n_cols, BLOCK_COLS):
-        c = start + cols
-        mask = in_rows[:, None] & (c < n_cols)[None, :]
-        z = tl.load(logits_ptr + offsets[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
-        p = tl.exp((z - shift[:, None]) - log_norm[:, None])
+        c, mask, z = _load_tile(logits_ptr, offsets, in_rows, start, n_cols, 0.0, BLOCK_COLS)
+        p = tl.exp((z - row_max[:, None]) - log_norm[:, None])
         grad = coef[:, None] * (p - tl.where(c[None, :] == target[:, None], 1.0, 0.0))
         grad = tl.where(valid[:, None], grad, 0.0)  # exact zeros for ignored rows, whatever their logits
         tl.store(grad_ptr + grad_offsets[:, None] + c[None, :], grad.to(grad_ptr.dtype.element_ty), mask=mask)
@@ -205,23 +229,14 @@ def _smoothed_forward_kernel(logits_ptr, row_stride, target_ptr, gamma_ptr, thre
                              off, on, loss_ptr, nll_ptr, gamma_out_ptr, weighted_g_ptr, g_y_ptr, row_max_ptr,
                              log_norm_ptr, n_rows, n_cols, ignore_index, GAMMA_MODE: tl.constexpr,
                              N_THRESHOLDS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    in_rows = rows < n_rows
-    offsets = rows.to(tl.int64) * row_stride
-    row_max, log_norm = _row_stats(logits_ptr, offsets, in_rows, n_cols, BLOCK_ROWS, BLOCK_COLS)
-    target = tl.load(target_ptr + rows, mask=in_rows, other=ignore_index)
-    valid = in_rows & (target != ignore_index)
-    log_p_y = _row_log_p(logits_ptr, offsets, in_rows, target, valid, row_max, log_norm, n_cols)
-    gamma = _row_gamma(rows, in_rows, log_p_y, gamma_ptr, thresholds_ptr, gammas_ptr, gamma_value,
-                       GAMMA_MODE, N_THRESHOLDS)
+    rows, in_rows, offsets, valid, row_max, log_norm, log_p_y, gamma = _forward_rows(
+        logits_ptr, row_stride, target_ptr, gamma_ptr, thresholds_ptr, gammas_ptr, gamma_value, n_rows, n_cols,
+        ignore_index, GAMMA_MODE, N_THRESHOLDS, BLOCK_ROWS, BLOCK_COLS)
     loss_y, g_y = _focal_terms(log_p_y, gamma)
     sum_loss = tl.zeros([BLOCK_ROWS], tl.float32)
     sum_g = tl.zeros([BLOCK_ROWS], tl.float32)
-    cols = tl.arange(0, BLOCK_COLS)
     for start in range(0, n_cols, BLOCK_COLS):  # second read: the per-class terms need log S
-        c = start + cols
-        mask = in_rows[:, None] & (c < n_cols)[None, :]
-        z = tl.load(logits_ptr + offsets[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
+        _, mask, z = _load_tile(logits_ptr, offsets, in_rows, start, n_cols, 0.0, BLOCK_COLS)
         loss_k, g_k = _focal_terms((z - row_max[:, None]) - log_norm[:, None], gamma[:, None])
         sum_loss += tl.sum(tl.where(mask, loss_k, 0.0), axis=1)
         sum_g += tl.sum(tl.where(mask, g_k, 0.0), axis=1)
@@ -238,24 +253,15 @@ def _smoothed_forward_kernel(logits_ptr, row_stride, target_ptr, gamma_ptr, thre
 def _smoothed_backward_kernel(logits_ptr, row_stride, target_ptr, grad_loss_ptr, grad_loss_stride, gamma_ptr,
                               weighted_g_ptr, g_y_ptr, row_max_ptr, log_norm_ptr, off, on, grad_ptr, grad_row_stride,
                               n_rows, n_cols, ignore_index, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    in_rows = rows < n_rows
-    target = tl.load(target_ptr + rows, mask=in_rows, other=ignore_index)
-    valid = in_rows & (target != ignore_index)
-    coef = tl.load(grad_loss_ptr + rows.to(tl.int64) * grad_loss_stride, mask=valid, other=0.0).to(tl.float32)
-    coef = tl.where(valid, coef, 0.0)
+    rows, in_rows, target, valid, coef, row_max, log_norm = _backward_rows(
+        target_ptr, grad_loss_ptr, grad_loss_stride, row_max_ptr, log_norm_ptr, n_rows, ignore_index, BLOCK_ROWS)
     gamma = tl.load(gamma_ptr + rows, mask=in_rows, other=0.0)
     weighted_g = tl.load(weighted_g_ptr + rows, mask=in_rows, other=0.0)
     on_g_y = on * tl.load(g_y_ptr + rows, mask=in_rows, other=0.0)
-    row_max = tl.load(row_max_ptr + rows, mask=in_rows, other=0.0)
-    log_norm = tl.load(log_norm_ptr + rows, mask=in_rows, other=0.0)
     offsets = rows.to(tl.int64) * row_stride
     grad_offsets = rows.to(tl.int64) * grad_row_stride
-    cols = tl.arange(0, BLOCK_COLS)
     for start in range(0, n_cols, BLOCK_COLS):
-        c = start + cols
-        mask = in_rows[:, None] & (c < n_cols)[None, :]
-        z = tl.load(logits_ptr + offsets[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
+        c, mask, z = _load_tile(logits_ptr, offsets, in_rows, start, n_cols, 0.0, BLOCK_COLS)
         log_p = (z - row_max[:, None]) - log_norm[:, None]
         _, g_k = _focal_terms(log_p, gamma[:, None])
         grad = _exp(log_p) * weighted_g[:, None] - off * g_k - tl.where(c[None, :] == target[:, None],

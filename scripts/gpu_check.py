@@ -357,7 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same entry points on the CPU, tiny sizes")
     parser.add_argument("--fashion-mnist", default=None, help="folder with the four Fashion-MNIST IDX files, used "
                         f"when {FASHION_MNIST_SYSTEM_DIR} has none")
-    parser.add_argument("--out", default="results/gpu_check", help="logs, benchmark JSON, summary (default %(default)s)")
+    parser.add_argument("--out", default="results/gpu_check",
+                        help="logs, benchmark JSON and summary go here (default %(default)s)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(CHECKS)}")
     parser.add_argument("--strict", action="store_true", help="a SKIPped check counts as a failure")
     parser.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
