@@ -30,7 +30,7 @@ def set_value_checks(on_accelerators: bool) -> None:
 
 def value_checks_enabled(t: torch.Tensor) -> bool:
     """Whether a loss may read ``t``'s values for validation without a costly host sync."""
-    return t.device.type == "cpu" or _VALUE_CHECKS_ON_ACCELERATORS
+    return t.is_cpu or _VALUE_CHECKS_ON_ACCELERATORS
 
 
 def as_tensor(x, name: str) -> torch.Tensor:

@@ -110,9 +110,10 @@ class _FocalLossFunction(torch.autograd.Function):
         return grad.to(ctx.logits_dtype), None, None, None, None
 
 
-# Logits (N·K) up to which focal_loss takes the small-batch path: below it a batch costs what its ~40 small ops cost,
-# not what its N·K arithmetic costs. The crossover measured by benchmarks/focal_loss.py --crossover (README).
-SMALL_BATCH_ELEMENTS = 2 ** 15
+# Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
+# than its N·K arithmetic: the largest N·K = 2^p at which that path was at least as fast as the fused one for K = 10,
+# 100 and 1000 and every smaller 2^p (benchmarks/focal_loss.py --crossover --threads 1; README, Benchmarks).
+SMALL_BATCH_ELEMENTS = 2 ** 16
 
 
 def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, ignore_index: int,
@@ -121,42 +122,51 @@ def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, i
 
     With nll = -log p_y from cross-entropy (0 exactly at ignored rows), the value is L = (1-p)^γ · nll and the
     gradient is g(p_y, γ) · dnll/dz (Proposition 1 on the logits): the result is the product of g and nll (a dot
-    product for "sum" / "mean"), whose value is then overwritten with L's under no_grad -- that product's backward
-    reads only g and nll, so the gradient stays g · dnll/dz. No Python backward, no one-hot, nothing N×K beyond
+    product for "sum" / "mean"), whose value is then overwritten with L's through a detached alias -- that product's
+    backward reads only g and nll, so the gradient stays g · dnll/dz. No Python backward, no one-hot, nothing N×K beyond
     cross-entropy's own log-softmax. The per-row terms are focal_terms() written for N numbers with fewer ops (the
     mean's 1/n folded into the weight). Checks cost nothing on good input: a bad label is found by cross-entropy's own
-    bounds check (CPU), a non-finite logit by one sum; only then do the exact checks run, to name the bad value.
+    bounds check (CPU), a non-finite logit by the loss itself (or, in a batch with ignored rows, by the exact check).
     """
-    z = logits.to(compute_dtype(logits.dtype))
+    z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # Tensor.to() costs µs here
     try:
         nll = F.cross_entropy(z, target, reduction="none", ignore_index=ignore_index)
     except (IndexError, RuntimeError):
         check_labels_in_range(target, z.shape[1], ignore_index)  # raises naming the bad label
         raise
-    with torch.no_grad():
-        if value_checks_enabled(z) and not math.isfinite(z.sum()):  # an inf or nan (or a sum that overflowed)
-            safe_target = torch.where(target != ignore_index, target, torch.zeros_like(target))
-            check_finite(z.gather(1, safe_target[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1), "logits")
-        log_p = -nll
-        p = torch.exp(log_p)
-        if callable(gamma):
-            gamma = gamma(p)
-        one_minus_p = torch.expm1(log_p).neg_()
-        weight = one_minus_p.pow(gamma)  # (1-p)^γ, 0^0 = 1
-        if reduction == "mean":
-            weight.div_((target != ignore_index).sum().clamp_min_(1))
-        # g = weight · (1 + γ · p·nll/(1-p)); p·nll/(1-p) is 0/0 at p == 1, made 0 (the limit is 1, but there weight
-        # is 0 or γ is 0): the finite form of focal_terms().
-        p_ratio = torch.mul(p, nll).div_(one_minus_p).nan_to_num_(nan=0.0)
-        if isinstance(gamma, torch.Tensor):
-            g_factor = torch.addcmul(weight, weight, p_ratio.mul_(gamma))
-        else:
-            g_factor = torch.addcmul(weight, weight, p_ratio, value=gamma)
-        loss = torch.mul(weight, nll) if reduction == "none" else torch.dot(weight, nll)
-    result = torch.mul(g_factor, nll) if reduction == "none" else torch.dot(g_factor, nll)
-    with torch.no_grad():
-        result.copy_(loss)
+    # From here on detached tensors, which record nothing (cheaper than two no_grad blocks).
+    checks = value_checks_enabled(z)
+    n_valid = (target != ignore_index).sum()
+    if checks:  # host reads are allowed (CPU): the count as a number, for the check below
+        n_valid = int(n_valid)
+    nll_value = nll.detach()
+    log_p = -nll_value
+    if callable(gamma):
+        gamma = gamma(torch.exp(log_p))
+    weight = torch.expm1(log_p).neg_().pow_(gamma)  # (1-p)^γ with 1-p = -expm1(log p); 0^0 = 1
+    if reduction == "mean":
+        weight.div_(max(n_valid, 1) if checks else n_valid.clamp_min_(1))
+    # g = weight · (1 + γ · p·nll/(1-p)) with p/(1-p) = 1/expm1(nll); nll/expm1(nll) is 0/0 at p == 1, made 0 (the
+    # limit is 1, but there weight is 0 or γ is 0): the finite form of focal_terms().
+    p_ratio = torch.div(nll_value, torch.expm1(nll_value)).nan_to_num_(nan=0.0)
+    if isinstance(gamma, torch.Tensor):
+        g_factor = torch.addcmul(weight, weight, p_ratio.mul_(gamma))
+    else:
+        g_factor = torch.addcmul(weight, weight, p_ratio, value=gamma)
+    product = torch.mul if reduction == "none" else torch.dot
+    result = product(g_factor, nll)
+    value = product(weight, nll_value, out=result.detach())  # the value: L = (1-p)^γ · nll (summed, or per row)
+    # A non-finite logit makes its row's nll inf or nan, hence L; an ignored row's (whose gradient it would make nan)
+    # is looked for only when the batch has ignored rows.
+    if checks and (not math.isfinite(value if value.dim() == 0 else value.sum()) or n_valid < len(target)):
+        _check_finite_log_p(z.detach(), target, ignore_index)  # raises naming the value, if there is one
     return result
+
+
+def _check_finite_log_p(z: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """The exact check of the fused path, every row's log p_y (ignored rows at class 0): raises naming the value."""
+    safe_target = torch.where(target != ignore_index, target, torch.zeros_like(target))
+    check_finite(z.gather(1, safe_target[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1), "logits")
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *, reduction: str = "mean",
@@ -186,7 +196,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
     backend = resolve_backend(backend, logits)
     small = backend == "torch" and logits.numel() <= SMALL_BATCH_ELEMENTS
     logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss",
-                                                      check_labels=not (small and logits.device.type == "cpu"))
+                                                      check_labels=not (small and logits.is_cpu))
     if small:
         loss = _focal_loss_small_batch(logits2d, target1d, gamma, ignore_index, reduction)
         return loss.reshape(target.shape) if reduction == "none" else loss
