@@ -5,8 +5,8 @@
     python benchmarks/focal_loss.py --crossover      # the small-batch path vs the fused one (SMALL_BATCH_ELEMENTS)
 
 Time: per shape, every variant runs a number of forward+backward calls per round (many for small shapes, so a round
-takes milliseconds), the variants taking turns in each of --repeats rounds in this process (in an order rotated every
-round); the best round counts, and ratios are to F.cross_entropy and to the naive formula measured alongside.
+takes milliseconds), the variants taking turns in each of --repeats rounds in this process (in a fresh random order
+every round); the best round counts, and ratios are to F.cross_entropy and to the naive formula measured alongside.
 --clock cpu (the default on the CPU) counts the process's CPU time, which a machine shared with other jobs disturbs
 far less than wall time; --clock wall (the default on CUDA, synchronised) counts wall time.
 Peak memory (shapes with at least --memory-min-elements logits): on CPU each variant runs in a fresh subprocess, the
@@ -22,6 +22,7 @@ PyTorch path otherwise); on CUDA also both with backend="torch"; on CPU also kee
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -100,9 +101,9 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def time_variants(fns, rows, classes, device, dtype, repeats, clock="wall"):
-    """Seconds per call of each variant: best of `repeats` rounds. The variants take turns in every round, in an order
-    rotated from round to round: whichever runs right after another one pays for the caches that one left (measured:
-    ~15 µs a call at [128 x 10] on this CPU), so every variant gets every position equally often."""
+    """Seconds per call of each variant: best of `repeats` rounds. The variants take turns in every round, in a fresh
+    random order each round: a variant pays for the caches its predecessor left (~15 µs a call at [128 x 10] on
+    this CPU when it always followed F.cross_entropy), so no variant may always follow the same one."""
     logits, target = make_inputs(rows, classes, device, dtype)
     calls = calls_per_round(rows, classes)
     now = CLOCKS[clock]
@@ -111,9 +112,9 @@ def time_variants(fns, rows, classes, device, dtype, repeats, clock="wall"):
     for fn in fns.values():  # warm-up: allocator, thread pool, Triton compilation
         step(fn, logits, target)
         step(fn, logits, target)
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(0)
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             sync(device)
             start = now()
             for _ in range(calls):
@@ -215,6 +216,26 @@ def crossover(args):
     return results
 
 
+def profile(args):
+    """torch.profiler over 200 forward+backward calls of each PyTorch path at the first --shapes shape: where a call's
+    time goes (self CPU time per op; the autograd.Function rows are the Python forward / backward themselves)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    (rows, classes), = parse_shapes(args.shapes)[:1]
+    logits, target = make_inputs(rows, classes, args.device, DTYPES[args.dtype])
+    paths = {"fused autograd.Function path": with_small_batch_elements(0, lambda z, y: focal_loss(z, y, 3.0)),
+             "small-batch path": with_small_batch_elements(2 ** 40, lambda z, y: focal_loss(z, y, 3.0))}
+    for name, fn in paths.items():
+        for _ in range(50):
+            step(fn, logits, target)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(200):
+                step(fn, logits, target)
+        print(f"\n{name}, [{rows} x {classes}], 200 calls (profiler overhead included: compare shares, not totals)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_and_threads(parser)
@@ -226,6 +247,7 @@ def main(argv=None):
     parser.add_argument("--memory-min-elements", type=int, default=1_000_000,
                         help="measure peak memory for shapes with at least this many logits (default %(default)s)")
     parser.add_argument("--crossover", action="store_true", help="time the small-batch path against the fused one")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler of both PyTorch paths at the first shape")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--memory-variant", help=argparse.SUPPRESS)
     parser.add_argument("--memory-shape", help=argparse.SUPPRESS)
@@ -239,6 +261,9 @@ def main(argv=None):
         (rows, classes), = parse_shapes(args.memory_shape)
         fn = variants(args.device)[args.memory_variant]
         print(json.dumps(peak_memory_here(fn, rows, classes, args.device, DTYPES[args.dtype])))
+        return
+    if args.profile:
+        profile(args)
         return
     if args.crossover:
         results = crossover(args)

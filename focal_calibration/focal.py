@@ -136,16 +136,18 @@ def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, i
         raise
     # From here on detached tensors, which record nothing (cheaper than two no_grad blocks).
     checks = value_checks_enabled(z)
-    n_valid = (target != ignore_index).sum()
-    if checks:  # host reads are allowed (CPU): the count as a number, for the check below
-        n_valid = int(n_valid)
+    if target.is_cpu:  # the count as a number: NumPy takes ~1 µs for N labels, torch's ne + sum + item ~8
+        n_valid = int(np.count_nonzero(target.numpy() != ignore_index))
+    else:  # no host sync unless value checks are on
+        n_valid = (target != ignore_index).sum()
+        n_valid = int(n_valid) if checks else n_valid
     nll_value = nll.detach()
     log_p = -nll_value
     if callable(gamma):
         gamma = gamma(torch.exp(log_p))
     weight = torch.expm1(log_p).neg_().pow_(gamma)  # (1-p)^γ with 1-p = -expm1(log p); 0^0 = 1
     if reduction == "mean":
-        weight.div_(max(n_valid, 1) if checks else n_valid.clamp_min_(1))
+        weight.div_(max(n_valid, 1) if isinstance(n_valid, int) else n_valid.clamp_min_(1))
     # g = weight · (1 + γ · p·nll/(1-p)) with p/(1-p) = 1/expm1(nll); nll/expm1(nll) is 0/0 at p == 1, made 0 (the
     # limit is 1, but there weight is 0 or γ is 0): the finite form of focal_terms().
     p_ratio = torch.div(nll_value, torch.expm1(nll_value)).nan_to_num_(nan=0.0)
