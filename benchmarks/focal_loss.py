@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -100,7 +101,7 @@ def calls_per_round(rows, classes):
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_variants(fns, rows, classes, device, dtype, repeats, clock="wall"):
+def time_variants(fns, rows, classes, device, dtype, repeats, clock="wall", seed=0):
     """Seconds per call of each variant: best of `repeats` rounds. The variants take turns in every round, in a fresh
     random order each round: a variant pays for the caches its predecessor left (~15 µs a call at [128 x 10] on
     this CPU when it always followed F.cross_entropy), so no variant may always follow the same one."""
@@ -112,7 +113,7 @@ def time_variants(fns, rows, classes, device, dtype, repeats, clock="wall"):
     for fn in fns.values():  # warm-up: allocator, thread pool, Triton compilation
         step(fn, logits, target)
         step(fn, logits, target)
-    order = random.Random(0)
+    order = random.Random(seed)
     for _ in range(repeats):
         for name in order.sample(names, len(names)):
             sync(device)
@@ -163,18 +164,25 @@ def peak_memory(names, rows, classes, args):
     return peaks
 
 
-def shape_table(rows, classes, times, peaks):
-    ce, naive = times["F.cross_entropy"], times["naive -(1-exp(logp))**γ·logp"]
-    unit, scale = ("µs", 1e6) if ce < 1e-3 else ("ms", 1e3)
+def shape_table(runs, peaks):
+    """Markdown table of one shape: mean time per call, and the ratios as mean ± std over the runs (one run: no std)."""
+    names = list(runs[0])
+    ce_name, naive_name = "F.cross_entropy", "naive -(1-exp(logp))**γ·logp"
+    mean_ce = statistics.fmean(run[ce_name] for run in runs)
+    unit, scale = ("µs", 1e6) if mean_ce < 1e-3 else ("ms", 1e3)
+
+    def ratio(name, base):
+        values = [run[name] / run[base] for run in runs]
+        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.2f}{spread}×"
+
     lines = [f"| variant | time ({unit}) | × F.cross_entropy | × naive | extra peak (MiB) | peak × F.cross_entropy |",
              "|---|---|---|---|---|---|"]
-    for name, seconds in times.items():
-        if peaks:
-            memory = f"{peaks[name] / 2**20:.0f} | {peaks[name] / peaks['F.cross_entropy']:.2f}×"
-        else:
-            memory = "— | —"
-        lines.append(f"| {name} | {seconds * scale:.{0 if seconds * scale >= 100 else 1}f} | {seconds / ce:.2f}× | "
-                     f"{seconds / naive:.2f}× | {memory} |")
+    for name in names:
+        seconds = statistics.fmean(run[name] for run in runs) * scale
+        memory = f"{peaks[name] / 2**20:.0f} | {peaks[name] / peaks[ce_name]:.2f}×" if peaks else "— | —"
+        lines.append(f"| {name} | {seconds:.{0 if seconds >= 100 else 1}f} | {ratio(name, ce_name)} | "
+                     f"{ratio(name, naive_name)} | {memory} |")
     return "\n".join(lines)
 
 
@@ -217,23 +225,31 @@ def crossover(args):
 
 
 def profile(args):
-    """torch.profiler over 200 forward+backward calls of each PyTorch path at the first --shapes shape: where a call's
-    time goes (self CPU time per op; the autograd.Function rows are the Python forward / backward themselves)."""
+    """torch.profiler over 200 forward+backward calls of F.cross_entropy, the naive formula and both PyTorch paths of
+    focal_loss at the first --shapes shape: ATen calls per forward+backward (what a small batch pays for, whatever the
+    machine's load) and each path's top ops by self CPU time (shares, profiler overhead included)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     (rows, classes), = parse_shapes(args.shapes)[:1]
     logits, target = make_inputs(rows, classes, args.device, DTYPES[args.dtype])
-    paths = {"fused autograd.Function path": with_small_batch_elements(0, lambda z, y: focal_loss(z, y, 3.0)),
-             "small-batch path": with_small_batch_elements(2 ** 40, lambda z, y: focal_loss(z, y, 3.0))}
+    paths = {"F.cross_entropy": lambda z, y: F.cross_entropy(z, y), "naive": naive_focal,
+             "focal γ=3, fused autograd.Function path": with_small_batch_elements(0, lambda z, y: focal_loss(z, y, 3.0)),
+             "focal γ=3, small-batch path": with_small_batch_elements(2 ** 40, lambda z, y: focal_loss(z, y, 3.0)),
+             "FLSD-53, small-batch path": with_small_batch_elements(2 ** 40, build_loss("flsd-53"))}
+    calls = 200
     for name, fn in paths.items():
         for _ in range(50):
             step(fn, logits, target)
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(200):
+            for _ in range(calls):
                 step(fn, logits, target)
-        print(f"\n{name}, [{rows} x {classes}], 200 calls (profiler overhead included: compare shares, not totals)")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        events = prof.key_averages()
+        aten = sum(e.count for e in events if e.key.startswith("aten::")) / calls
+        python = sum(e.count for e in events if not e.key.startswith(("aten::", "autograd::", "torch::"))) / calls
+        print(f"\n{name}, [{rows} x {classes}]: {aten:.0f} ATen calls (nested ones included) and {python:.0f} other "
+              f"profiled events (autograd nodes, Python autograd.Function hops) per forward+backward")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main(argv=None):
@@ -241,7 +257,9 @@ def main(argv=None):
     add_device_and_threads(parser)
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="ROWSxCLASSES,... (default %(default)s)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per run; a run reports its best round")
+    parser.add_argument("--runs", type=int, default=1, help="independent timing runs (orders seeded 0, 1, ...); "
+                        "the table gives the ratios' mean ± std over them")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default=None,
                         help="what a round's time counts (default: cpu on the CPU, wall on CUDA)")
     parser.add_argument("--memory-min-elements", type=int, default=1_000_000,
@@ -254,6 +272,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
+    if args.runs < 1 or args.repeats < 1:
+        raise SystemExit(f"error: --runs and --repeats must be >= 1, got {args.runs} and {args.repeats}")
     apply_threads(args)
     if args.clock is None:
         args.clock = "wall" if args.device == "cuda" else "cpu"
@@ -270,15 +290,19 @@ def main(argv=None):
     else:
         device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"focal loss forward+backward, {args.dtype} logits, {device}, torch {torch.__version__}, "
-              f"load average {os.getloadavg()[0]:.1f}, {args.clock} time, best of {args.repeats} rounds")
+              f"load average {os.getloadavg()[0]:.1f}, {args.clock} time, {args.runs} run(s) of best of "
+              f"{args.repeats} rounds")
         results = {}
         fns = variants(args.device)
         for rows, classes in parse_shapes(args.shapes):
-            times = time_variants(fns, rows, classes, args.device, DTYPES[args.dtype], args.repeats, args.clock)
+            runs = [time_variants(fns, rows, classes, args.device, DTYPES[args.dtype], args.repeats, args.clock, seed)
+                    for seed in range(args.runs)]
             peaks = peak_memory(fns, rows, classes, args) if rows * classes >= args.memory_min_elements else {}
-            print(f"\n[{rows} x {classes}]")
-            print(shape_table(rows, classes, times, peaks))
-            results[f"{rows}x{classes}"] = {"seconds": times, "peak_bytes": peaks}
+            print(f"\n[{rows} x {classes}], load average {os.getloadavg()[0]:.1f}")
+            print(shape_table(runs, peaks), flush=True)
+            results[f"{rows}x{classes}"] = {"seconds": {name: statistics.fmean(run[name] for run in runs)
+                                                        for name in fns},
+                                            "seconds_per_run": runs, "peak_bytes": peaks}
     if args.json:
         write_json_atomic(args.json, {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
                                       "clock": args.clock, "load_average": os.getloadavg()[0], "results": results})
