@@ -186,6 +186,46 @@ def shape_table(runs, peaks):
     return "\n".join(lines)
 
 
+GOALS = (  # issue 11: (shape, variant, baseline, what is compared, bound)
+    ("128x10", "focal γ=3 (ours)", "naive -(1-exp(logp))**γ·logp", "seconds", 1.0),
+    ("128x10", "FLSD-53 (ours)", "naive -(1-exp(logp))**γ·logp", "seconds", 1.0),
+    ("128x100", "focal γ=3 (ours)", "naive -(1-exp(logp))**γ·logp", "seconds", 1.0),
+    ("128x100", "FLSD-53 (ours)", "naive -(1-exp(logp))**γ·logp", "seconds", 1.0),
+    ("4096x32000", "focal γ=3 (ours)", "F.cross_entropy", "seconds", 0.6),
+    ("8192x32000", "focal γ=3 (ours)", "F.cross_entropy", "seconds", 0.8),
+    ("8192x32000", "FLSD-53 (ours)", "F.cross_entropy", "seconds", 0.8),
+    ("8192x32000", "focal γ=3 (ours)", "F.cross_entropy", "peak_bytes", 1.0),
+    ("8192x32000", "FLSD-53 (ours)", "F.cross_entropy", "peak_bytes", 1.0),
+)
+
+
+def goal_verdicts(results) -> list[str]:
+    """The issue's goals that these results speak to, each MET or MISSED by the mean ratio over the runs."""
+    lines = []
+    for shape, name, base, kind, bound in GOALS:
+        entry = results.get(shape)
+        if entry is None or not entry.get(kind):
+            continue
+        if kind == "seconds":
+            ratios = [run[name] / run[base] for run in entry.get("seconds_per_run", [entry["seconds"]])]
+        else:
+            ratios = [entry[kind][name] / entry[kind][base]]
+        mean = statistics.fmean(ratios)
+        what = "time" if kind == "seconds" else "extra peak memory"
+        lines.append(f"goal [{shape}] {name} {what} <= {bound}x {base}: {'MET' if mean <= bound else 'MISSED'} "
+                     f"({mean:.2f}x, max over runs {max(ratios):.2f}x)")
+    return lines
+
+
+def report(data: dict) -> None:
+    """Tables and goal verdicts of a --json file (what a run printed, without measuring again)."""
+    for shape, entry in data["results"].items():
+        print(f"\n[{shape.replace('x', ' x ')}]")
+        print(shape_table(entry.get("seconds_per_run", [entry["seconds"]]), entry["peak_bytes"]))
+    print()
+    print("\n".join(goal_verdicts(data["results"])))
+
+
 def with_small_batch_elements(threshold, fn):
     """fn run with focal.SMALL_BATCH_ELEMENTS set to `threshold` (0: the fused path; 2**40: the small-batch path)."""
     def run(z, y):
@@ -267,6 +307,8 @@ def main(argv=None):
     parser.add_argument("--crossover", action="store_true", help="time the small-batch path against the fused one")
     parser.add_argument("--profile", action="store_true", help="torch.profiler of both PyTorch paths at the first shape")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--report", default=None, metavar="JSON", help="print the tables and goal verdicts of a "
+                        "file written by --json, measuring nothing")
     parser.add_argument("--memory-variant", help=argparse.SUPPRESS)
     parser.add_argument("--memory-shape", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -281,6 +323,9 @@ def main(argv=None):
         (rows, classes), = parse_shapes(args.memory_shape)
         fn = variants(args.device)[args.memory_variant]
         print(json.dumps(peak_memory_here(fn, rows, classes, args.device, DTYPES[args.dtype])))
+        return
+    if args.report:
+        report(json.loads(open(args.report, encoding="utf-8").read()))
         return
     if args.profile:
         profile(args)
@@ -303,6 +348,8 @@ def main(argv=None):
             results[f"{rows}x{classes}"] = {"seconds": {name: statistics.fmean(run[name] for run in runs)
                                                         for name in fns},
                                             "seconds_per_run": runs, "peak_bytes": peaks}
+        print()
+        print("\n".join(goal_verdicts(results)))
     if args.json:
         write_json_atomic(args.json, {"device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
                                       "clock": args.clock, "load_average": os.getloadavg()[0], "results": results})

@@ -7,9 +7,9 @@ Start it through scripts/gpu_check.sh, which finds a Python with torch (see ther
   cuda-tests      pytest -m cuda: the compiled Triton kernels against the PyTorch path and the float64 naive formula,
                   the PyTorch path on CUDA against the CPU, value checks on CUDA, metrics / temperature on CUDA
   bench-float32   benchmarks/focal_loss.py --device cuda: both backends, time and peak-memory ratios to
-  bench-bfloat16  F.cross_entropy at [128 x 10], [128 x 100] and [8192 x 32000]; the issue's goal (Triton fwd+bwd
-                  <= 0.8x the time and <= 1.0x the extra peak memory of F.cross_entropy at [8192 x 32000]) is
-                  reported as MET / MISSED (a measurement, not a failure)
+  bench-bfloat16  F.cross_entropy at [128 x 10], [128 x 100] and [8192 x 32000]; the benchmark's verdicts on the
+                  issue's goal (Triton fwd+bwd <= 0.8x the time and <= 1.0x the extra peak memory of
+                  F.cross_entropy at [8192 x 32000]) are rows of the table, MET / MISSED (a measurement, not a failure)
   trainer-bf16    classification/train.py, Fashion-MNIST, small_cnn, FLSD-53, --amp bf16 --channels-last, 300 steps
   trainer-fp16    the same with --amp fp16 (GradScaler)
   fairseq-train   fairseq-train --criterion focal_loss (FLSD-53, label smoothing 0.1) on a toy corpus, on the GPU
@@ -113,11 +113,10 @@ def check_bench(ctx, dtype: str) -> str:
         if name in seconds:
             parts.append(f"{name}: {seconds[name] / ce_time:.2f}x time, {peaks[name] / ce_peak:.2f}x peak")
     detail = f"[{shape}] " + "; ".join(parts)
-    if shape == BENCH_TARGET:
-        met = all(seconds[n] / ce_time <= 0.8 and peaks[n] / ce_peak <= 1.0 for n in ("focal γ=3 (ours)",
-                                                                                  "FLSD-53 (ours)"))
-        ctx.goals[f"goal {dtype}: Triton <= 0.8x time, <= 1.0x peak of F.cross_entropy at [8192 x 32000]"] = \
-            ("MET" if met else "MISSED", detail)
+    for line in result.stdout.splitlines():  # the benchmark's own verdicts on the goals at this shape
+        if line.startswith(f"goal [{BENCH_TARGET}]"):
+            goal, verdict = line.split(": ", 1)
+            ctx.goals[f"{goal} ({dtype})"] = (verdict.split(" ", 1)[0], verdict.split(" ", 1)[1])
     return detail
 
 
