@@ -16,7 +16,8 @@ is part of every variant's peak.
 
 Variants: F.cross_entropy; the naive formula -(1 - exp(log p))^γ log p through log_softmax + gather (autograd);
 focal_loss γ=3 and build_loss("flsd-53") with the default backend (auto: the Triton kernel for CUDA tensors, the
-PyTorch path otherwise); on CUDA also both with backend="torch"; on CPU also keep_softmax=False and γ=0.
+PyTorch path otherwise); on CUDA also both with backend="torch"; on CPU also keep_softmax=False and γ=0; and the
+losses beyond the paper (AdaFocal, inverse focal, Poly-1, dual focal, MbLS).
 """
 
 import argparse
@@ -59,7 +60,30 @@ def variants(device: str) -> dict:
     else:
         out["focal γ=3 (keep_softmax=False)"] = lambda z, y: focal_loss(z, y, 3.0, keep_softmax=False)
         out["cross-entropy γ=0 (ours)"] = lambda z, y: focal_loss(z, y, 0.0)
+    out.update({name: loss.to(device) for name, loss in beyond_the_paper().items()})
     return out
+
+
+# ---- losses beyond the paper (losses branch: a separate block to ease merges) --------------------------------------
+
+def _adafocal_mixed():
+    """AdaFocal as it trains after some epochs: 15 equal-mass bins, focal and inverse-focal rows mixed."""
+    loss = build_loss("adafocal")
+    loss.gammas.copy_(torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, -0.2, -0.5, 1.0, 2.0, -1.0, 0.3, 4.0, -2.0, 1.5, 0.2],
+                                   dtype=torch.float64))
+    loss.inner_edges.copy_(torch.logspace(-9, -4.6, 14, dtype=torch.float64))  # spreads these inputs' p_y over bins
+    return loss
+
+
+def beyond_the_paper() -> dict:
+    return {
+        "AdaFocal, mixed focal / inverse-focal rows (ours, fused)": _adafocal_mixed(),
+        "inverse focal γ=2 (ours, fused)": build_loss("inverse-focal-2"),
+        "Poly-1 ε=1 (ours, fused)": build_loss("poly-1"),
+        "dual focal γ=5 (ours, autograd)": build_loss("dual-focal-5"),
+        "MbLS m=10 λ=0.1 (ours, autograd)": build_loss("mbls-10-0.1"),
+    }
+# ---- end of the losses-beyond-the-paper block ----------------------------------------------------------------------
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:

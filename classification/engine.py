@@ -9,9 +9,10 @@ import torch
 import torch.distributed as dist
 
 from classification.batches import Normalize, iterate_batches, shard_for_eval
-from classification.datasets import DatasetNotFoundError, ImageSplit
-from focal_calibration.evaluation import (evaluate_calibration, make_run_record, save_reliability_diagrams,
-                                          write_json_atomic)
+from classification.datasets import ImageSplit
+from focal_calibration.cli import RunFolder
+from focal_calibration.evaluation import evaluate_calibration, make_run_record, save_reliability_diagrams
+from focal_calibration.metrics import calibration_metrics
 
 __all__ = ["DistributedContext", "setup_distributed", "autocast", "collect_logits", "write_final_report"]
 
@@ -94,22 +95,24 @@ def collect_logits(model, split: ImageSplit, normalize: Normalize, ctx: Distribu
 
 def write_final_report(out_dir: Path, *, val_logits, val_labels, test_logits, test_labels, dataset: str,
                        model: str, loss: str, seed: int, args: dict, n_bins: int = 15, extra_paths=None,
-                       title: str | None = None) -> dict:
+                       title: str | None = None, train_logits=None, train_labels=None) -> dict:
     """Pre / post temperature evaluation (one pass through the core), reliability diagrams, logits and the results
-    JSON of one run. Returns the record written to ``out_dir / "results.json"``."""
+    JSON of one run. With ``train_logits`` the training-set metrics (eval mode) go to ``evaluation["train"]``.
+    Returns the record written to ``out_dir / "results.json"``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluation = evaluate_calibration(val_logits, val_labels, test_logits, test_labels, n_bins=n_bins)
+    if train_logits is not None:
+        evaluation["train"] = calibration_metrics(train_labels, logits=train_logits, n_bins=n_bins)
     diagrams = save_reliability_diagrams(test_logits, test_labels, evaluation["temperature"], out_dir,
                                          n_bins=n_bins, title=title)
-    logits_path = out_dir / "logits.pt"
-    torch.save({"val_logits": val_logits, "val_labels": val_labels, "test_logits": test_logits,
-                "test_labels": test_labels}, logits_path)
+    folder = RunFolder(out_dir)
+    logits_path = folder.save_logits(val_logits, val_labels, test_logits, test_labels)
     paths = {"logits": logits_path, "reliability_pre": diagrams[0], "reliability_post": diagrams[1]}
     paths.update(extra_paths or {})
     record = make_run_record(suite="image", dataset=dataset, model=model, loss=loss, seed=seed, args=args,
                              evaluation=evaluation, paths={k: str(v) for k, v in paths.items()})
-    write_json_atomic(out_dir / "results.json", record)
+    folder.write_results(record)
     return record
 
 
@@ -120,16 +123,3 @@ def format_summary(evaluation: dict) -> str:
             f"AdaECE {100 * pre['adaece']:.2f}% -> {100 * post['adaece']:.2f}% | NLL {pre['nll']:.4f} -> "
             f"{post['nll']:.4f}")
 
-
-def run_cli(parser, main, argv=None) -> int:
-    """Parse, run, and turn the errors users cause (bad arguments, missing data) into an argparse error with exit
-    status 2 instead of a traceback; always leave the process group (train and evaluate may both create one)."""
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, DatasetNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
