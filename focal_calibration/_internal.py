@@ -11,6 +11,8 @@ and temperature scaling always check: they run once per evaluation, not per step
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import os
 from typing import Mapping
@@ -29,7 +31,7 @@ def set_value_checks(on_accelerators: bool) -> None:
 
 def value_checks_enabled(t: torch.Tensor) -> bool:
     """Whether a loss may read ``t``'s values for validation without a costly host sync."""
-    return t.device.type == "cpu" or _VALUE_CHECKS_ON_ACCELERATORS
+    return t.is_cpu or _VALUE_CHECKS_ON_ACCELERATORS
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -50,7 +52,7 @@ def check_nonnegative_number(value, name: str) -> float:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(v) or v < 0:
+    if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
@@ -98,6 +100,8 @@ def flatten_scores_and_labels(scores: torch.Tensor, labels: torch.Tensor, *, sco
     num_classes = scores.shape[-1]
     if num_classes < 1:
         raise ValueError(f"{scores_name} must have at least one class, got shape {tuple(scores.shape)}")
+    if scores.dim() == 2:  # already flat: a reshape would still add a view (and a backward node) per call
+        return scores, labels
     return scores.reshape(-1, num_classes), labels.reshape(-1)
 
 
@@ -132,18 +136,42 @@ def ascending_order(values: torch.Tensor) -> torch.Tensor:
     return torch.stack([row.sort().indices for row in keys])
 
 
+BACKENDS = ("auto", "torch", "triton")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether the triton package can be imported (it ships with CUDA builds of torch); imports nothing."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, logits: torch.Tensor) -> str:
+    """``"auto"``: the fused Triton kernel for CUDA float32 / float16 / bfloat16 logits when triton is importable,
+    the PyTorch path otherwise. ``"torch"`` / ``"triton"``: that one (triton must be importable)."""
+    if backend == "auto":
+        use_triton = logits.is_cuda and logits.dtype in TRITON_DTYPES and triton_available()
+        return "triton" if use_triton else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and not triton_available():
+        raise ValueError("backend='triton' needs the triton package (pip install triton), which is not installed")
+    return backend
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the core computes in: float64 stays float64; float32, float16 and bfloat16 compute in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str):
+def prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str, *, check_labels: bool = True):
     """Validate and flatten the inputs of a focal loss: ``logits [N, K]``, ``target [N]`` and γ (a checked number,
-    a flattened detached per-sample tensor, or a policy callable)."""
+    a flattened detached per-sample tensor, or a policy callable). ``check_labels=False``: the caller checks the
+    label range itself (the small-batch path lets F.cross_entropy's own bounds check find a bad label)."""
     logits2d, target1d = flatten_scores_and_labels(logits, target)
     if logits2d.shape[0] == 0:
         raise ValueError(f"{caller} got an empty batch (logits shape {tuple(logits.shape)})")
-    if value_checks_enabled(target1d):
+    if check_labels and value_checks_enabled(target1d):
         check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
     if isinstance(gamma, torch.Tensor):
         if gamma.dim() > 0:

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 from typing import Callable, Union
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.special import lambertw
 
-from focal_calibration._internal import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
-                                         prepare_focal_inputs, value_checks_enabled)
+from focal_calibration._internal import (check_finite, check_labels_in_range, check_nonnegative_number,
+                                         check_reduction, compute_dtype, prepare_focal_inputs, resolve_backend,
+                                         value_checks_enabled)
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
@@ -36,12 +40,12 @@ __all__ = ["focal_loss", "fused_row_loss", "g", "gamma_star", "optimal_confidenc
 def focal_terms(log_p: torch.Tensor, gamma) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (loss, g) elementwise from log p_y <= 0: loss = -(1-p)^γ log p, g = g(p, γ) of Proposition 1."""
     one_minus_p = -torch.expm1(log_p)
-    p = torch.exp(log_p)
     weight = one_minus_p.pow(gamma)  # 0^0 = 1, so γ = 0 is cross-entropy exactly
     loss = -weight * log_p
-    # log p / (1 - p) -> -1 as p -> 1; the where() covers p == 1 exactly, and p == 0 (log p = -inf) gives p·ratio = 0.
-    ratio = torch.where(one_minus_p > 0, log_p / one_minus_p, torch.full_like(log_p, -1.0))
-    p_ratio = torch.where(p > 0, p * ratio, torch.zeros_like(p))
+    # p · log p / (1 - p) is 0/0 at p == 1 and 0·(-inf) at p == 0 (log p = -inf); both become 0. At p == 0 that is the
+    # limit; at p == 1 the limit is -1, but there weight = 0^γ is 0 (γ > 0) or γ is 0, so g is the same exactly.
+    # One nan_to_num instead of two where()s: 12 small ops instead of 17 (it runs once per batch on small batches).
+    p_ratio = torch.nan_to_num(torch.exp(log_p) * (log_p / one_minus_p), nan=0.0)
     return loss, weight * (1.0 - gamma * p_ratio)
 
 
@@ -110,8 +114,69 @@ class _FocalLossFunction(torch.autograd.Function):
         return (grad.to(ctx.logits_dtype),) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
+# Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
+# than its N·K arithmetic: the largest N·K = 2^p at which that path was at least as fast as the fused one for K = 10,
+# 100 and 1000 and every smaller 2^p (benchmarks/focal_loss.py --crossover --threads 1; README, Benchmarks).
+SMALL_BATCH_ELEMENTS = 2 ** 16
+
+
+def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, ignore_index: int,
+                            reduction: str) -> torch.Tensor:
+    """Small-batch fast path: plain autograd through one fused ``F.cross_entropy`` and as few small ops as possible.
+
+    With nll = -log p_y from cross-entropy (0 exactly at ignored rows), the value is L = (1-p)^γ · nll and the
+    gradient is g(p_y, γ) · dnll/dz (Proposition 1 on the logits): the result is the product of g and nll (a dot
+    product for "sum" / "mean"), whose value is then overwritten with L's through a detached alias -- that product's
+    backward reads only g and nll, so the gradient stays g · dnll/dz. No Python backward, no one-hot, nothing N×K beyond
+    cross-entropy's own log-softmax. The per-row terms are focal_terms() written for N numbers with fewer ops (the
+    mean's 1/n folded into the weight). Checks cost nothing on good input: a bad label is found by cross-entropy's own
+    bounds check (CPU), a non-finite logit by the loss itself (or, in a batch with ignored rows, by the exact check).
+    """
+    z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # Tensor.to() costs µs here
+    try:
+        nll = F.cross_entropy(z, target, reduction="none", ignore_index=ignore_index)
+    except (IndexError, RuntimeError):
+        check_labels_in_range(target, z.shape[1], ignore_index)  # raises naming the bad label
+        raise
+    # From here on detached tensors, which record nothing (cheaper than two no_grad blocks).
+    checks = value_checks_enabled(z)
+    if target.is_cpu:  # the count as a number: NumPy takes ~1 µs for N labels, torch's ne + sum + item ~8
+        n_valid = int(np.count_nonzero(target.numpy() != ignore_index))
+    else:  # no host sync unless value checks are on
+        n_valid = (target != ignore_index).sum()
+        n_valid = int(n_valid) if checks else n_valid
+    nll_value = nll.detach()
+    log_p = -nll_value
+    if callable(gamma):
+        gamma = gamma(torch.exp(log_p))
+    weight = torch.expm1(log_p).neg_().pow_(gamma)  # (1-p)^γ with 1-p = -expm1(log p); 0^0 = 1
+    if reduction == "mean":
+        weight.div_(max(n_valid, 1) if isinstance(n_valid, int) else n_valid.clamp_min_(1))
+    # g = weight · (1 + γ · p·nll/(1-p)) with p/(1-p) = 1/expm1(nll); nll/expm1(nll) is 0/0 at p == 1, made 0 (the
+    # limit is 1, but there weight is 0 or γ is 0): the finite form of focal_terms().
+    p_ratio = torch.div(nll_value, torch.expm1(nll_value)).nan_to_num_(nan=0.0)
+    if isinstance(gamma, torch.Tensor):
+        g_factor = torch.addcmul(weight, weight, p_ratio.mul_(gamma))
+    else:
+        g_factor = torch.addcmul(weight, weight, p_ratio, value=gamma)
+    product = torch.mul if reduction == "none" else torch.dot
+    result = product(g_factor, nll)
+    value = product(weight, nll_value, out=result.detach())  # the value: L = (1-p)^γ · nll (summed, or per row)
+    # A non-finite logit makes its row's nll inf or nan, hence L; an ignored row's (whose gradient it would make nan)
+    # is looked for only when the batch has ignored rows.
+    if checks and (not math.isfinite(value if value.dim() == 0 else value.sum()) or n_valid < len(target)):
+        _check_finite_log_p(z.detach(), target, ignore_index)  # raises naming the value, if there is one
+    return result
+
+
+def _check_finite_log_p(z: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """The exact check of the fused path, every row's log p_y (ignored rows at class 0): raises naming the value."""
+    safe_target = torch.where(target != ignore_index, target, torch.zeros_like(target))
+    check_finite(z.gather(1, safe_target[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1), "logits")
+
+
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *, reduction: str = "mean",
-               ignore_index: int = -100, keep_softmax: bool = True) -> torch.Tensor:
+               ignore_index: int = -100, keep_softmax: bool = True, backend: str = "auto") -> torch.Tensor:
     """Focal loss L = -(1 - p_y)^γ log p_y (Mukhoti et al. 2020, §4; Lin et al. 2017), with an analytic backward.
 
     Args:
@@ -124,15 +189,29 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
             ``target``, 0 at ignored positions).
         keep_softmax: keep the forward's softmax and turn it into the gradient in place (fastest; the graph can be
             backpropagated once). ``False`` keeps one number per row instead and recomputes the softmax in the
-            backward (least memory between forward and backward; allows ``retain_graph``).
+            backward (least memory between forward and backward; allows ``retain_graph``). Batches of at most
+            ``SMALL_BATCH_ELEMENTS`` logits take the small-batch path, where neither restriction applies.
+        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.focal_triton` for CUDA float32 /
+            float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
+            ``"triton"``.
 
     The gradient w.r.t. the logits is ``g(p_y, γ) · (softmax - onehot)`` (Proposition 1 applied to the logits).
     Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient
     has the logits' dtype.
     """
     check_reduction(reduction)
-    logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss")
-    loss = _FocalLossFunction.apply(logits2d, target1d, gamma, ignore_index, keep_softmax)
+    backend = resolve_backend(backend, logits)
+    small = backend == "torch" and logits.numel() <= SMALL_BATCH_ELEMENTS
+    logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss",
+                                                      check_labels=not (small and logits.is_cpu))
+    if small:
+        loss = _focal_loss_small_batch(logits2d, target1d, gamma, ignore_index, reduction)
+        return loss.reshape(target.shape) if reduction == "none" else loss
+    if backend == "triton":
+        from focal_calibration import focal_triton  # imports triton: only when asked for
+        loss = focal_triton.focal_loss_rows(logits2d, target1d, gamma, ignore_index)
+    else:
+        loss = _FocalLossFunction.apply(logits2d, target1d, gamma, ignore_index, keep_softmax)
     if reduction == "none":
         return loss.reshape(target.shape)
     total = loss.sum()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from focal_calibration._internal import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
-                                         prepare_focal_inputs, value_checks_enabled)
+                                         prepare_focal_inputs, resolve_backend, value_checks_enabled)
 from focal_calibration.focal import Gamma, focal_terms
 
 __all__ = ["focal_label_smoothed_loss"]
@@ -85,7 +85,8 @@ class _FocalSmoothedFunction(torch.autograd.Function):
 
 
 def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, alpha: float = 0.1, *,
-                              reduction: str = "mean", ignore_index: int = -100, return_nll: bool = False):
+                              reduction: str = "mean", ignore_index: int = -100, return_nll: bool = False,
+                              backend: str = "auto"):
     """Focal loss against the label-smoothed target, -sum_k s_k (1 - p_k)^γ log p_k (see the module docstring).
 
     Args:
@@ -96,8 +97,12 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
         reduction: "mean" (over non-ignored rows), "sum" or "none".
         return_nll: also return the (detached) negative log-likelihood -log p_y with the same reduction, for logging
             perplexity without a second pass over the logits.
+        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.focal_triton` for CUDA float32 /
+            float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
+            ``"triton"``.
     """
     check_reduction(reduction)
+    backend = resolve_backend(backend, logits)
     alpha = check_nonnegative_number(alpha, "alpha")
     if alpha > 1:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
@@ -106,7 +111,11 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
     if logits2d.shape[1] < 2:
         raise ValueError(f"label smoothing needs at least 2 classes, got K={logits2d.shape[1]}")
 
-    loss, nll = _FocalSmoothedFunction.apply(logits2d, target1d, gamma, alpha, ignore_index)
+    if backend == "triton":
+        from focal_calibration import focal_triton  # imports triton: only when asked for
+        loss, nll = focal_triton.focal_smoothed_rows(logits2d, target1d, gamma, alpha, ignore_index)
+    else:
+        loss, nll = _FocalSmoothedFunction.apply(logits2d, target1d, gamma, alpha, ignore_index)
     if reduction == "none":
         loss, nll = loss.reshape(target.shape), nll.reshape(target.shape)
     else:

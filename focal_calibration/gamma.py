@@ -106,13 +106,17 @@ class SampleDependentGamma(GammaPolicy):
         self.thresholds = thresholds
         self._tables: dict = {}
 
-    def __call__(self, p_y: torch.Tensor) -> torch.Tensor:
-        key = (p_y.device, p_y.dtype)
+    def tables(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(thresholds, gammas) as tensors on ``device``, cached: what the fused Triton kernel bucketizes with."""
+        key = (device, dtype)
         if key not in self._tables:
-            self._tables[key] = (torch.tensor(self.thresholds, dtype=p_y.dtype, device=p_y.device),
-                                 torch.tensor(self.gammas, dtype=p_y.dtype, device=p_y.device))
-        thresholds, gammas = self._tables[key]
-        return gammas[torch.bucketize(p_y, thresholds, right=True)]
+            self._tables[key] = (torch.tensor(self.thresholds, dtype=dtype, device=device),
+                                 torch.tensor(self.gammas, dtype=dtype, device=device))
+        return self._tables[key]
+
+    def __call__(self, p_y: torch.Tensor) -> torch.Tensor:
+        thresholds, gammas = self.tables(p_y.device, p_y.dtype)
+        return torch.take(gammas, torch.bucketize(p_y, thresholds, right=True))
 
     def __repr__(self):
         return f"SampleDependentGamma({list(self.gammas)}, thresholds={list(self.thresholds)})"

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from focal_calibration import focal as focal_module
 from focal_calibration import focal_loss, g, gamma_star, optimal_confidence
+
+
+@pytest.fixture(params=["fused", "small-batch"])
+def torch_path(request, monkeypatch):
+    """Run a test through both PyTorch paths of focal_loss: the fused autograd Function and the small-batch path."""
+    monkeypatch.setattr(focal_module, "SMALL_BATCH_ELEMENTS", 0 if request.param == "fused" else 2 ** 40)
+    return request.param
 
 
 def naive_focal(logits, target, gamma):
@@ -32,7 +40,7 @@ def value_and_grad(fn, logits):
 @pytest.mark.parametrize("keep_softmax", [True, False])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.0, 5.0])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_value_and_gradient_match_autograd_of_naive_formula(gamma, reduction, keep_softmax):
+def test_value_and_gradient_match_autograd_of_naive_formula(gamma, reduction, keep_softmax, torch_path):
     torch.manual_seed(0)
     logits = torch.randn(3, 4, 7, dtype=torch.float64) * 3  # leading shape [3, 4] is flattened
     target = torch.randint(0, 7, (3, 4))
@@ -48,7 +56,7 @@ def test_value_and_gradient_match_autograd_of_naive_formula(gamma, reduction, ke
     torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
-def test_per_sample_gamma_tensor_matches_naive():
+def test_per_sample_gamma_tensor_matches_naive(torch_path):
     torch.manual_seed(1)
     logits = torch.randn(6, 5, dtype=torch.float64)
     target = torch.randint(0, 5, (6,))
@@ -59,7 +67,7 @@ def test_per_sample_gamma_tensor_matches_naive():
     torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
-def test_callable_gamma_sees_true_class_probability():
+def test_callable_gamma_sees_true_class_probability(torch_path):
     torch.manual_seed(2)
     logits = torch.randn(50, 4, dtype=torch.float64) * 2
     target = torch.randint(0, 4, (50,))
@@ -76,7 +84,7 @@ def test_callable_gamma_sees_true_class_probability():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_gamma_zero_is_cross_entropy(dtype, tol, reduction):
+def test_gamma_zero_is_cross_entropy(dtype, tol, reduction, torch_path):
     torch.manual_seed(3)
     logits = torch.randn(64, 10, dtype=dtype) * 4
     target = torch.randint(0, 10, (64,))
@@ -87,7 +95,7 @@ def test_gamma_zero_is_cross_entropy(dtype, tol, reduction):
     torch.testing.assert_close(ours_grad, ref_grad, rtol=tol, atol=tol)
 
 
-def test_ignore_index_rows_get_zero_loss_and_gradient():
+def test_ignore_index_rows_get_zero_loss_and_gradient(torch_path):
     logits = torch.randn(5, 3, dtype=torch.float64)
     target = torch.tensor([0, 1, 7, 2, 7])
     ours, grad = value_and_grad(lambda x: focal_loss(x, target, 2.0, reduction="none", ignore_index=7), logits)
@@ -99,7 +107,7 @@ def test_ignore_index_rows_get_zero_loss_and_gradient():
     assert all_padding == 0  # documented: a mean over no samples is 0, not NaN
 
 
-def test_proposition_1_last_layer_gradient_relation():
+def test_proposition_1_last_layer_gradient_relation(torch_path):
     """dL_f/dW = dL_c/dW · g(p_y, γ) for the last linear layer W (Proposition 1), per sample."""
     torch.manual_seed(4)
     features = torch.randn(8, 6, dtype=torch.float64)
@@ -155,7 +163,7 @@ def test_optimal_confidence_is_identity_for_ce_and_matches_brute_force():
         assert np.all(np.abs(ours - 0.5) <= np.abs(q - 0.5) + 1e-7)  # Fig. 6: focal pulls p̂ towards 0.5
 
 
-def test_extreme_logits_stay_finite():
+def test_extreme_logits_stay_finite(torch_path):
     logits = torch.tensor([[1e4, -1e4, 0.0], [0.0, 0.0, 1e4], [-1e4, 1e4, 1e4]], requires_grad=True)
     target = torch.tensor([1, 2, 0])
     for gamma in [0.0, 0.3, 1.0, 5.0]:
@@ -166,7 +174,7 @@ def test_extreme_logits_stay_finite():
         assert float(loss[0].detach()) == pytest.approx(2e4) and float(loss[1].detach()) == 0
 
 
-def test_confident_rows_with_gamma_below_one_have_finite_vanishing_gradient():
+def test_confident_rows_with_gamma_below_one_have_finite_vanishing_gradient(torch_path):
     """p_y -> 1 with γ < 1: (1-p)^(γ-1) blows up, but g -> 0; the naive formula gives NaN here."""
     logits = torch.tensor([[40.0, 0.0, 0.0], [20.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 0])
@@ -183,7 +191,7 @@ def test_confident_rows_with_gamma_below_one_have_finite_vanishing_gradient():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_computed_in_float32(dtype):
+def test_half_precision_is_computed_in_float32(dtype, torch_path):
     torch.manual_seed(5)
     logits = (torch.randn(32, 11) * 8).to(dtype)
     target = torch.randint(0, 11, (32,))
@@ -194,7 +202,8 @@ def test_half_precision_is_computed_in_float32(dtype):
     torch.testing.assert_close(grad.double(), ref_grad, rtol=0, atol=1e-2)
 
 
-def test_second_backward_through_reused_buffer_is_refused_but_recompute_mode_allows_it():
+def test_second_backward_through_reused_buffer_is_refused_but_recompute_mode_allows_it(monkeypatch):
+    monkeypatch.setattr(focal_module, "SMALL_BATCH_ELEMENTS", 0)  # the fused path, which reuses its softmax buffer
     logits = torch.randn(4, 3, requires_grad=True)
     target = torch.tensor([0, 1, 2, 0])
     loss = focal_loss(logits, target, 1.0)
@@ -224,8 +233,39 @@ def test_second_backward_through_reused_buffer_is_refused_but_recompute_mode_all
     (dict(reduction="avg"), r"reduction must be 'mean', 'sum' or 'none', got 'avg'"),
     (dict(logits=torch.zeros(0, 4), target=torch.zeros(0, dtype=torch.long)), r"empty batch"),
 ])
-def test_bad_inputs_raise_clear_errors(kwargs, message):
+def test_bad_inputs_raise_clear_errors(kwargs, message, torch_path):
     args = dict(logits=torch.randn(3, 4), target=torch.tensor([0, 1, 2]), gamma=1.0, reduction="mean")
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=message):
         focal_loss(args["logits"], args["target"], args["gamma"], reduction=args["reduction"])
+
+
+def test_small_batch_path_allows_a_second_backward(monkeypatch):
+    monkeypatch.setattr(focal_module, "SMALL_BATCH_ELEMENTS", 2 ** 40)
+    logits = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3, -100, 1])
+    loss = focal_loss(logits, target, 2.0)
+    (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, logits)
+    ref = naive_focal(logits[target != -100], target[target != -100], 2.0).mean()
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(first, ref_grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_non_finite_logits_in_an_ignored_row_still_raise(torch_path):
+    """Their gradient would be NaN (log-softmax backward), so the check covers ignored rows too."""
+    logits = torch.randn(3, 4)
+    logits[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="logits must be finite"):
+        focal_loss(logits, torch.tensor([0, -100, 2]), 2.0)
+
+
+def test_minus_inf_logit_of_another_class_is_allowed(torch_path):
+    """-inf masks a class out: allowed for every class but the target, as in F.cross_entropy."""
+    logits = torch.tensor([[0.5, float("-inf"), 1.0], [2.0, 0.0, float("-inf")]], dtype=torch.float64)
+    target = torch.tensor([0, 1])
+    ours, grad = value_and_grad(lambda x: focal_loss(x, target, 2.0, reduction="none"), logits)
+    ref, ref_grad = value_and_grad(lambda x: naive_focal(x, target, 2.0), logits)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)

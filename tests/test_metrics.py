@@ -395,6 +395,7 @@ def test_all_reduce_two_processes(tmp_path):
                          rel=1e-12)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     logits, labels = random_problem(3000, 10, seed=6, dtype=torch.float32)

@@ -1,0 +1,54 @@
+"""scripts/gpu_check.sh without a GPU: shell syntax, its errors, and one check end to end through the shell wrapper in
+--dry-run mode (the full dry run takes minutes; it is run by hand, see README)."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+
+
+@pytest.fixture(scope="module")
+def driver():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shell_syntax():
+    assert shutil.which("bash")
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+
+
+def test_unknown_check_is_an_error(driver, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        driver.main(["--dry-run", "--only", "metrics,bench", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "error: unknown check(s) bench; choose from cuda-tests" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gets")
+def test_without_cuda_it_asks_for_dry_run(driver, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        driver.main(["--out", str(tmp_path)])
+    assert stop.value.code == 2 and "sees no CUDA device; use --dry-run" in capsys.readouterr().err
+
+
+def test_dry_run_of_one_check_through_the_wrapper(tmp_path):
+    env = dict(os.environ, PY=sys.executable)
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", "metrics", "--out", str(tmp_path)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"gpu_check: python {sys.executable} (PY)" in result.stdout
+    assert "| metrics | PASS |" in result.stdout and "all checks passed" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["status"] for row in summary["rows"]] == ["PASS"]
