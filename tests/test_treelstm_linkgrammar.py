@@ -118,6 +118,21 @@ def test_trees_do_not_depend_on_chunks_order_or_workers(tmp_path):
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()   # sorted, so comparable
 
 
+def test_a_tree_does_not_depend_on_the_sentence_parsed_before_it(tmp_path):
+    # With link-parser's defaults (null links, panic mode, a 5 s timer) the second sentence got a complete parse when
+    # parsed alone and a skipped-word fallback when parsed right after the first one in the same process: trees
+    # depended on the chunk a sentence fell into, hence on the order and on what the cache already held.
+    before = lg.tokenize("There aren't too many films that can be as simultaneously funny, offbeat and heartwarming "
+                         "(without a thick shmear of the goo, at least), but \"Elling\" manages to do all three quite "
+                         "well, making it one of the year's most enjoyable releases.")
+    before = [t.replace('"', "''") for t in before]
+    sentence = lg.tokenize("Suffers from a lack of clarity and audacity that a subject as monstrous and pathetic as "
+                           "Dahmer demands.")
+    alone = lg.parse_sentences([sentence], tmp_path / "alone.jsonl", workers=1)[0]
+    after = lg.parse_sentences([before, sentence], tmp_path / "after.jsonl", workers=1)[1]
+    assert alone == after and alone[1] == "parse"
+
+
 def test_alignment_rejects_mismatched_leaves():
     from treelstm.trees import parse_bracketed
 

@@ -381,6 +381,7 @@ def main(args) -> dict:
     record = make_run_record(suite=SUITE, dataset=splits.name, model=args.model, loss=args.loss, seed=args.seed,
                              args=cli.stored_args(args), evaluation=evaluation, paths=paths,
                              selected_epoch=best["epoch"], data_info=splits.info, embeddings=emb_stats,
+                             data_sizes={name: len(encoded[name]) for name in ("train", "val", "test")},
                              seconds=time.time() - started)
     folder.write_results(record)
     pre, post = evaluation["pre"], evaluation["post"]
