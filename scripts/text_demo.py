@@ -39,7 +39,7 @@ CONFIGS = {
     "C2": ["--model", "gpcnn", "--dataset", "trec-offline", "--select", "last"],
     "C3": ["--model", "gpcnn", "--dataset", "trec-offline", "--select", "last", "--tune-embeddings"],
 }
-CHOSEN = "C1"  # see the README
+CHOSEN = "C2"  # the first candidate whose CE runs all met the criterion (README: C1 failed it at seed 1)
 TEXT_CLAIMS = tuple(c for c in CLAIMS if c[0] in ("ece_pre_lower", "adaece_pre_lower", "ece_post_lower",
                                                   "t_flsd_near_1", "t_ce_above_1", "error_within_1"))
 

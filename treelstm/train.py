@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -305,6 +306,17 @@ def epoch_statistics(train, val, test, *, n_bins: int) -> dict:
     return record
 
 
+# Environment variables that choose the CPU kernels (see the README: the numbers depend on them).
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")
+
+
+def numerics() -> dict:
+    """What decides the floating-point results besides the seed: torch's version, the instruction set its CPU kernels
+    use, the thread count and the variables that pin MKL / oneDNN kernels. Equal values: bitwise-equal runs."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "env": {name: os.environ.get(name) for name in NUMERICS_ENV}}
+
+
 def main(args) -> dict:
     parser = get_args_parser()
     args = resolve_args(args)
@@ -382,6 +394,7 @@ def main(args) -> dict:
                              args=cli.stored_args(args), evaluation=evaluation, paths=paths,
                              selected_epoch=best["epoch"], data_info=splits.info, embeddings=emb_stats,
                              data_sizes={name: len(encoded[name]) for name in ("train", "val", "test")},
+                             numerics=numerics(),
                              seconds=time.time() - started)
     folder.write_results(record)
     pre, post = evaluation["pre"], evaluation["post"]
