@@ -4,9 +4,9 @@
 
 Time: best of --repeats rounds after a warm-up, variants taking turns in this process, ratio to F.cross_entropy.
 Peak memory: each variant runs in a fresh subprocess. On CPU the extra peak is the process's resident high-water mark
-(VmHWM) after one forward+backward minus the mark once the inputs exist (the true peak, whatever the allocator caches); on CUDA it
-is torch.cuda.max_memory_allocated() minus the memory held by the inputs. The gradient itself (one N×K tensor) is
-part of every variant's peak.
+(VmHWM) after one forward+backward minus the mark once the inputs exist (the true peak, whatever the allocator
+caches); on CUDA it is torch.cuda.max_memory_allocated() minus the memory held by the inputs. The gradient itself
+(one N×K tensor) is part of every variant's peak.
 """
 
 import argparse
@@ -109,7 +109,8 @@ def main(argv=None):
                              check=True, capture_output=True, text=True).stdout
         peaks[name] = json.loads(out.strip().splitlines()[-1])
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"focal loss forward+backward, logits [{args.rows}, {args.classes}] float32, {device}, torch {torch.__version__}")
+    print(f"focal loss forward+backward, logits [{args.rows}, {args.classes}] float32, {device}, "
+          f"torch {torch.__version__}")
     print("| variant | time (ms) | time vs F.cross_entropy | extra peak memory (MiB) | peak vs F.cross_entropy |")
     print("|---|---|---|---|---|")
     ce_time, ce_peak = times["F.cross_entropy"], peaks["F.cross_entropy"]

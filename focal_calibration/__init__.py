@@ -2,7 +2,8 @@
 
 The shared core of the image, text and fairseq trainers: losses (focal loss with fixed / epoch-scheduled /
 sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Brier, MMCE), calibration metrics
-(ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99) with bootstrap intervals, temperature scaling and plots.
+(ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99) with bootstrap intervals, temperature scaling, vector /
+matrix scaling and Dirichlet calibration, and plots.
 """
 
 from focal_calibration._internal import set_value_checks
@@ -14,6 +15,7 @@ from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolic
 from focal_calibration.losses import (PAPER_LOSS_SPECS, BrierLoss, CalibrationLoss, CrossEntropyLoss, FocalLoss,
                                       LabelSmoothingLoss, MMCELoss, build_loss, mmce_weighted)
 from focal_calibration.metrics import CalibrationAccumulator, ReliabilityBins, calibration_metrics, reliability_bins
+from focal_calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.temperature import TemperatureFit, fit_temperature
 
 __version__ = "0.1.0"
@@ -26,5 +28,6 @@ __all__ = [
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
     "bootstrap_ci", "bootstrap_samples",
     "fit_temperature", "TemperatureFit", "set_value_checks",
+    "fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit",
     "seed_summary", "verdict", "claim_result", "regime_check",
 ]

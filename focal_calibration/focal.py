@@ -123,7 +123,8 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
             backward (least memory between forward and backward; allows ``retain_graph``).
 
     The gradient w.r.t. the logits is ``g(p_y, γ) · (softmax - onehot)`` (Proposition 1 applied to the logits).
-    Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient has the logits' dtype.
+    Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient
+    has the logits' dtype.
     """
     check_reduction(reduction)
     logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss")

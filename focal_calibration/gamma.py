@@ -53,7 +53,8 @@ def _check_gammas(gammas: Sequence[float]) -> tuple[float, ...]:
 class EpochScheduledGamma(GammaPolicy):
     """FLSc (Appendix E): γ = gammas[i] for milestones[i-1] <= epoch < milestones[i] (0-based epochs).
 
-    FLSc-531 is ``EpochScheduledGamma((5, 3, 1), milestones=(100, 250))``: γ = 5 for epochs 0-99, 3 for 100-249, 1 after.
+    FLSc-531 is ``EpochScheduledGamma((5, 3, 1), milestones=(100, 250))``: γ = 5 for epochs 0-99, 3 for 100-249,
+    1 after.
     """
 
     def __init__(self, gammas: Sequence[float], milestones: Sequence[int]):

@@ -27,16 +27,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # the user-dir and the core, when run from a checkout
-    sys.path.insert(0, str(_ROOT))
 
 import fairseq_focal  # noqa: E402,F401  (registers the criterion / task and applies the compat fixes)
 from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures  # noqa: E402

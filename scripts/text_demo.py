@@ -25,9 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from classification.claims import CLAIMS, claims_markdown, compute_claims
 from focal_calibration import bootstrap_samples, cli
 from focal_calibration.evaluation import write_json_atomic

@@ -14,9 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from focal_calibration import cli
 from treelstm.data import DEFAULT_SPLIT_SEED, load_rotten_tomatoes_trees
 from treelstm.linkgrammar import DEFAULT_TIMEOUT, link_grammar_version

@@ -16,12 +16,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = ROOT / "fairseq_focal"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import fairseq_focal  # noqa: E402  (registers focal_loss / translation_temperature_sweep, applies the compat fixes)
+pytest.importorskip("fairseq", reason="the [fairseq] extra is not installed")
+import fairseq_focal  # noqa: E402,F401  (registers focal_loss / translation_temperature_sweep, applies the compat fixes)
 from fairseq_focal.criterions.focal_loss import FocalLossCriterion  # noqa: E402
 from fairseq_focal.sweep_generator import parse_temperatures  # noqa: E402
-from nmt_toy_corpus import write_corpus  # noqa: E402
+from scripts.nmt_toy_corpus import write_corpus  # noqa: E402
 
 TINY_MODEL = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
               "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
@@ -74,7 +74,7 @@ def test_user_command_trains_and_logs_validation_ece(corpus):
     eces = log_values(log, "valid", "ece")
     assert len(eces) == 12 and all(0 <= e <= 100 for e in eces)
     nll, loss = log_values(log, "valid", "nll_loss"), log_values(log, "valid", "loss")
-    assert all(n > l for n, l in zip(nll, loss))  # focal loss < NLL for γ = 1 whenever p < 1
+    assert all(n > focal for n, focal in zip(nll, loss))  # focal loss < NLL for γ = 1 whenever p < 1
     assert "ppl" in [line for line in log.splitlines() if "| valid | epoch" in line][0]
 
 
@@ -292,13 +292,14 @@ def test_sweep_hypotheses_equal_separate_temperature_runs(generations):
         for i, (score, _) in ours.items():
             assert score == pytest.approx(reference[i][0], abs=1e-5)
     # fairseq-generate's own output in sweep mode is the --temperature (default 1) hypotheses
-    assert {i: h for i, (_, h) in hypotheses(sweep).items()} == {i: h for i, (_, h) in hypotheses(separate[1.0]).items()}
+    at_one = {i: h for i, (_, h) in hypotheses(separate[1.0]).items()}
+    assert {i: h for i, (_, h) in hypotheses(sweep).items()} == at_one
     distinct = {tuple(h for _, h in sorted(hypotheses(separate[t]).values())) for t in TEMPERATURES}
     assert len(distinct) > 1  # the temperatures really decode differently
 
 
 def test_sweep_script_curves_against_independent_references(corpus, generations, tmp_path):
-    import nmt_sweep
+    from scripts import nmt_sweep
     from sacrebleu.metrics import BLEU
 
     from focal_calibration.temperature import fit_temperature
@@ -337,7 +338,7 @@ def test_sweep_script_curves_against_independent_references(corpus, generations,
 def test_sweep_run_writes_table_and_figure(corpus, tmp_path):
     import json
 
-    import nmt_sweep
+    from scripts import nmt_sweep
 
     out = tmp_path / "out"
     nmt_sweep.main(["run", "--data", str(corpus["data"]), "--checkpoints", f"FL1={corpus['checkpoint']}",
@@ -369,7 +370,7 @@ def test_bad_temperatures_through_fairseq_generate(corpus):
 
 
 def test_checkpoint_from_another_dictionary(corpus, tmp_path):
-    import nmt_sweep
+    from scripts import nmt_sweep
 
     other = write_corpus(tmp_path, n_words=60, seed=1, env=ENV)
     with pytest.raises(ValueError, match="trained with another dictionary"):

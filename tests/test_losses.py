@@ -114,7 +114,8 @@ def test_mmce_loss_is_ce_plus_lambda_mmce_with_documented_reductions():
     mmce = mmce_three_sums(conf.tolist(), (pred == target).tolist())
     ce = F.cross_entropy(logits.detach(), target, reduction="none")
     assert float(MMCELoss(2.0)(logits, target).detach()) == pytest.approx(float(ce.mean()) + 2 * mmce, rel=1e-9)
-    assert float(MMCELoss(2.0, reduction="sum")(logits, target).detach()) == pytest.approx(float(ce.sum()) + 32 * mmce, rel=1e-9)
+    summed = float(MMCELoss(2.0, reduction="sum")(logits, target).detach())
+    assert summed == pytest.approx(float(ce.sum()) + 32 * mmce, rel=1e-9)
     loss = MMCELoss(8.0)(logits, target)
     (grad,) = torch.autograd.grad(loss, logits)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -227,7 +228,8 @@ def test_bad_specs_raise_clear_errors(spec, message):
 def test_bad_policy_arguments():
     with pytest.raises(ValueError, match=r"3 gammas need 2 epoch milestones, got \[100\]"):
         EpochScheduledGamma((5, 3, 1), milestones=(100,))
-    with pytest.raises(ValueError, match=r"thresholds must be strictly increasing and inside \(0, 1\), got \[0.5, 0.2\]"):
+    with pytest.raises(ValueError,
+                       match=r"thresholds must be strictly increasing and inside \(0, 1\), got \[0.5, 0.2\]"):
         SampleDependentGamma((5, 3, 2), thresholds=(0.5, 0.2))
     with pytest.raises(ValueError, match=r"epoch must be an integer >= 0, got -1"):
         build_loss("flsc-531").set_epoch(-1)

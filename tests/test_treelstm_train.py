@@ -2,6 +2,7 @@
 run-defining option changed), the split independent of the training seed, the run folder and its per-epoch log, offline
 data, and clear errors for bad input."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def test_treelstm_with_mmce_lowers_its_loss(tmp_path, tiny_sst):
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("dgl") is None, reason="the [dgl] extra is not installed")
 def test_engines_give_the_same_training_run(tmp_path, tiny_sst):
     runs = [_run(tmp_path / engine, "--model", "treelstm", "--dataset", "sst", "--data-dir", str(tiny_sst),
                  "--engine", engine, "--epochs", "2", "--mem-dim", "8", "--limit-train", "40")

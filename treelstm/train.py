@@ -33,9 +33,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
 from focal_calibration import cli
@@ -43,6 +40,7 @@ from focal_calibration.checkpoint import capture_rng_state, restore_rng_state
 from focal_calibration.evaluation import evaluate_calibration, make_run_record, save_reliability_diagrams
 from focal_calibration.losses import build_loss
 from focal_calibration.metrics import calibration_metrics
+from focal_calibration.temperature import fit_temperature
 from treelstm import data
 from treelstm.engines import ENGINES, get_engine
 from treelstm.glove import PACKAGE_SOURCE, Vocabulary, embedding_matrix
@@ -291,12 +289,15 @@ def epoch_statistics(train, val, test, *, n_bins: int) -> dict:
     whole training set), the §3 test dynamics (error, ECE, NLL overall and of the correctly / incorrectly classified
     samples, mean confidence) and the temperature this epoch's validation logits choose, with the test ECE after it."""
     train_metrics = calibration_metrics(train[1], logits=train[0], n_bins=n_bins)
-    evaluation = evaluate_calibration(*val, *test, n_bins=n_bins)
-    pre, post = evaluation["pre"], evaluation["post"]
+    # the two temperatures evaluate_calibration fits (without its per-epoch-expensive vector / matrix scaling)
+    temperature = float(fit_temperature(*val, objective="ece", n_bins=n_bins).temperature)
+    temperature_nll = float(fit_temperature(*val, objective="nll", method="lbfgs", n_bins=n_bins).temperature)
+    pre = calibration_metrics(test[1], logits=test[0], n_bins=n_bins)
+    post = calibration_metrics(test[1], logits=test[0] / temperature, n_bins=n_bins)
     record = {"train_error": train_metrics["error"], "train_nll": train_metrics["nll"],
               "test_error": pre["error"], "test_ece": pre["ece"], "test_adaece": pre["adaece"],
               "test_nll": pre["nll"], "test_confidence": float(test[0].softmax(-1).amax(-1).mean()),
-              "temperature": evaluation["temperature"], "temperature_nll": evaluation["temperature_nll"],
+              "temperature": temperature, "temperature_nll": temperature_nll,
               "test_ece_post": post["ece"], "test_adaece_post": post["adaece"]}
     correct = test[0].argmax(-1) == test[1]
     for name, mask in (("correct", correct), ("incorrect", ~correct)):

@@ -7,8 +7,9 @@ temperatures in one pass (Figure 5 of Mukhoti et al. 2020).
 
 fairseq-generate prints and scores, as usual, the hypotheses of ``--temperature`` (default 1) when it is in the list,
 otherwise of the first listed temperature; every temperature's best hypothesis goes to ``--sweep-output`` as a
-tab-separated line ``temperature  sentence-id  score (base 2, as fairseq prints it)  hypothesis`` (``scripts/nmt_sweep.py score`` computes BLEU per
-temperature from it). Without ``--temperatures`` the task is exactly ``translation``.
+tab-separated line ``temperature  sentence-id  score (base 2, as fairseq prints it)  hypothesis``
+(``scripts/nmt_sweep.py score`` computes BLEU per temperature from it). Without ``--temperatures`` the task is
+exactly ``translation``.
 """
 
 
@@ -72,5 +73,6 @@ class TranslationTemperatureSweepTask(TranslationTask):
             for sample_id, nbest in zip(ids, hypos):
                 best = nbest[0]
                 text = self.tgt_dict.string(best["tokens"].int().cpu(), self.cfg.sweep_post_process)
-                self._sweep_file.write(f"{temperature:g}\t{sample_id}\t{float(best['score']) / math.log(2):.6f}\t{text}\n")
+                score = float(best["score"]) / math.log(2)
+                self._sweep_file.write(f"{temperature:g}\t{sample_id}\t{score:.6f}\t{text}\n")
         self._sweep_file.flush()
