@@ -65,9 +65,11 @@ def test_cache_is_reused_and_validated(tmp_path, monkeypatch):
 # link-parser -verbosity=1 -echo=1 output: each block starts with its sentence; a sentence without a complete linkage
 # prints no tree (and no blank line), one that hits the time limit also prints "Timer is expired!".
 VERBOSE = ["link-grammar: Info: Dictionary found at /usr/share/link-grammar/en/4.0.dict",
-           "a b", "Found 2 linkages (2 had no P.P. violations)", "\tLinkage 1, cost vector = (UNUSED=0 DIS= 0.00 LEN=1)",
-           "(S a", "   b)", "", "c d", "No complete linkages found.", "e f", "Found 1 linkage (1 had no P.P. violations)",
-           "\tLinkage 1, cost vector = (UNUSED=0 DIS= 0.00 LEN=1)", "(S (NP e) f)", "", "Bye."]
+           "a b", "Found 2 linkages (2 had no P.P. violations)",
+           "\tLinkage 1, cost vector = (UNUSED=0 DIS= 0.00 LEN=1)", "(S a", "   b)", "",
+           "c d", "No complete linkages found.",
+           "e f", "Found 1 linkage (1 had no P.P. violations)", "\tLinkage 1, cost vector = (UNUSED=0 DIS= 0.00 LEN=1)",
+           "(S (NP e) f)", "", "Bye."]
 
 
 def test_output_splitter_reads_trees_and_missing_linkages():
@@ -111,7 +113,8 @@ def test_trees_do_not_depend_on_chunks_order_or_workers(tmp_path):
     sentences = [lg.tokenize(text) for text in (
         "The quick brown fox jumped over the lazy dog.", "A gorgeous, witty, seductive movie.",
         "It's a lovely film with lovely performances by Buy and Accorsi.", "Effective but too-tepid biopic",
-        "The story is also as unoriginal as they come, already having been recycled more times than I'd care to count.")]
+        "The story is also as unoriginal as they come, already having been recycled more times than I'd care to "
+        "count.")]
     together = lg.parse_sentences(sentences, tmp_path / "a.jsonl", workers=1)
     apart = lg.parse_sentences(sentences[::-1], tmp_path / "b.jsonl", workers=2, chunk_size=1)[::-1]
     assert together == apart

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from focal_calibration.evidence import regime_check
-from treelstm.train import cli_main, get_args_parser, main
+from treelstm.train import get_args_parser, main
 
 POSITIVE, NEGATIVE = ["good", "great", "nice", "wonderful"], ["bad", "awful", "poor", "boring"]
 SUBJECTS = [("the", "film"), ("this", "movie"), ("the", "plot"), ("that", "story"), ("the", "acting")]

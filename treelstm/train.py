@@ -1,9 +1,11 @@
 """Train a text model with a calibration loss and report the paper's pre / post temperature-scaling metrics.
 
     python treelstm/train.py --model treelstm --loss flsd-53                        # offline Rotten Tomatoes trees
-    python treelstm/train.py --model treelstm --dataset sst --data-dir trainDevTestTrees_PTB --embeddings glove.840B.300d.txt
+    python treelstm/train.py --model treelstm --dataset sst --data-dir trainDevTestTrees_PTB \
+        --embeddings glove.840B.300d.txt
     python treelstm/train.py --model gpcnn --loss ce                                 # offline TREC questions
-    python treelstm/train.py --model gpcnn --dataset 20newsgroups --data-dir 20news-bydate --embeddings glove.6B.100d.txt
+    python treelstm/train.py --model gpcnn --dataset 20newsgroups --data-dir 20news-bydate \
+        --embeddings glove.6B.100d.txt
     python -m treelstm.train --model gpcnn --seed 2 --output-dir results/text/cnn-ce-2 --resume auto
 
 Recipes (Appendix D): Tree-LSTM -- AdaGrad lr 0.05, weight decay 1e-4, 25 epochs, memory 150, batches of 25 trees,
