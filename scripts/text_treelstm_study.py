@@ -29,7 +29,7 @@ import numpy as np
 
 from focal_calibration import cli
 from focal_calibration.evaluation import write_json_atomic
-from treelstm.experiments import epoch_view, read_log, run_all, summary_cell
+from treelstm.experiments import epoch_view, focal_optimum_temperature, read_log, run_all, summary_cell
 
 VARIANTS = {"recipe": [], "frozen": ["--no-tune-embeddings"]}
 VIEWS = (("10 epochs, best val", 10, "best-val"), ("25 epochs, best val", 25, "best-val"),
@@ -38,19 +38,6 @@ COLUMNS = (("temperature", "T (ECE grid)", 1), ("temperature_nll", "T (NLL fit)"
            ("test_ece_post", "ECE post %", 100), ("test_error", "test error %", 100),
            ("test_confidence", "mean confidence %", 100), ("train_error", "train error %", 100),
            ("test_nll_incorrect", "NLL misclassified", 1))
-
-
-def focal_optimum_temperature(q: float, gamma_of) -> tuple[float, float]:
-    """For a binary label with P(y = 1 | x) = q > 0.5: the prediction p* minimising the expected focal loss
-    q FL(p) + (1 - q) FL(1 - p), FL(p) = -(1 - p)^gamma(p) log p, and the temperature T* = logit(p*) / logit(q)
-    that maps it back to q (T* < 1: p* is under-confident). Grid search, resolution 1e-6."""
-    p = np.linspace(1e-6, 1 - 1e-6, 999_999)
-
-    def focal(x):
-        return -(1 - x) ** gamma_of(x) * np.log(x)
-
-    best = p[np.argmin(q * focal(p) + (1 - q) * focal(1 - p))]
-    return float(best), float(np.log(best / (1 - best)) / np.log(q / (1 - q)))
 
 
 ANALYTIC_LOSSES = {"fl-1": lambda p: np.full_like(p, 1.0), "fl-3": lambda p: np.full_like(p, 3.0),
