@@ -1,7 +1,7 @@
 """``make demo-text``: the text suite's claims with seeds, intervals and computed verdicts, in the paper's regime.
 
-    python scripts/text_demo.py --out results/text                       # the configuration the criterion chose
-    python scripts/text_demo.py --out results/text --config C1 --losses ce   # the criterion alone (CE runs only)
+    python scripts/text_demo.py --output-dir results/text                      # the configuration the criterion chose
+    python scripts/text_demo.py --output-dir results/text --config C1 --losses ce   # the criterion alone (CE runs only)
 
 Trains the GP-CNN (``treelstm/train.py --model gpcnn``) on the offline TREC questions with each loss and seed, one
 single-threaded process per run, ``--jobs`` at a time (a killed demo resumes: finished runs are skipped, unfinished
@@ -43,7 +43,7 @@ TEXT_CLAIMS = tuple(c for c in CLAIMS if c[0] in ("ece_pre_lower", "adaece_pre_l
 
 def get_args_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/text", help="output folder (runs/, claims.json, claims.md)")
+    parser.add_argument("--output-dir", default="results/text", help="output folder (runs/, claims.json, claims.md)")
     parser.add_argument("--config", default=CHOSEN, choices=tuple(CONFIGS))
     parser.add_argument("--losses", nargs="+", default=["ce", "flsd-53"],
                         help="build_loss specs; the claims need ce and flsd-53")
@@ -96,7 +96,7 @@ def runs_markdown(records: list[dict]) -> str:
 
 def main(args) -> dict:
     started = time.time()
-    out = Path(args.out)
+    out = Path(args.output_dir)
     runs = [(loss, seed) for loss in args.losses for seed in range(1, args.seeds + 1)]
     print(f"text demo: GP-CNN on TREC questions, configuration {args.config} ({' '.join(CONFIGS[args.config])}), "
           f"losses {', '.join(args.losses)}, seeds 1-{args.seeds}, {args.jobs} jobs", flush=True)

@@ -1,6 +1,6 @@
 """Why does FLSD-53 end at T ~ 0.2-0.4 with the Tree-LSTM on the offline Rotten Tomatoes trees? Runs and tables.
 
-    python scripts/text_treelstm_study.py --out results/text_treelstm [--seeds 3] [--variants recipe frozen] [--jobs 2]
+    python scripts/text_treelstm_study.py --output-dir results/text_treelstm [--seeds 3] [--variants recipe frozen]
 
 Hypotheses (issue 8 §4) and how each is separated, from the same runs:
 
@@ -51,7 +51,7 @@ def analytic_table(qs=(0.6, 0.7, 0.8, 0.9, 0.95, 0.99)) -> dict:
 
 def get_args_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/text_treelstm")
+    parser.add_argument("--output-dir", default="results/text_treelstm")
     parser.add_argument("--variants", nargs="+", default=["recipe"], choices=tuple(VARIANTS))
     parser.add_argument("--losses", nargs="+", default=["ce", "flsd-53"])
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="training seeds 1..N")
@@ -89,7 +89,7 @@ def study_markdown(study: dict) -> str:
 
 def main(args) -> dict:
     started = time.time()
-    out = Path(args.out)
+    out = Path(args.output_dir)
     cells = [(variant, loss, seed) for variant in args.variants for loss in args.losses
              for seed in range(1, args.seeds + 1)]
     commands = {out / "runs" / f"{variant}-{loss}-seed{seed}": [
