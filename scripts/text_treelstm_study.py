@@ -90,8 +90,9 @@ def study_markdown(study: dict) -> str:
 def main(args) -> dict:
     started = time.time()
     out = Path(args.output_dir)
-    cells = [(variant, loss, seed) for variant in args.variants for loss in args.losses
-             for seed in range(1, args.seeds + 1)]
+    # seed-major: the runs of one seed (all variants and losses) finish together, so a partial study is paired
+    cells = [(variant, loss, seed) for seed in range(1, args.seeds + 1) for variant in args.variants
+             for loss in args.losses]
     commands = {out / "runs" / f"{variant}-{loss}-seed{seed}": [
         "--model", "treelstm", "--dataset", "rt-offline", "--data-dir", args.data_dir, "--epochs", "25",
         "--loss", loss, "--seed", str(seed), "--no-plots", *VARIANTS[variant]] for variant, loss, seed in cells}
