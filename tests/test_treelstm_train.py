@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from focal_calibration.evidence import regime_check
-from treelstm.train import get_args_parser, main
+from treelstm.train import cli_main, get_args_parser, main
 
 POSITIVE, NEGATIVE = ["good", "great", "nice", "wonderful"], ["bad", "awful", "poor", "boring"]
 SUBJECTS = [("the", "film"), ("this", "movie"), ("the", "plot"), ("that", "story"), ("the", "acting")]
@@ -219,12 +219,19 @@ def test_offline_rotten_tomatoes_trees_carry_root_labels_only(tmp_path):
     (["--dropout", "1"], "--dropout must lie in [0, 1), got 1.0"),
     (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
 ])
-def test_bad_arguments_are_one_error_line_and_status_2(tmp_path, extra, message):
-    result = subprocess.run([sys.executable, "-m", "treelstm.train", "--output-dir", str(tmp_path / "run"), *extra],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0]
+def test_bad_arguments_are_one_error_line_and_status_2(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--output-dir", str(tmp_path / "run"), *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and ": error: " in lines[0] and message in lines[0]
+
+
+def test_a_bad_argument_in_a_fresh_process_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "treelstm.train", "--output-dir", str(tmp_path / "run"),
+                             "--loss", "focal"], capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("train.py: error: unknown loss spec 'focal'")
 
 
 def test_missing_embeddings_and_empty_data(tmp_path, tiny_sst):
