@@ -29,6 +29,7 @@ import numpy as np
 
 from focal_calibration import cli
 from focal_calibration.evaluation import write_json_atomic
+from focal_calibration.evidence import claim_result
 from treelstm.experiments import epoch_view, focal_optimum_temperature, read_log, run_all, summary_cell
 
 VARIANTS = {"recipe": [], "frozen": ["--no-tune-embeddings"]}
@@ -39,6 +40,30 @@ COLUMNS = (("temperature", "T (ECE grid)", 1), ("temperature_nll", "T (NLL fit)"
            ("test_confidence", "mean confidence %", 100), ("train_error", "train error %", 100),
            ("test_nll_incorrect", "NLL misclassified", 1))
 
+
+# Each hypothesis as a statement about one loss's reported model, with its region; the verdict is computed from the
+# Student-t 95 % interval over seeds (focal_calibration.evidence.claim_result). (id, statement, loss, view, value)
+BEST_25, BEST_10, LAST_25 = "25 epochs, best val", "10 epochs, best val", "25 epochs, last"
+FINDINGS = (
+    ("flsd_t_10_below", "FLSD-53's T is below 0.9 after 10 epochs (best val; the earlier demo)", "flsd-53", BEST_10,
+     lambda v: v["temperature"], {"below": 0.9}),
+    ("flsd_t_25_below", "FLSD-53's T is below 0.9 after 25 epochs (best val; the recipe)", "flsd-53", BEST_25,
+     lambda v: v["temperature"], {"below": 0.9}),
+    ("flsd_t_last_below", "FLSD-53's T is below 0.9 at the last of 25 epochs", "flsd-53", LAST_25,
+     lambda v: v["temperature"], {"below": 0.9}),
+    ("flsd_t_nll_below", "FLSD-53's NLL-fitted T (no bins) is below 0.9 too (25 epochs, best val)", "flsd-53",
+     BEST_25, lambda v: v["temperature_nll"], {"below": 0.9}),
+    ("flsd_under_confident", "FLSD-53's accuracy minus mean confidence is > 0, i.e. under-confident (25 epochs, "
+     "best val)", "flsd-53", BEST_25, lambda v: 1 - v["test_error"] - v["test_confidence"], {"above": 0.0}),
+    ("flsd_not_fitted", "FLSD-53's reported model misclassifies > 5 % of its training set (25 epochs, best val)",
+     "flsd-53", BEST_25, lambda v: v["train_error"], {"above": 0.05}),
+    ("ce_fits", "CE's last epoch misclassifies <= 0.5 % of its training set (the §3 regime's first half)", "ce",
+     LAST_25, lambda v: v["train_error"], {"below": 0.005}),
+    ("ce_reported_before_regime", "CE's best-val model misclassifies > 0.5 % of its training set (25 epochs)", "ce",
+     BEST_25, lambda v: v["train_error"], {"above": 0.005}),
+    ("ce_t_above_1", "CE's T is above 1 (25 epochs, best val)", "ce", BEST_25, lambda v: v["temperature"],
+     {"above": 1.0}),
+)
 
 ANALYTIC_LOSSES = {"fl-1": lambda p: np.full_like(p, 1.0), "fl-3": lambda p: np.full_like(p, 3.0),
                    "flsd-53": lambda p: np.where(p < 0.2, 5.0, 3.0)}
@@ -57,11 +82,32 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="training seeds 1..N")
     parser.add_argument("--jobs", type=cli.positive_int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--data-dir", default="data/text", help="folder of the link-grammar parse cache")
+    parser.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
     return parser
 
 
+def findings(runs: list[dict]) -> list[dict]:
+    """Every finding of ``FINDINGS`` per variant whose runs hold its loss (per-seed values, interval, verdict)."""
+    results = []
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        for finding_id, statement, loss, view, value, region in FINDINGS:
+            chosen = sorted((r for r in runs if r["variant"] == variant and r["loss"] == loss),
+                            key=lambda r: r["seed"])
+            if chosen:
+                result = claim_result([value(r["views"][view]) for r in chosen], **region)
+                results.append({"id": finding_id, "variant": variant, "statement": statement, "view": view,
+                                "region": region, "seeds": [r["seed"] for r in chosen], **result})
+    return results
+
+
 def study_markdown(study: dict) -> str:
-    lines = []
+    lines = ["**Findings** (verdicts computed from the Student-t 95 % interval over seeds)", "",
+             "| variant | finding | mean ± std (n) | 95 % interval | verdict |", "|---|---|---|---|---|"]
+    for f in study["findings"]:
+        interval = "-" if f["interval_seeds"] is None else "[{:.3f}, {:.3f}]".format(*f["interval_seeds"])
+        lines.append(f"| {f['variant']} | {f['statement']} | {f['mean']:.3f} ± {f['std']:.3f} (n={f['n']}) | "
+                     f"{interval} | **{f['verdict']}** |")
+    lines.append("")
     for variant in dict.fromkeys(r["variant"] for r in study["runs"]):
         lines += [f"**Variant `{variant}`** ({' '.join(VARIANTS[variant]) or 'the Appendix-D recipe'}); mean ± std "
                   f"[Student-t 95 % interval] over seeds", "",
@@ -96,7 +142,11 @@ def main(args) -> dict:
     commands = {out / "runs" / f"{variant}-{loss}-seed{seed}": [
         "--model", "treelstm", "--dataset", "rt-offline", "--data-dir", args.data_dir, "--epochs", "25",
         "--loss", loss, "--seed", str(seed), "--no-plots", *VARIANTS[variant]] for variant, loss, seed in cells}
-    run_all(commands, jobs=args.jobs)
+    if args.no_train:
+        cells = [cell for cell, run_dir in zip(cells, commands) if (run_dir / "results.json").exists()]
+        commands = {run_dir: command for run_dir, command in commands.items() if (run_dir / "results.json").exists()}
+    else:
+        run_all(commands, jobs=args.jobs)
     runs = []
     for (variant, loss, seed), run_dir in zip(cells, commands):
         log = read_log(run_dir)
@@ -104,7 +154,8 @@ def main(args) -> dict:
                      "views": {name: epoch_view(log, epochs=epochs, select=select)
                                for name, epochs, select in VIEWS},
                      "seconds": sum(r["seconds"] for r in log)})
-    study = {"runs": runs, "analytic": analytic_table(), "seconds": time.time() - started}
+    study = {"runs": runs, "findings": findings(runs), "analytic": analytic_table(),
+             "seconds": time.time() - started}
     write_json_atomic(out / "study.json", study)
     text = study_markdown(study)
     (out / "study.md").write_text(text)
