@@ -115,7 +115,7 @@ def study_markdown(study: dict) -> str:
                   "|---|---|---|" + "---|" * len(COLUMNS) + "---|"]
         for loss in dict.fromkeys(r["loss"] for r in study["runs"]):
             runs = [r for r in study["runs"] if r["variant"] == variant and r["loss"] == loss]
-            for name, _, _ in VIEWS:
+            for name, _, _ in VIEWS if runs else ():
                 views = [r["views"][name] for r in runs]
                 cells = [summary_cell([v[key] for v in views], scale) for key, _, scale in COLUMNS]
                 lines.append(f"| {loss} | {name} (epochs {', '.join(str(v['epoch']) for v in views)}) | "
