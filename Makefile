@@ -48,7 +48,7 @@ demo-linear: install
 	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --output-dir results/appendix_b
 
 demo-text: install
-	MPLBACKEND=Agg $(PY) scripts/text_demo.py --out results/text --parse-cache data/text/link_grammar_parses.jsonl
+	MPLBACKEND=Agg $(PY) scripts/text_demo.py --output-dir results/text
 
 NMT_DATA := data/nmt_demo
 $(NMT_DATA)/lo_help/usr/share/libreoffice/help/de:

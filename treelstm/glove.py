@@ -42,12 +42,12 @@ class Vocabulary:
             raise ValueError("vocabulary words must be unique")
 
     @classmethod
-    def build(cls, sentences: Iterable[Sequence[str]], min_count: int = 1) -> "Vocabulary":
+    def build(cls, sentences: Iterable[Sequence[str]]) -> "Vocabulary":
         counts = Counter(token for sentence in sentences for token in sentence)
         if not counts:
             raise ValueError("cannot build a vocabulary from an empty training set")
         # most frequent first, ties alphabetical: deterministic ids
-        return cls([w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count])
+        return cls([w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))])
 
     def __len__(self) -> int:
         return len(self.itos)

@@ -1,213 +1,269 @@
 """Train a text model with a calibration loss and report the paper's pre / post temperature-scaling metrics.
 
-    python treelstm/train.py --model treelstm --loss flsd-53                       # offline Rotten Tomatoes trees
-    python treelstm/train.py --model treelstm --data path/to/trainDevTestTrees_PTB --embeddings glove.840B.300d.txt
-    python treelstm/train.py --model gpcnn --loss ce                                # offline TREC questions
-    python treelstm/train.py --model gpcnn --data path/to/20news --embeddings glove.6B.100d.txt
+    python treelstm/train.py --model treelstm --loss flsd-53                        # offline Rotten Tomatoes trees
+    python treelstm/train.py --model treelstm --dataset sst --data-dir trainDevTestTrees_PTB \
+        --embeddings glove.840B.300d.txt
+    python treelstm/train.py --model gpcnn --loss ce                                 # offline TREC questions
+    python treelstm/train.py --model gpcnn --dataset 20newsgroups --data-dir 20news-bydate \
+        --embeddings glove.6B.100d.txt
+    python -m treelstm.train --model gpcnn --seed 2 --output-dir results/text/cnn-ce-2 --resume auto
 
 Recipes (Appendix D): Tree-LSTM -- AdaGrad lr 0.05, weight decay 1e-4, 25 epochs, memory 150, batches of 25 trees,
 GloVe fine-tuned (plain SGD, lr 0.1, as Tai et al.'s code), loss summed over a tree's labelled nodes and averaged
 over trees, model with the best validation (root) accuracy. GP-CNN -- Adam lr 1e-3, betas (0.9, 0.999), 50 epochs,
 best validation accuracy, frozen GloVe (as the official code), batches of 64 (not stated in the paper). Losses come
-from ``focal_calibration.build_loss`` (``--loss ce``, ``flsd-53``, ``fl-3``, ``brier``, ``ls-0.05``, ``mmce-8``
-...); T is cross-validated on the validation split and everything is written by ``focal_calibration.evaluation``
-(``results.json``, reliability diagrams).
+from ``focal_calibration.build_loss``; T is cross-validated on the validation split.
+
+Run folder (``focal_calibration.cli.RunFolder``): ``args.json``, ``log.jsonl`` (one line per epoch, 1-based: training
+loss and error, validation accuracy, and the §3 dynamics of the test set -- error, ECE, NLL of the correctly /
+incorrectly classified samples -- with the temperature fitted on that epoch's validation logits), ``checkpoint.pt``
+(every epoch, atomic, exact resume), ``results.json`` (suite ``text``), ``logits.pt``, reliability diagrams.
+
+The two models differ only in a :class:`ModelSpec` (data, collation, forward, loss reduction, optimisers, threads);
+one loop trains both.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import sys
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from focal_calibration.checkpoint import (capture_rng_state, check_resume_compatible, load_checkpoint,
-                                          restore_rng_state, save_checkpoint)
-from focal_calibration.evaluation import (evaluate_calibration, make_run_record, save_reliability_diagrams,
-                                          write_json_atomic)
+from focal_calibration import cli
+from focal_calibration.checkpoint import capture_rng_state, restore_rng_state
+from focal_calibration.evaluation import evaluate_calibration, make_run_record, save_reliability_diagrams
 from focal_calibration.losses import build_loss
+from focal_calibration.metrics import calibration_metrics
+from focal_calibration.temperature import fit_temperature
+from treelstm import data
 from treelstm.engines import ENGINES, get_engine
 from treelstm.glove import PACKAGE_SOURCE, Vocabulary, embedding_matrix
+from treelstm.linkgrammar import DEFAULT_TIMEOUT
 from treelstm.models import GlobalPoolingCNN, TreeLSTMClassifier
 from treelstm.trees import TreeBatch
 
-MODELS = ("treelstm", "gpcnn")
-RECIPES = {  # Appendix D
-    "treelstm": dict(epochs=25, lr=0.05, batch_size=25, data="rt-offline", tune_embeddings=True),
-    "gpcnn": dict(epochs=50, lr=1e-3, batch_size=64, data="trec-offline", tune_embeddings=False),
-}
-RESUME_KEYS = ("model", "data", "loss", "seed", "embeddings", "lr", "batch_size", "mem_dim", "limit", "lowercase")
+SUITE = "text"
+DATASETS = {"treelstm": ("rt-offline", "sst"), "gpcnn": ("trec-offline", "20newsgroups")}
+SELECTIONS = ("best-val", "last")
+# Options that may change when a run is resumed, beyond the shared allow-list: where the parse cache is built and
+# how many link-parser processes build it do not change the trees (the cache is keyed by sentence).
+RESUME_ALLOWED = cli.RESUME_ALLOWED | {"parse_workers"}
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# The per-model description
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the training loop needs to know about one text model."""
+
+    recipe: dict                 # Appendix D defaults of the options left unset on the command line
+    reduction: str               # the criterion's reduction (see ``batch_loss``)
+    threads: int                 # default torch threads
+    tokens: Callable             # example -> its tokens
+    build: Callable              # (args, embeddings, num_classes) -> nn.Module
+    optimizers: Callable         # (args, model) -> [torch.optim.Optimizer]
+    collate: Callable            # (examples [(example, token ids)], pad_to) -> (inputs, node / document targets)
+    forward: Callable            # (model, inputs, engine) -> logits of every trained unit
+    batch_loss: Callable         # (criterion, logits, inputs, targets) -> the scalar to minimise
+    evaluated: Callable          # (logits, inputs, targets) -> (logits, labels) of the evaluated units
+
+
+def _collate_trees(chunk, pad_to):
+    batch = TreeBatch.collate([tree for tree, _ in chunk], [ids for _, ids in chunk])
+    return batch, batch.labels
+
+
+def _collate_documents(chunk, pad_to):
+    """Pad to ``pad_to`` (the longest document of the data, as Keras' ``pad_sequences``): one shape for every batch
+    keeps oneDNN from re-planning its convolutions for each new length."""
+    tokens = torch.zeros(len(chunk), max(pad_to, max(len(ids) for _, ids in chunk)), dtype=torch.long)
+    for row, (_, ids) in enumerate(chunk):
+        tokens[row, :len(ids)] = torch.from_numpy(ids)
+    return tokens, torch.tensor([label for (_, label), _ in chunk])
+
+
+def _treelstm_optimizers(args, model):
+    body = [p for n, p in model.named_parameters() if not n.startswith("embedding.")]
+    optimizers = [torch.optim.Adagrad(body, lr=args.lr, weight_decay=args.weight_decay)]
+    if args.tune_embeddings:  # Tai et al.: the embeddings take plain SGD steps
+        optimizers.append(torch.optim.SGD(model.embedding.parameters(), lr=args.emb_lr))
+    return optimizers
+
+
+MODELS = {
+    "treelstm": ModelSpec(
+        recipe=dict(epochs=25, lr=0.05, batch_size=25, dataset="rt-offline", tune_embeddings=True),
+        reduction="sum",
+        # per-level operations are too small to gain from a second thread; a busy machine makes them much slower
+        threads=1,
+        tokens=lambda tree: tree.tokens,
+        build=lambda args, embeddings, k: TreeLSTMClassifier(embeddings, k, mem_dim=args.mem_dim,
+                                                             dropout=args.dropout,
+                                                             freeze_embeddings=not args.tune_embeddings),
+        optimizers=_treelstm_optimizers,
+        collate=_collate_trees,
+        forward=lambda model, batch, engine: model(batch, engine),
+        # summed over a tree's labelled nodes, averaged over the batch's trees (Tai et al.)
+        batch_loss=lambda criterion, logits, batch, targets: criterion(logits, targets) / len(batch.roots),
+        evaluated=lambda logits, batch, targets: (logits[batch.roots], batch.root_labels),
+    ),
+    "gpcnn": ModelSpec(
+        recipe=dict(epochs=50, lr=1e-3, batch_size=64, dataset="trec-offline", tune_embeddings=False),
+        reduction="mean",
+        # one thread by default: more threads change the order of floating-point sums, hence the numbers
+        threads=1,
+        tokens=lambda example: example[0],
+        build=lambda args, embeddings, k: GlobalPoolingCNN(embeddings, k, dropout=args.dropout,
+                                                           freeze_embeddings=not args.tune_embeddings),
+        optimizers=lambda args, model: [torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                                         lr=args.lr, betas=(0.9, 0.999))],
+        collate=_collate_documents,
+        forward=lambda model, tokens, engine: model(tokens),
+        batch_loss=lambda criterion, logits, tokens, targets: criterion(logits, targets),
+        evaluated=lambda logits, tokens, targets: (logits, targets),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Text suite: Tree-LSTM (SST) / GP-CNN (20 Newsgroups) with "
-                                                 "calibration losses", add_help=add_help)
-    parser.add_argument("--model", default="treelstm", help=f"one of {MODELS}")
-    parser.add_argument("--engine", default="torch", help=f"Tree-LSTM engine, one of {sorted(ENGINES)}")
-    parser.add_argument("--data", default=None, help="treelstm: 'rt-offline' or an SST trainDevTestTrees_PTB "
-                        "folder; gpcnn: 'trec-offline', a 20 Newsgroups folder or 'sklearn' (default: offline)")
-    parser.add_argument("--embeddings", default=PACKAGE_SOURCE,
-                        help=f"a GloVe text file (glove.840B.300d.txt ...) or {PACKAGE_SOURCE!r}")
-    parser.add_argument("--loss", default="ce", help="focal_calibration.build_loss spec: ce, flsd-53, fl-3, ...")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 25 (treelstm) / 50 (gpcnn)")
-    parser.add_argument("--lr", type=float, default=None, help="default: 0.05 AdaGrad / 1e-3 Adam")
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="Tree-LSTM AdaGrad weight decay")
-    parser.add_argument("--emb-lr", type=float, default=0.1, help="Tree-LSTM: SGD lr of the tuned embeddings")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 25 trees / 64 documents")
-    parser.add_argument("--mem-dim", type=int, default=150, help="Tree-LSTM memory size")
-    parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--tune-embeddings", action=argparse.BooleanOptionalAction, default=None,
-                        help="default: tuned for treelstm, frozen for gpcnn")
-    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--max-length", type=int, default=1000, help="GP-CNN: tokens kept per document")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N examples (quick runs)")
-    parser.add_argument("--parse-cache", default="data/text/link_grammar_parses.jsonl",
-                        help="rt-offline: link-grammar parse cache (built on first use)")
-    parser.add_argument("--parse-workers", type=int, default=2)
-    parser.add_argument("--n-bins", type=int, default=15)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: 1 for the Tree-LSTM, whose per-level operations are "
-                             "too small to gain from threads and lose badly to thread synchronisation on a busy "
-                             "machine; torch's default for the GP-CNN)")
-    parser.add_argument("--out", default="results/text", help="output folder (results.json, diagrams, checkpoint)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--no-plots", action="store_true")
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
+    model = parser.add_argument_group("model and loss")
+    model.add_argument("--model", default="treelstm", choices=tuple(MODELS))
+    model.add_argument("--engine", default="torch", choices=sorted(ENGINES), help="Tree-LSTM propagation engine")
+    model.add_argument("--loss", default="ce", help="a focal_calibration.build_loss spec: ce, flsd-53, fl-3, brier, "
+                                                    "ls-0.05, mmce-8, ...")
+    model.add_argument("--mem-dim", type=cli.positive_int, default=150, help="Tree-LSTM memory size")
+    model.add_argument("--dropout", type=float, default=0.5, help="dropout before the classifier")
+    model.add_argument("--embeddings", default=PACKAGE_SOURCE,
+                       help=f"a GloVe text file (glove.840B.300d.txt ...) or {PACKAGE_SOURCE!r}")
+    model.add_argument("--tune-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                       help="default: tuned for treelstm, frozen for gpcnn")
+    model.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
+                       help="lowercase tokens before the vocabulary lookup")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=cli.positive_int, default=None, help="default: 25 (treelstm) / 50 (gpcnn)")
+    optim.add_argument("--lr", type=float, default=None, help="default: 0.05 AdaGrad (treelstm) / 1e-3 Adam (gpcnn)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="Tree-LSTM AdaGrad weight decay")
+    optim.add_argument("--emb-lr", type=float, default=0.1, help="Tree-LSTM: SGD lr of the tuned embeddings")
+    optim.add_argument("--batch-size", type=cli.positive_int, default=None, help="default: 25 trees / 64 documents")
+    optim.add_argument("--select", default="best-val", choices=SELECTIONS,
+                       help="the reported model: the epoch of best validation accuracy (the paper) or the last one")
+
+    data_group = parser.add_argument_group("data")
+    data_group.add_argument("--dataset", default=None,
+                            help="treelstm: rt-offline (default) or sst (--data-dir: trainDevTestTrees_PTB); gpcnn: "
+                                 "trec-offline (default) or 20newsgroups (--data-dir: a folder holding "
+                                 "20news-bydate-train/-test, or 'sklearn' for scikit-learn's fetcher)")
+    data_group.add_argument("--max-length", type=cli.positive_int, default=1000,
+                            help="20 Newsgroups: tokens kept per document")
+    data_group.add_argument("--parse-timeout", type=cli.positive_int, default=DEFAULT_TIMEOUT,
+                            help="rt-offline: link-parser's per-sentence time limit in seconds; a sentence that hits "
+                                 "it is an error, never a silent fallback (see treelstm/linkgrammar.py)")
+    data_group.add_argument("--parse-workers", type=cli.positive_int, default=2,
+                            help="rt-offline: link-parser processes building the parse cache")
+
+    run = cli.add_run_arguments(
+        parser, data_help="sst / 20newsgroups: the dataset folder; rt-offline: where the link-grammar parse cache "
+                          "is kept (default data/text)",
+        threads_help="torch threads (default 1: more threads change the order of floating-point sums, so the "
+                     "numbers would depend on the thread count)")
+    run.add_argument("--eval-every", type=cli.nonnegative_int, default=1,
+                     help="epochs between the per-epoch evaluations of log.jsonl (train error, test dynamics, "
+                          "temperature; 0: never)")
+    run.add_argument("--n-bins", type=cli.positive_int, default=15, help="calibration bins")
+    run.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                     help="reliability diagrams before / after temperature scaling")
+    for action in parser._actions:  # the text suite runs on the CPU unless told otherwise
+        if action.dest == "device":
+            action.default, action.help = "cpu", "cpu, cuda, cuda:1 ..."
     return parser
 
 
-def _positive(value, name):
-    if value is not None and (not isinstance(value, (int, float)) or not value > 0):
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def resolve_args(args) -> argparse.Namespace:
-    """Validate the arguments and fill the model-dependent defaults (Appendix D recipes)."""
-    if args.model not in MODELS:
-        raise ValueError(f"unknown model {args.model!r}; choose one of {list(MODELS)}")
-    get_engine(args.engine)
-    recipe = RECIPES[args.model]
-    for key in ("epochs", "lr", "batch_size", "data", "tune_embeddings"):
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the model's Appendix-D defaults and reject bad values with a message naming them."""
+    spec = MODELS[args.model]
+    for key, value in spec.recipe.items():
         if getattr(args, key) is None:
-            setattr(args, key, recipe[key])
-    for name in ("epochs", "lr", "batch_size", "mem_dim", "limit", "max_length", "n_bins"):
-        _positive(getattr(args, name), "--" + name.replace("_", "-"))
+            setattr(args, key, value)
+    if args.threads is None:
+        args.threads = spec.threads
+    if args.dataset not in DATASETS[args.model]:
+        raise ValueError(f"--dataset {args.dataset!r} is not a {args.model} dataset; choose one of "
+                         f"{list(DATASETS[args.model])}")
+    if args.dataset in ("sst", "20newsgroups") and args.data_dir is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir (the dataset folder)")
+    for name in ("lr", "emb_lr"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not args.weight_decay >= 0:
+        raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must lie in [0, 1), got {args.dropout}")
     build_loss(args.loss, epochs=args.epochs)  # a bad spec fails here, before any data is loaded
+    try:
+        args.device = str(torch.device(args.device))
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1 ...)") from None
     return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
 
-def load_data(args):
-    from treelstm import data
-
-    if args.model == "treelstm":
-        if args.data == "rt-offline":
-            return data.load_rotten_tomatoes_trees(args.parse_cache, seed=args.seed, limit=args.limit,
-                                                   workers=args.parse_workers)
-        if args.data in ("trec-offline", "sklearn"):
-            raise ValueError(f"--data {args.data!r} is a document dataset; the Tree-LSTM needs 'rt-offline' or "
-                             f"an SST folder")
-        splits = data.load_sst(args.data)
-        if args.limit:
-            splits.train, splits.val, splits.test = (s[:args.limit] for s in (splits.train, splits.val, splits.test))
-        return splits
-    if args.data == "trec-offline":
-        return data.load_trec(seed=args.seed, limit=args.limit)
-    if args.data == "rt-offline":
-        raise ValueError("--data 'rt-offline' holds trees for the Tree-LSTM; the GP-CNN needs 'trec-offline', a "
-                         "20 Newsgroups folder or 'sklearn'")
-    return data.load_20newsgroups(args.data, seed=args.seed, max_length=args.max_length, limit=args.limit)
+def load_data(args) -> data.Splits:
+    limits = dict(limit_train=args.limit_train, limit_eval=args.limit_eval)
+    if args.dataset == "rt-offline":
+        cache = Path(args.data_dir or "data/text") / "link_grammar_parses.jsonl"
+        return data.load_rotten_tomatoes_trees(cache, split_seed=args.split_seed, workers=args.parse_workers,
+                                               timeout=args.parse_timeout, **limits)
+    if args.dataset == "sst":
+        return data.load_sst(args.data_dir, **limits)
+    if args.dataset == "trec-offline":
+        return data.load_trec(split_seed=args.split_seed, **limits)
+    return data.load_20newsgroups(args.data_dir, split_seed=args.split_seed, max_length=args.max_length, **limits)
 
 
-def _tokens(example, model):
-    return example.tokens if model == "treelstm" else example[0]
-
-
-def encode(splits, args):
-    """Vocabulary from the training split, embedding matrix, and every split as model inputs."""
+def encode(splits, args, spec: ModelSpec):
+    """Vocabulary from the training split, the initial embedding matrix, and every split as (example, token ids)."""
     norm = (lambda ts: [t.lower() for t in ts]) if args.lowercase else list
-    vocab = Vocabulary.build(norm(_tokens(ex, args.model)) for ex in splits.train)
+    vocab = Vocabulary.build(norm(spec.tokens(ex)) for ex in splits.train)
     embeddings, stats = embedding_matrix(vocab, args.embeddings, seed=args.seed)
-
-    def inputs(split):
-        return [(ex, vocab.encode(norm(_tokens(ex, args.model)))) for ex in split]
-
-    return vocab, embeddings, stats, {name: inputs(getattr(splits, name)) for name in ("train", "val", "test")}
+    encoded = {name: [(ex, vocab.encode(norm(spec.tokens(ex)))) for ex in getattr(splits, name)]
+               for name in ("train", "val", "test")}
+    return vocab, embeddings, stats, encoded
 
 
-def batches(examples, batch_size, model, generator=None, pad_to=0):
-    """Yield (model input, per-batch targets) in order, or shuffled with ``generator``. GP-CNN batches are padded
-    to ``pad_to`` (the longest document of the data, as Keras' ``pad_sequences``): one shape for every batch keeps
-    oneDNN from re-planning its convolutions for each new length."""
+def batches(examples, batch_size, collate, device, generator=None):
+    """(inputs, targets) on ``device``, in order or shuffled with ``generator``."""
     order = (torch.randperm(len(examples), generator=generator).tolist() if generator is not None
              else range(len(examples)))
     order = list(order)
     for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
-        if model == "treelstm":
-            batch = TreeBatch.collate([tree for tree, _ in chunk], [ids for _, ids in chunk])
-            yield batch, batch.labels
-        else:
-            length = max(pad_to, max(len(ids) for _, ids in chunk))
-            tokens = torch.zeros(len(chunk), length, dtype=torch.long)
-            for row, (_, ids) in enumerate(chunk):
-                tokens[row, :len(ids)] = torch.from_numpy(ids)
-            yield tokens, torch.tensor([label for (_, label), _ in chunk])
+        inputs, targets = collate([examples[i] for i in order[start:start + batch_size]])
+        yield inputs.to(device), targets.to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model, optimisation, evaluation
+# Training and evaluation
 
-def build_model(args, embeddings, num_classes):
-    if args.model == "treelstm":
-        return TreeLSTMClassifier(embeddings, num_classes, mem_dim=args.mem_dim, dropout=args.dropout,
-                                  freeze_embeddings=not args.tune_embeddings)
-    return GlobalPoolingCNN(embeddings, num_classes, dropout=args.dropout, freeze_embeddings=not args.tune_embeddings)
-
-
-def build_optimizers(args, model):
-    if args.model == "treelstm":
-        body = [p for n, p in model.named_parameters() if not n.startswith("embedding.")]
-        optimizers = [torch.optim.Adagrad(body, lr=args.lr, weight_decay=args.weight_decay)]
-        if args.tune_embeddings:  # Tai et al.: the embeddings take plain SGD steps
-            optimizers.append(torch.optim.SGD(model.embedding.parameters(), lr=args.emb_lr))
-        return optimizers
-    return [torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.999))]
-
-
-def forward(model, inputs, engine):
-    return model(inputs, engine) if isinstance(model, TreeLSTMClassifier) else model(inputs)
-
-
-@torch.no_grad()
-def predict(model, examples, args, engine):
-    """Root (Tree-LSTM) / document (GP-CNN) logits and labels of a split, in eval mode."""
-    model.eval()
-    logits, labels = [], []
-    for inputs, targets in batches(examples, 256, args.model, pad_to=args.pad_to):
-        out = forward(model, inputs, engine)
-        if args.model == "treelstm":
-            out, targets = out[inputs.roots], inputs.root_labels
-        logits.append(out)
-        labels.append(targets)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def train_one_epoch(model, criterion, optimizers, examples, args, engine, generator):
+def train_one_epoch(model, criterion, optimizers, examples, args, spec, engine, collate, generator):
     model.train()
-    total, count = torch.zeros(()), 0
-    for inputs, targets in batches(examples, args.batch_size, args.model, generator, pad_to=args.pad_to):
-        logits = forward(model, inputs, engine)
-        if args.model == "treelstm":  # sum over a tree's labelled nodes, mean over the batch's trees
-            loss = criterion(logits, targets) / len(inputs.roots)
-        else:
-            loss = criterion(logits, targets)
+    total, count = torch.zeros((), dtype=torch.float64, device=args.device), 0
+    for inputs, targets in batches(examples, args.batch_size, collate, args.device, generator):
+        loss = spec.batch_loss(criterion, spec.forward(model, inputs, engine), inputs, targets)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,82 +274,156 @@ def train_one_epoch(model, criterion, optimizers, examples, args, engine, genera
     return float(total) / max(count, 1)
 
 
-def main(args) -> dict:
-    args = resolve_args(args)
-    threads = args.threads or (1 if args.model == "treelstm" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+@torch.no_grad()
+def predict(model, examples, spec, engine, collate, device):
+    """Logits and labels of the evaluated units (tree roots / documents) of a split, in eval mode, on the CPU."""
+    model.eval()
+    logits, labels = [], []
+    for inputs, targets in batches(examples, 256, collate, device):
+        out, target = spec.evaluated(spec.forward(model, inputs, engine), inputs, targets)
+        logits.append(out.float().cpu())
+        labels.append(target.cpu())
+    return torch.cat(logits), torch.cat(labels)
 
-    splits = load_data(args)
-    vocab, embeddings, emb_stats, encoded = encode(splits, args)
-    args.pad_to = 0 if args.model == "treelstm" else max(len(ids) for split in encoded.values() for _, ids in split)
-    engine = get_engine(args.engine)
-    model = build_model(args, embeddings, splits.num_classes)
-    optimizers = build_optimizers(args, model)
-    reduction = "sum" if args.model == "treelstm" else "mean"
-    criterion = build_loss(args.loss, reduction=reduction, epochs=args.epochs)
-    generator = torch.Generator().manual_seed(args.seed)
-    print(f"{splits.name}: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} examples, "
-          f"{splits.num_classes} classes, vocabulary {len(vocab)} ({emb_stats['in_glove']} in GloVe, "
-          f"{emb_stats['random_init']} random), {splits.info or ''}", flush=True)
 
-    checkpoint_path = out / "checkpoint.pt"
-    start_epoch, best, history = 0, {"accuracy": -1.0, "epoch": -1, "state": None}, []
-    run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    if args.resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
-        check_resume_compatible(state["args"], run_args, RESUME_KEYS)
-        model.load_state_dict(state["model"])
-        for optimizer, saved in zip(optimizers, state["optimizers"]):
-            optimizer.load_state_dict(saved)
-        generator.set_state(state["generator"])
-        criterion.load_state_dict(state.get("criterion", {}))  # adaptive losses' state (AdaFocal's γ per bin)
-        restore_rng_state(state["rng"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        print(f"resumed from {checkpoint_path} after epoch {state['epoch']}", flush=True)
-
-    for epoch in range(start_epoch, args.epochs):
-        criterion.set_epoch(epoch)
-        tick = time.time()
-        train_loss = train_one_epoch(model, criterion, optimizers, encoded["train"], args, engine, generator)
-        val_logits, val_labels = predict(model, encoded["val"], args, engine)
-        accuracy = float((val_logits.argmax(1) == val_labels).float().mean())
-        criterion.observe_validation(val_logits, val_labels)  # AdaFocal's per-epoch update (a no-op otherwise)
-        if accuracy > best["accuracy"]:
-            best = {"accuracy": accuracy, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": accuracy,
-                        "seconds": time.time() - tick, **criterion.describe_state()})
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {train_loss:.4f}  val acc {accuracy:.4f}  "
-              f"({time.time() - tick:.1f}s)", flush=True)
-        save_checkpoint(checkpoint_path, {"args": run_args, "epoch": epoch, "model": model.state_dict(),
-                                          "optimizers": [o.state_dict() for o in optimizers],
-                                          "generator": generator.get_state(), "rng": capture_rng_state(),
-                                          "best": best, "history": history, "criterion": criterion.state_dict()})
-
-    model.load_state_dict(best["state"])
-    val_logits, val_labels = predict(model, encoded["val"], args, engine)
-    test_logits, test_labels = predict(model, encoded["test"], args, engine)
-    evaluation = evaluate_calibration(val_logits, val_labels, test_logits, test_labels, n_bins=args.n_bins)
-    paths = {"checkpoint": str(checkpoint_path)}
-    if not args.no_plots:
-        diagrams = save_reliability_diagrams(test_logits, test_labels, evaluation["temperature"], out,
-                                             n_bins=args.n_bins, title=f"{args.model} {splits.name} {args.loss}")
-        paths.update({f"reliability_{p.stem.split('_')[-1]}": str(p) for p in diagrams})
-    record = make_run_record(suite="text", dataset=splits.name, model=args.model, loss=args.loss, seed=args.seed,
-                             args=run_args, evaluation=evaluation, paths=paths,
-                             best_epoch=best["epoch"], history=history, data_info=splits.info,
-                             embeddings=emb_stats, seconds=time.time() - started)
-    write_json_atomic(out / "results.json", record)
-    pre, post = evaluation["pre"], evaluation["post"]
-    print(f"test error {100 * pre['error']:.2f}%  ECE {100 * pre['ece']:.2f} -> {100 * post['ece']:.2f} "
-          f"(T={evaluation['temperature']:g})  AdaECE {100 * pre['adaece']:.2f} -> {100 * post['adaece']:.2f}  "
-          f"NLL {pre['nll']:.4f} -> {post['nll']:.4f}  [{out / 'results.json'}]", flush=True)
+def epoch_statistics(train, val, test, *, n_bins: int) -> dict:
+    """One epoch's line of log.jsonl from the (logits, labels) of the three splits: training error / NLL (eval mode,
+    whole training set), the §3 test dynamics (error, ECE, NLL overall and of the correctly / incorrectly classified
+    samples, mean confidence) and the temperature this epoch's validation logits choose, with the test ECE after it."""
+    train_metrics = calibration_metrics(train[1], logits=train[0], n_bins=n_bins)
+    # the two temperatures evaluate_calibration fits (without its per-epoch-expensive vector / matrix scaling)
+    temperature = float(fit_temperature(*val, objective="ece", n_bins=n_bins).temperature)
+    temperature_nll = float(fit_temperature(*val, objective="nll", method="lbfgs", n_bins=n_bins).temperature)
+    pre = calibration_metrics(test[1], logits=test[0], n_bins=n_bins)
+    post = calibration_metrics(test[1], logits=test[0] / temperature, n_bins=n_bins)
+    record = {"train_error": train_metrics["error"], "train_nll": train_metrics["nll"],
+              "test_error": pre["error"], "test_ece": pre["ece"], "test_adaece": pre["adaece"],
+              "test_nll": pre["nll"], "test_confidence": float(test[0].softmax(-1).amax(-1).mean()),
+              "temperature": temperature, "temperature_nll": temperature_nll,
+              "test_ece_post": post["ece"], "test_adaece_post": post["adaece"]}
+    correct = test[0].argmax(-1) == test[1]
+    for name, mask in (("correct", correct), ("incorrect", ~correct)):
+        group = calibration_metrics(test[1][mask], logits=test[0][mask], n_bins=n_bins) if bool(mask.any()) else None
+        record[f"test_nll_{name}"] = group["nll"] if group else None
+        record[f"test_entropy_{name}"] = group["entropy"] if group else None
     return record
 
 
+# Environment variables that choose the CPU kernels (see the README: the numbers depend on them).
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")
+
+
+def numerics() -> dict:
+    """What decides the floating-point results besides the seed: torch's version, the instruction set its CPU kernels
+    use, the thread count and the variables that pin MKL / oneDNN kernels. Equal values: bitwise-equal runs."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "env": {name: os.environ.get(name) for name in NUMERICS_ENV}}
+
+
+def main(args) -> dict:
+    parser = get_args_parser()
+    args = resolve_args(args)
+    spec = MODELS[args.model]
+    keys = cli.run_defining_keys(parser, RESUME_ALLOWED)
+    if args.output_dir is None:
+        args.output_dir = str(cli.default_output_dir(SUITE, f"{args.model}-{args.loss}-seed{args.seed}", args, keys))
+    folder = cli.RunFolder(args.output_dir)
+    state = cli.load_resume_state(folder, args, parser, suite=SUITE, allowed=RESUME_ALLOWED)
+    cli.seed_everything(args.seed)
+    cli.set_threads(args.threads)
+    started = time.time()
+
+    splits = load_data(args)
+    vocab, embeddings, emb_stats, encoded = encode(splits, args, spec)
+    pad_to = max((len(ids) for split in encoded.values() for _, ids in split), default=0)
+    collate = partial(spec.collate, pad_to=pad_to)
+    engine = get_engine(args.engine)
+    model = spec.build(args, embeddings, splits.num_classes).to(args.device)
+    optimizers = spec.optimizers(args, model)
+    criterion = build_loss(args.loss, reduction=spec.reduction, epochs=args.epochs)
+    generator = torch.Generator().manual_seed(args.seed)
+    print(f"{splits.name}: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} examples, "
+          f"{splits.num_classes} classes, vocabulary {len(vocab)} ({emb_stats['in_glove']} in GloVe, "
+          f"{emb_stats['random_init']} random), {splits.info or ''} -> {folder.path}", flush=True)
+
+    log, best = [], {"accuracy": -1.0, "epoch": 0, "state": None}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        cli.load_state_dicts(optimizers, state["optimizers"], "optimizer")
+        generator.set_state(state["generator"])
+        restore_rng_state(state["rng"])
+        criterion.load_state_dict(state["criterion"])  # adaptive losses' state (AdaFocal's γ per bin)
+        log, best = state["log"], state["best"]
+        folder.restore_log(log)
+        print(f"resumed from {folder.resume_path(args.resume)} after epoch {len(log)}", flush=True)
+    elif folder.log.exists():
+        folder.log.unlink()  # a fresh run in an empty folder starts a fresh log
+    folder.write_args(args)
+
+    for epoch in range(len(log) + 1, args.epochs + 1):
+        tick = time.time()
+        criterion.set_epoch(epoch - 1)
+        record = {"epoch": epoch, "train_loss": train_one_epoch(model, criterion, optimizers, encoded["train"], args,
+                                                                spec, engine, collate, generator)}
+        val = predict(model, encoded["val"], spec, engine, collate, args.device)
+        record["val_accuracy"] = float((val[0].argmax(1) == val[1]).float().mean())
+        criterion.observe_validation(*val)  # AdaFocal's per-epoch update (a no-op for the other losses)
+        record.update(criterion.describe_state())
+        if args.eval_every and (epoch % args.eval_every == 0 or epoch == args.epochs):
+            train = predict(model, encoded["train"], spec, engine, collate, args.device)
+            test = predict(model, encoded["test"], spec, engine, collate, args.device)
+            record.update(epoch_statistics(train, val, test, n_bins=args.n_bins))
+        if record["val_accuracy"] > best["accuracy"] or args.select == "last":
+            best = {"accuracy": record["val_accuracy"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        record["seconds"] = time.time() - tick
+        log.append(record)
+        # checkpoint first: every log line has its checkpoint (a resume rewrites the log from it)
+        cli.save_run_checkpoint(folder.checkpoint, {
+            "args": cli.stored_args(args), "model": model.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers], "generator": generator.get_state(),
+            "rng": capture_rng_state(), "best": best, "log": log,
+            "criterion": criterion.state_dict()}, suite=SUITE)
+        folder.append_log(record)
+        print(_epoch_line(record, args.epochs), flush=True)
+
+    model.load_state_dict(best["state"])
+    val = predict(model, encoded["val"], spec, engine, collate, args.device)
+    test = predict(model, encoded["test"], spec, engine, collate, args.device)
+    train = predict(model, encoded["train"], spec, engine, collate, args.device)
+    evaluation = evaluate_calibration(*val, *test, n_bins=args.n_bins)
+    evaluation["train"] = calibration_metrics(train[1], logits=train[0], n_bins=args.n_bins)
+    paths = {"checkpoint": folder.checkpoint, "log": folder.log, "logits": folder.save_logits(*val, *test)}
+    if args.plots:
+        diagrams = save_reliability_diagrams(test[0], test[1], evaluation["temperature"], folder.path,
+                                             n_bins=args.n_bins, title=f"{args.model} {splits.name} {args.loss}")
+        paths.update(reliability_pre=diagrams[0], reliability_post=diagrams[1])
+    record = make_run_record(suite=SUITE, dataset=splits.name, model=args.model, loss=args.loss, seed=args.seed,
+                             args=cli.stored_args(args), evaluation=evaluation, paths=paths,
+                             selected_epoch=best["epoch"], data_info=splits.info, embeddings=emb_stats,
+                             data_sizes={name: len(encoded[name]) for name in ("train", "val", "test")},
+                             numerics=numerics(),
+                             seconds=time.time() - started)
+    folder.write_results(record)
+    pre, post = evaluation["pre"], evaluation["post"]
+    print(f"epoch {best['epoch']} ({args.select}): test error {100 * pre['error']:.2f}%  ECE {100 * pre['ece']:.2f} -> "
+          f"{100 * post['ece']:.2f} (T={evaluation['temperature']:g})  AdaECE {100 * pre['adaece']:.2f} -> "
+          f"{100 * post['adaece']:.2f}  NLL {pre['nll']:.4f} -> {post['nll']:.4f}  [{folder.results}]", flush=True)
+    return record
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    line = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  val acc "
+            f"{100 * record['val_accuracy']:.2f}%")
+    if "train_error" in record:
+        line += (f"  train err {100 * record['train_error']:.2f}%  test err {100 * record['test_error']:.2f}%  "
+                 f"ECE {100 * record['test_ece']:.2f}% (T={record['temperature']:g})  NLL misclassified "
+                 f"{record['test_nll_incorrect'] or float('nan'):.3f}")
+    return line + f"  ({record['seconds']:.1f}s)"
+
+
+def cli_main(argv=None) -> int:
+    return cli.run_cli(get_args_parser(), main, argv)
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(cli_main())

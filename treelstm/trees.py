@@ -75,7 +75,7 @@ class BinaryTree:
         return (self.to_nested(int(self.left[i])), self.to_nested(int(self.right[i])))
 
 
-def tree_from_nested(nested: Nested, labels_of=None) -> BinaryTree:
+def tree_from_nested(nested: Nested) -> BinaryTree:
     """Build a :class:`BinaryTree` from nested pairs (``"word"`` or ``(left, right)``); all labels IGNORE_INDEX."""
     tokens, left, right, word = [], [], [], []
     stack = [(nested, False)]
@@ -239,6 +239,11 @@ class TreeBatch:
     @property
     def n_nodes(self) -> int:
         return self.level_offsets[-1]
+
+    def to(self, device) -> "TreeBatch":
+        """The batch with its tensors on ``device`` (``level_offsets`` stay Python ints)."""
+        return TreeBatch(**{name: value.to(device) if isinstance(value, torch.Tensor) else value
+                            for name, value in vars(self).items()})
 
     @property
     def n_leaves(self) -> int:
