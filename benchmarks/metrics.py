@@ -1,6 +1,7 @@
 """calibration_metrics (every metric at once) vs a plain loop-per-bin reference and torchmetrics' ECE.
 
     python benchmarks/metrics.py [--rows 100000 --classes 100 --bins 15 --repeats 7 --device cpu|cuda]
+                                 [--bootstrap-rows 10000 --bootstrap-classes 10 100 --resamples 1000 --loop-calls 50]
 
 All variants run in this process on the same float32 logits, taking turns (round-robin) after two warm-up runs each;
 time = median of --repeats rounds (wall clock, and CPU time of all threads), ratio = variant / calibration_metrics.
@@ -15,15 +16,20 @@ with ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` there, or run on an idle mac
   and .item() per bin (per class and bin for classwise ECE). Written here for the comparison only.
 * torchmetrics: MulticlassCalibrationError(n_bins, norm="l1") (ECE only), update(logits) + compute(), default
   validate_args; the functional form (no validation) is listed too.
+* bootstrap: bootstrap_ci with --resamples resamples (vectorised over resamples) vs calling calibration_metrics once
+  per resample on the resampled rows; --loop-calls of those calls are timed and scaled to --resamples (ratio = loop /
+  bootstrap_ci, best of 3 rounds each). --resamples 0 skips it.
 """
 
 import argparse
 import os
 import statistics
 
+import numpy as np
 import torch
 
 from common import add_device_and_threads, apply_threads, timed
+from focal_calibration import bootstrap_ci
 from focal_calibration.metrics import calibration_metrics
 
 
@@ -87,12 +93,36 @@ def interleaved_median_times(variants, repeats, device):
     return {name: tuple(statistics.median(column) for column in zip(*seconds)) for name, seconds in runs.items()}
 
 
+def bootstrap_rows(rows, classes, bins, resamples, loop_calls, device):
+    """(bootstrap_ci seconds, per-resample calibration_metrics loop seconds scaled to ``resamples``), best of 3."""
+    generator = torch.Generator().manual_seed(1)
+    logits = (torch.randn(rows, classes, generator=generator) * 3).to(device)
+    labels = torch.randint(0, classes, (rows,), generator=generator).to(device)
+    indices = torch.from_numpy(np.random.default_rng(0).integers(0, rows, (loop_calls, rows))).to(device)
+
+    def loop():
+        for row in indices:
+            calibration_metrics(labels[row], logits=logits[row], n_bins=bins)
+
+    def vectorised():
+        bootstrap_ci(labels, logits=logits, n_bins=bins, n_resamples=resamples)
+
+    loop(), vectorised()  # warm-up
+    best_loop = min(timed(loop, device)[0] for _ in range(3)) * resamples / loop_calls
+    best_vectorised = min(timed(vectorised, device)[0] for _ in range(3))
+    return best_vectorised, best_loop
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--bins", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--bootstrap-rows", type=int, default=10_000)
+    parser.add_argument("--bootstrap-classes", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (0: skip the bootstrap rows)")
+    parser.add_argument("--loop-calls", type=int, default=50, help="calibration_metrics calls timed for the loop")
     add_device_and_threads(parser)
     args = parser.parse_args()
     apply_threads(args)
@@ -127,6 +157,15 @@ def main():
     for name, (wall, cpu) in times.items():
         print(f"| {name} | {args.rows:,} x {args.classes} | {wall * 1e3:.1f} ms | {wall / base_wall:.1f}x "
               f"| {cpu * 1e3:.1f} ms | {cpu / base_cpu:.1f}x |")
+
+    if args.resamples:
+        print(f"\nbootstrap, {args.resamples} resamples (README rows: input | bootstrap_ci | calibration_metrics per "
+              f"resample, {args.loop_calls} timed and scaled | ratio):")
+        for classes in args.bootstrap_classes:
+            vectorised, loop = bootstrap_rows(args.bootstrap_rows, classes, args.bins, args.resamples,
+                                              args.loop_calls, args.device)
+            print(f"| {args.bootstrap_rows:,} x {classes} | {vectorised:.2f} s | {loop:.2f} s | "
+                  f"{loop / vectorised:.1f}x |")
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ from classification.batches import Normalize, iterate_batches, shard_for_eval
 from classification.datasets import ImageSplit
 from focal_calibration.evaluation import (evaluate_calibration, make_run_record, save_reliability_diagrams,
                                           write_json_atomic)
+from focal_calibration.metrics import calibration_metrics
 
 __all__ = ["DistributedContext", "setup_distributed", "autocast", "collect_logits", "write_final_report"]
 
@@ -94,12 +95,15 @@ def collect_logits(model, split: ImageSplit, normalize: Normalize, ctx: Distribu
 
 def write_final_report(out_dir: Path, *, val_logits, val_labels, test_logits, test_labels, dataset: str,
                        model: str, loss: str, seed: int, args: dict, n_bins: int = 15, extra_paths=None,
-                       title: str | None = None) -> dict:
+                       title: str | None = None, train_logits=None, train_labels=None) -> dict:
     """Pre / post temperature evaluation (one pass through the core), reliability diagrams, logits and the results
-    JSON of one run. Returns the record written to ``out_dir / "results.json"``."""
+    JSON of one run. With ``train_logits`` the training-set metrics (eval mode) go to ``evaluation["train"]``.
+    Returns the record written to ``out_dir / "results.json"``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluation = evaluate_calibration(val_logits, val_labels, test_logits, test_labels, n_bins=n_bins)
+    if train_logits is not None:
+        evaluation["train"] = calibration_metrics(train_labels, logits=train_logits, n_bins=n_bins)
     diagrams = save_reliability_diagrams(test_logits, test_labels, evaluation["temperature"], out_dir,
                                          n_bins=n_bins, title=title)
     logits_path = out_dir / "logits.pt"

@@ -119,6 +119,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--eval-batch-size", type=int, default=512)
     run.add_argument("--n-bins", type=int, default=15)
     run.add_argument("--eval-every", type=int, default=1, help="test-set dynamics every N epochs (0: never)")
+    run.add_argument("--save-every", type=int, default=1,
+                     help="epochs between checkpoints (the last epoch is always saved; a resumed run replays the "
+                          "epochs after its checkpoint exactly)")
     run.add_argument("--grad-norm-epochs", type=int, nargs="*", default=[],
                      help="1-based epochs at which to save last-layer gradient norms over the training set "
                           "(Fig. 4b-d uses 10 100 200)")
@@ -139,7 +142,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
     if args.official_code:
         args.loss_reduction, args.clip_grad_norm, args.lr_step_at = "sum", 2.0, "epoch-start"
-    for name in ("epochs", "batch_size", "eval_batch_size", "n_bins", "print_freq"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "n_bins", "print_freq", "save_every"):
         value = getattr(args, name)
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -322,12 +325,13 @@ def main(args: argparse.Namespace) -> dict | None:
                 grad_norm_paths[f"grad_norms_epoch{epoch + 1}"] = path
                 record["grad_norms_file"] = str(path)
         record["seconds"] = time.perf_counter() - epoch_start
-        if ctx.is_main:
-            # checkpoint first: a log line always has its checkpoint (resume truncates the log to it)
+        if ctx.is_main and ((epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs):
+            # checkpoint first: a resumed run truncates the log to its checkpoint's epoch and replays the rest
             save_checkpoint(checkpoint_path, {
                 "version": CHECKPOINT_VERSION, "epoch": epoch, "args": vars(args), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state()})
+        if ctx.is_main:
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             print(_epoch_line(record, args.epochs), flush=True)
@@ -338,10 +342,14 @@ def main(args: argparse.Namespace) -> dict | None:
                                             amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
     test_logits, test_labels = collect_logits(net, data.test, normalize, ctx, batch_size=args.eval_batch_size,
                                               amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
+    # The whole training set in eval mode, un-augmented: the final training error of the §3 regime criterion.
+    train_logits, train_labels = collect_logits(net, train_split, normalize, ctx, batch_size=args.eval_batch_size,
+                                                amp=args.amp, num_workers=args.workers)
     record = None
     if ctx.is_main:
         record = write_final_report(out_dir, val_logits=val_logits, val_labels=val_labels, test_logits=test_logits,
-                                    test_labels=test_labels, dataset=args.dataset, model=args.model, loss=args.loss,
+                                    test_labels=test_labels, train_logits=train_logits, train_labels=train_labels,
+                                    dataset=args.dataset, model=args.model, loss=args.loss,
                                     seed=args.seed, args=vars(args), n_bins=args.n_bins,
                                     extra_paths={"checkpoint": checkpoint_path, "log": log_path, **grad_norm_paths},
                                     title=f"{args.dataset} {args.model} {args.loss}")

@@ -2,10 +2,12 @@
 
 The shared core of the image, text and fairseq trainers: losses (focal loss with fixed / epoch-scheduled /
 sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Brier, MMCE), calibration metrics
-(ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99), temperature scaling and plots.
+(ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99) with bootstrap intervals, temperature scaling and plots.
 """
 
 from focal_calibration._internal import set_value_checks
+from focal_calibration.bootstrap import bootstrap_ci, bootstrap_samples
+from focal_calibration.evidence import claim_result, regime_check, seed_summary, verdict
 from focal_calibration.focal import focal_loss, g, gamma_star, optimal_confidence
 from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                      prop2_gamma_policy)
@@ -22,5 +24,7 @@ __all__ = [
     "CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss",
     "mmce_weighted", "build_loss", "PAPER_LOSS_SPECS",
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
+    "bootstrap_ci", "bootstrap_samples",
     "fit_temperature", "TemperatureFit", "set_value_checks",
+    "seed_summary", "verdict", "claim_result", "regime_check",
 ]

@@ -141,6 +141,55 @@ def adaptive_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Per-sample statistics: every metric of calibration_metrics is a sum over samples of these
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SampleStatistics:
+    """What every metric needs from each sample (row) of ``scores [N, K]``.
+
+    The accumulator sums these; :mod:`focal_calibration.bootstrap` sums them with resampling weights.
+    Per-row tensors have shape ``[N]`` and the compute dtype unless noted.
+    """
+    confidence: torch.Tensor  # top-1 probability max_k p_k
+    correct: torch.Tensor  # bool: argmax_k p_k == label, argmax's tie rule (the first maximal class)
+    p_label: torch.Tensor  # p_y
+    log_p_label: torch.Tensor  # log p_y (-inf where a given probability p_y is 0)
+    neg_entropy: torch.Tensor  # sum_k p_k log p_k (0 log 0 = 0)
+    sum_sq: torch.Tensor  # sum_k p_k^2
+    rank: torch.Tensor | None  # int: classes strictly more probable than the label (top-5); None when K < 5
+    # classwise ECE (None when not asked for): most p_k are <= 1/M (the first bin) and a row has fewer than M values
+    # above it, so only those are listed; the first bin's sum is the class total minus the upper bins.
+    class_total: torch.Tensor | None = None  # [K] float64: sum over rows of p_k
+    upper_index: torch.Tensor | None = None  # [E] int64: flat index row * K + k of every p_k > 1/M
+    upper_value: torch.Tensor | None = None  # [E] those p_k
+
+    def brier(self) -> torch.Tensor:
+        """Per-row Brier score sum_k (p_k - 1[k = y])^2 = (1 - p_y)^2 + (sum_k p_k^2 - p_y^2), float64."""
+        p_label = self.p_label.to(torch.float64)
+        return (1 - p_label).square() + (self.sum_sq.to(torch.float64) - p_label.square())
+
+    def label_class_bin(self, labels: torch.Tensor, n_bins: int) -> torch.Tensor:
+        """Flat (class, bin) index ``y * M + bin(p_y)`` of each row's label for the classwise ECE."""
+        return labels * n_bins + bin_index(self.p_label, n_bins)
+
+    def upper_class_bin(self, num_classes: int, n_bins: int) -> torch.Tensor:
+        """Flat (class, bin) index ``k * M + bin(p_k)`` of each listed ``p_k > 1/M``."""
+        return (self.upper_index % num_classes) * n_bins + bin_index(self.upper_value, n_bins)
+
+    def upper_row(self, num_classes: int) -> torch.Tensor:
+        return self.upper_index // num_classes
+
+
+def probabilities(x: torch.Tensor, from_logits: bool, out=None):
+    """``(p, log p)`` of logits (log space: ``log_softmax``, then ``exp``) or ``(p, None)`` of given probabilities."""
+    if not from_logits:
+        return x, None
+    log_p = torch.log_softmax(x, dim=-1, out=None if out is None else out[0])
+    return torch.exp(log_p, out=None if out is None else out[1]), log_p
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Accumulator
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -204,6 +253,79 @@ def _top1_correct(p, labels, p_label, confidence, upper, first_edge) -> torch.Te
     return correct
 
 
+def sample_statistics(scores: torch.Tensor, labels: torch.Tensor, from_logits: bool, n_bins: int, *,
+                      classwise: bool = True) -> SampleStatistics:
+    """The per-sample statistics of prepared ``scores [N, K]`` (logits or probabilities) and ``labels [N]``.
+
+    Raises ``ValueError`` naming the bad value (one host sync) if the scores are not finite logits / valid
+    probabilities. The N x K work streams over row chunks that stay in cache.
+    """
+    n_rows, num_classes = scores.shape
+    dtype = compute_dtype(scores.dtype)
+    device = scores.device
+    M = n_bins
+    first_edge = _inner_edges(M, dtype)[0] if M > 1 else 1.0  # p > first_edge  <=>  p > 1/M exactly
+    tolerance = 1e-2 if scores.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
+    chunk_rows = max(1, chunk_elements // num_classes)
+
+    # Chunk-sized scratch buffers, reused: fresh multi-MB tensors would be page-faulted in on every chunk.
+    buffer_rows = min(chunk_rows, n_rows)
+    scratch = {name: torch.empty(buffer_rows, num_classes, dtype=dtype, device=device)
+               for name in (("log_p", "p", "product") if from_logits else ("product",))}
+    scratch["mask"] = torch.empty(buffer_rows, num_classes, dtype=torch.bool, device=device)
+
+    class_total = torch.zeros(num_classes, dtype=torch.float64, device=device) if classwise else None
+    invalid = torch.zeros((), dtype=torch.bool, device=device)
+    rows = {key: [] for key in ("confidence", "correct", "p_label", "log_p_label", "neg_entropy", "sum_sq",
+                                "rank", "upper_index", "upper_value")}
+    for start in range(0, n_rows, chunk_rows):
+        x = scores[start:start + chunk_rows].to(dtype).contiguous()
+        y = labels[start:start + chunk_rows, None]
+        buffer = {name: tensor[:len(x)] for name, tensor in scratch.items()}
+        if from_logits:
+            p, log_p = probabilities(x, True, out=(buffer["log_p"], buffer["p"]))
+            rows["neg_entropy"].append(torch.mul(p, log_p, out=buffer["product"]).sum(-1))
+            rows["log_p_label"].append(log_p.gather(1, y).squeeze(1))
+        else:
+            p = x
+            low, high = p.aminmax()
+            invalid |= ~((low >= 0) & (high <= 1))  # also catches NaN
+            invalid |= ((p.sum(-1) - 1).abs() > tolerance).any()
+            rows["neg_entropy"].append(-torch.special.entr(p).sum(-1))  # 0 log 0 = 0
+            rows["log_p_label"].append(p.gather(1, y).squeeze(1).log())  # -inf when p_y == 0
+        p_label = p.gather(1, y).squeeze(1)
+        confidence = p.amax(dim=-1)  # ~7x cheaper than max() with indices; the argmax is resolved below
+        rows["confidence"].append(confidence)
+        rows["p_label"].append(p_label)
+        rows["sum_sq"].append(torch.mul(p, p, out=buffer["product"]).sum(-1))
+        if num_classes >= 5:  # classes strictly more probable than the label (ties count in its favour)
+            rows["rank"].append(torch.gt(p, p_label[:, None], out=buffer["mask"]).sum(-1, dtype=torch.int32))
+        upper = None
+        if classwise:
+            class_total += p.sum(0).to(torch.float64)
+            if M > 1:
+                flat = _flat_above(p, first_edge, buffer["mask"])
+                value = p.view(-1).index_select(0, flat)
+                rows["upper_index"].append(flat + start * num_classes)
+                rows["upper_value"].append(value)
+                upper = flat // num_classes, value
+        rows["correct"].append(_top1_correct(p, y.view(-1), p_label, confidence, upper, first_edge))
+
+    row = {key: torch.cat(value) if value else None for key, value in rows.items()}
+    if from_logits:  # a NaN / inf logit makes its row's sum p log p NaN (inf - inf, 0 * inf)
+        invalid = ~torch.isfinite(row["neg_entropy"]).all()
+    if bool(invalid):  # one host sync per batch; the slow path names the bad value
+        if from_logits:
+            check_finite(scores, "logits")
+        else:
+            _raise_bad_probs(scores, tolerance)
+    if classwise and M == 1:  # one bin: nothing is above its edge
+        row["upper_index"] = torch.zeros(0, dtype=torch.long, device=device)
+        row["upper_value"] = torch.zeros(0, dtype=dtype, device=device)
+    return SampleStatistics(class_total=class_total, **row)
+
+
 class CalibrationAccumulator:
     """Streams the metrics of :func:`calibration_metrics` over batches (exactly equal to one call on all rows).
 
@@ -252,96 +374,32 @@ class CalibrationAccumulator:
         self.corrects += corrects
 
     def _batch_statistics(self, scores, labels, from_logits):
-        """Per-batch sums. The N x K work streams over row chunks that stay in cache; the per-row results are then
-        reduced once for the batch. Raises (one host sync) if the scores are invalid, before any state changes."""
-        n_rows, num_classes = scores.shape
-        dtype = compute_dtype(scores.dtype)
-        device = scores.device
+        """Per-batch sums of the per-sample statistics (raises before any state changes if the scores are invalid)."""
         M = self.n_bins
-        first_edge = _inner_edges(M, dtype)[0] if M > 1 else 1.0  # p > first_edge  <=>  p > 1/M exactly
-        tolerance = 1e-2 if scores.dtype in (torch.float16, torch.bfloat16) else 1e-3
-        chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
-        chunk_rows = max(1, chunk_elements // num_classes)
-
-        # Chunk-sized scratch buffers, reused: fresh multi-MB tensors would be page-faulted in on every chunk.
-        buffer_rows = min(chunk_rows, n_rows)
-        scratch = {name: torch.empty(buffer_rows, num_classes, dtype=dtype, device=device)
-                   for name in (("log_p", "p", "product") if from_logits else ("product",))}
-        scratch["mask"] = torch.empty(buffer_rows, num_classes, dtype=torch.bool, device=device)
-
-        class_prob_sum = torch.zeros(num_classes * M, dtype=torch.float64, device=device)  # all bins but the first
-        class_prob_total = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        invalid = torch.zeros((), dtype=torch.bool, device=device)
-        rows = {key: [] for key in ("confidence", "correct", "p_label", "log_p_label", "neg_entropy", "sum_sq",
-                                    "rank")}
-        for start in range(0, n_rows, chunk_rows):
-            x = scores[start:start + chunk_rows].to(dtype).contiguous()
-            y = labels[start:start + chunk_rows, None]
-            buffer = {name: tensor[:len(x)] for name, tensor in scratch.items()}
-            if from_logits:
-                log_p = torch.log_softmax(x, dim=-1, out=buffer["log_p"])
-                p = torch.exp(log_p, out=buffer["p"])
-                rows["neg_entropy"].append(torch.mul(p, log_p, out=buffer["product"]).sum(-1))
-                rows["log_p_label"].append(log_p.gather(1, y).squeeze(1))
-            else:
-                p = x
-                low, high = p.aminmax()
-                invalid |= ~((low >= 0) & (high <= 1))  # also catches NaN
-                invalid |= ((p.sum(-1) - 1).abs() > tolerance).any()
-                rows["neg_entropy"].append(-torch.special.entr(p).sum(-1))  # 0 log 0 = 0
-                rows["log_p_label"].append(p.gather(1, y).squeeze(1).log())  # -inf when p_y == 0
-            p_label = p.gather(1, y).squeeze(1)
-            confidence = p.amax(dim=-1)  # ~7x cheaper than max() with indices; the argmax is resolved below
-            rows["confidence"].append(confidence)
-            rows["p_label"].append(p_label)
-            rows["sum_sq"].append(torch.mul(p, p, out=buffer["product"]).sum(-1))
-            if num_classes >= 5:  # classes strictly more probable than the label (ties count in its favour)
-                rows["rank"].append(torch.gt(p, p_label[:, None], out=buffer["mask"]).sum(-1, dtype=torch.int32))
-            upper = None
-            if self.classwise:
-                # Most p_ik are <= 1/M (first bin) and a row has fewer than M values above it, so only those are
-                # binned; the first bin's sum is the class total minus the upper bins (at compute time).
-                class_prob_total += p.sum(0).to(torch.float64)
-                if M > 1:
-                    flat = _flat_above(p, first_edge, buffer["mask"])
-                    value = p.view(-1).index_select(0, flat)
-                    target = (flat % num_classes) * M + bin_index(value, M)
-                    class_prob_sum.index_add_(0, target, value.to(torch.float64))
-                    upper = flat // num_classes, value
-            rows["correct"].append(_top1_correct(p, y.view(-1), p_label, confidence, upper, first_edge))
-
-        row = {key: torch.cat(value) for key, value in rows.items() if value}
-        if from_logits:  # a NaN / inf logit makes its row's sum p log p NaN (inf - inf, 0 * inf)
-            invalid = ~torch.isfinite(row["neg_entropy"]).all()
-        if bool(invalid):  # one host sync per batch; the slow path names the bad value
-            if from_logits:
-                check_finite(scores, "logits")
-            else:
-                _raise_bad_probs(scores, tolerance)
-
-        confidence, correct = row["confidence"], row["correct"]
-        p_label = row["p_label"].to(torch.float64)
-        # Brier = sum_k (p_k - 1[k=y])^2 = (1 - p_y)^2 + (sum_k p_k^2 - p_y^2)
-        brier = (1 - p_label).square() + (row["sum_sq"].to(torch.float64) - p_label.square())
+        stats = sample_statistics(scores, labels, from_logits, M, classwise=self.classwise)
+        device = scores.device
+        confidence, correct = stats.confidence, stats.correct
         s99 = confidence >= S99_THRESHOLD
         count, conf_sum, correct_sum = equal_width_sums(confidence, correct, M)
         batch = {
-            "n": torch.tensor(n_rows, device=device),
+            "n": torch.tensor(len(labels), device=device),
             "correct": correct.sum(),
-            "top5_correct": (row["rank"] < 5).sum() if "rank" in row else torch.zeros((), dtype=torch.long,
-                                                                                    device=device),
-            "nll_sum": -row["log_p_label"].sum(dtype=torch.float64),
-            "brier_sum": brier.sum(),
-            "entropy_sum": -row["neg_entropy"].sum(dtype=torch.float64),
+            "top5_correct": ((stats.rank < 5).sum() if stats.rank is not None
+                             else torch.zeros((), dtype=torch.long, device=device)),
+            "nll_sum": -stats.log_p_label.sum(dtype=torch.float64),
+            "brier_sum": stats.brier().sum(),
+            "entropy_sum": -stats.neg_entropy.sum(dtype=torch.float64),
             "s99_count": s99.sum(),
             "s99_correct": (s99 & correct).sum(),
             "bin_count": count, "bin_conf_sum": conf_sum, "bin_correct": correct_sum,
         }
         if self.classwise:
-            label_bin = labels * M + bin_index(row["p_label"], M)
-            batch["class_label_count"] = torch.bincount(label_bin, minlength=num_classes * M)
-            batch["class_prob_sum"] = class_prob_sum
-            batch["class_prob_total"] = class_prob_total
+            num_classes = scores.shape[1]
+            batch["class_label_count"] = torch.bincount(stats.label_class_bin(labels, M),
+                                                        minlength=num_classes * M)
+            batch["class_prob_sum"] = torch.zeros(num_classes * M, dtype=torch.float64, device=device).index_add_(
+                0, stats.upper_class_bin(num_classes, M), stats.upper_value.to(torch.float64))
+            batch["class_prob_total"] = stats.class_total
         adaptive = ([confidence], [correct]) if self.adaptive else ([], [])
         return batch, *adaptive
 

@@ -22,6 +22,7 @@ __all__ = [
     "optimal_confidence_curves",
     "temperature_curves",
     "line_curves",
+    "spread_curves",
     "confidence_histogram",
     "linear_decision_regions",
 ]
@@ -275,6 +276,45 @@ def line_curves(x, panels: Sequence[Tuple[str, str, Mapping[str, Sequence[float]
         ax.set_ylabel(ylabel)
         ax.grid(True, linestyle=":", alpha=0.5)
         ax.legend(fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def spread_curves(series: Mapping[str, Tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]],
+                  *, title: str = "", xlabel: str = "", ylabel: str = "", logx: bool = False, symlog_y: bool = False,
+                  hline: Optional[float] = None, path: Optional[PathLike] = None) -> Figure:
+    """One line per series with a shaded band (e.g. mean over seeds, band from the seeds' minimum to maximum).
+
+    Args:
+        series: label -> ``(x, centre, low, high)``, four sequences of equal length.
+        logx: log-scale x axis; symlog_y: symmetric-log y axis (values down to 0, e.g. a training error);
+        hline: a dashed reference line (e.g. T = 1).
+    """
+    if len(series) == 0:
+        raise ValueError("spread_curves needs at least one series")
+    fig = _new_figure((5.6, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (label, columns) in enumerate(series.items()):
+        x, centre, low, high = (np.asarray(c, dtype=np.float64).reshape(-1) for c in columns)
+        if not (x.shape == centre.shape == low.shape == high.shape):
+            raise ValueError(f"series {label!r}: x, centre, low and high must have the same length, got "
+                             f"{x.shape[0]}, {centre.shape[0]}, {low.shape[0]}, {high.shape[0]}")
+        ax.plot(x, centre, color=_color(i), linewidth=1.6, marker="o", markersize=3.5, label=str(label))
+        ax.fill_between(x, low, high, color=_color(i), alpha=0.18, linewidth=0)
+    if hline is not None:
+        ax.axhline(hline, color="0.4", linestyle="--", linewidth=1)
+    if logx:
+        ax.set_xscale("log")
+        ticks = sorted({float(v) for columns in series.values() for v in columns[0]})
+        ax.set_xticks(ticks, [f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in ticks])
+        ax.minorticks_off()
+    if symlog_y:
+        ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, linestyle=":", alpha=0.5)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return _finish(fig, path)
 

@@ -1,0 +1,132 @@
+"""The paper's §5.1 claims, checked on a set of runs with seeds, intervals and computed verdicts (``make demo``).
+
+Each claim compares FLSD-53 (or another loss) with cross-entropy at one training-set size. Its statistic is computed
+per seed (runs with the same training seed are paired); :func:`focal_calibration.evidence.claim_result` gives
+mean ± std over seeds, a Student-t 95% interval over seeds and, for test-set metrics, a paired bootstrap 95% interval
+over test-set resamples (every run is evaluated on the same 10,000 test images, so each replicate resamples the same
+rows for every run), and the verdict: ``holds`` only if both intervals lie inside the claim's region.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from focal_calibration.evidence import REGIME_NLL_RISE_MIN, REGIME_TRAIN_ERROR_MAX, claim_result
+
+__all__ = ["CLAIMS", "compute_claims", "claims_markdown"]
+
+# (id, text, compared loss, statistic, region, bootstrap metric, scaled by T for the bootstrap)
+#   statistic: ("diff", key) = record[key] of the loss minus CE's; ("value", key) = the loss's own record[key]
+CLAIMS = (
+    ("ece_pre_lower", "FLSD-53 has a lower test ECE than CE before temperature scaling (Table 1)", "flsd-53",
+     ("diff", "ece_pre"), {"below": 0.0}, "ece", False),
+    ("adaece_pre_lower", "FLSD-53 has a lower test AdaECE than CE before temperature scaling (Table 2)", "flsd-53",
+     ("diff", "adaece_pre"), {"below": 0.0}, "adaece", False),
+    ("ece_post_lower", "FLSD-53 has a lower test ECE than CE after temperature scaling (Table 1)", "flsd-53",
+     ("diff", "ece_post"), {"below": 0.0}, "ece", True),
+    ("t_flsd_near_1", "FLSD-53's optimal temperature is near 1 (§5.1: mostly 0.9-1.1)", "flsd-53",
+     ("value", "temperature"), {"inside": (0.9, 1.1)}, None, False),
+    ("t_ce_above_1", "CE's optimal temperature is above 1 (CE is over-confident)", "ce",
+     ("value", "temperature"), {"above": 1.0}, None, False),
+    ("error_within_1", "FLSD-53's test error is within 1 point of CE's (Table 4)", "flsd-53",
+     ("diff", "error"), {"inside": (-0.01, 0.01)}, "error", False),
+    ("nll_misclassified_lower", "FLSD-53's final test NLL on misclassified samples is lower than CE's (Fig. 3c)",
+     "flsd-53", ("diff", "nll_misclassified_final"), {"below": 0.0}, None, False),
+    ("fl3_ece_pre_lower", "FL-3 has a lower test ECE than CE before temperature scaling (Table 1)", "fl-3",
+     ("diff", "ece_pre"), {"below": 0.0}, "ece", False),
+)
+
+
+def _by_seed(records: Sequence[dict], size: int, loss: str) -> dict:
+    return {r["seed"]: r for r in records if r["size"] == size and r["loss"] == loss}
+
+
+def _test_logits(record: dict, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    saved = torch.load(Path(record["run_dir"]) / "logits.pt", weights_only=True)
+    logits = saved["test_logits"].double()
+    return (logits / record["temperature"] if scaled else logits), saved["test_labels"]
+
+
+def compute_claims(records: Sequence[dict], size: int, *, bootstrap: Callable | None, n_resamples: int = 1000,
+                   claims=CLAIMS) -> dict:
+    """The regime of CE at ``size`` and every claim whose two losses were run there with common seeds.
+
+    ``bootstrap(labels, logits=..., n_resamples=..., seed=0) -> {metric: array[R]}`` gives test-set replicates (the
+    core's ``bootstrap_samples``); None leaves the test-set interval out (the verdict then rests on the seeds).
+    """
+    ce = _by_seed(records, size, "ce")
+    if not ce:
+        raise ValueError(f"no cross-entropy runs at size {size}: the claims compare against CE")
+    cache: dict = {}
+
+    def replicates(record, metric, scaled):
+        key = (record["run_dir"], scaled)
+        if key not in cache:
+            logits, labels = _test_logits(record, scaled)
+            cache[key] = bootstrap(labels, logits=logits, n_resamples=n_resamples, seed=0)
+        return np.asarray(cache[key][metric], dtype=np.float64)
+
+    results = []
+    for claim_id, text, loss, (kind, key), region, metric, scaled in claims:
+        other = _by_seed(records, size, loss)
+        seeds = sorted(set(other) & set(ce)) if kind == "diff" else sorted(other)
+        if not seeds:
+            continue
+        if kind == "diff":
+            per_seed = [other[s][key] - ce[s][key] for s in seeds]
+        else:
+            per_seed = [other[s][key] for s in seeds]
+        boot = None
+        if metric is not None and bootstrap is not None:
+            diffs = [replicates(other[s], metric, scaled) - replicates(ce[s], metric, scaled) for s in seeds]
+            boot = np.mean(diffs, axis=0)
+        result = claim_result(per_seed, bootstrap=boot, **region)
+        results.append({"id": claim_id, "claim": text, "loss": loss, "statistic": f"{kind} {key}",
+                        "region": {k: list(v) if isinstance(v, tuple) else v for k, v in region.items()},
+                        "seeds": seeds, **result})
+    runs = [ce[s] for s in sorted(ce)]
+    return {"size": size,
+            "regime": {"ce_train_error_per_seed": [r["train_error"] for r in runs],
+                       "ce_nll_misclassified_rising_per_seed": [r["nll_misclassified_rising"] for r in runs],
+                       "ce_meets_per_seed": [r["regime_criterion_met"] for r in runs],
+                       "criterion_held": all(r["regime_criterion_met"] for r in runs),
+                       "train_error_max": REGIME_TRAIN_ERROR_MAX, "nll_rise_min": REGIME_NLL_RISE_MIN},
+            "claims": results}
+
+
+def _fmt(value, percent: bool) -> str:
+    return f"{100 * value:+.2f}" if percent else f"{value:.2f}"
+
+
+def _interval(interval, percent: bool) -> str:
+    if interval is None:
+        return "-"
+    return f"[{_fmt(interval[0], percent)}, {_fmt(interval[1], percent)}]"
+
+
+def claims_markdown(main: dict, contrast: dict | None = None) -> str:
+    """``claims.md``: one row per claim (mean ± std over seeds, both 95% intervals, verdict), main regime first."""
+    lines = []
+    for block, title in ((main, "Paper's regime"), (contrast, "Contrast")):
+        if block is None:
+            continue
+        regime = block["regime"]
+        errors = ", ".join(f"{100 * e:.2f}%" for e in regime["ce_train_error_per_seed"])
+        lines += [f"**{title}: {block['size']:,} training images** — CE final training error per seed {errors}; "
+                  f"§3 criterion (<= {100 * regime['train_error_max']:.1f}% and misclassified NLL rising) "
+                  f"{'held in every seed' if regime['criterion_held'] else 'did NOT hold in every seed'}", "",
+                  "| claim | mean ± std (n) | 95% interval, seeds | 95% interval, test set | verdict |",
+                  "|---|---|---|---|---|"]
+        for c in block["claims"]:
+            percent = not c["statistic"].endswith("temperature") and "nll" not in c["statistic"]
+            unit = " pts" if percent else ""
+            lines.append(f"| {c['claim']} ({c['statistic'].replace('diff ', 'Δ ')}{unit}) | "
+                         f"{_fmt(c['mean'], percent)} ± {(100 if percent else 1) * c['std']:.2f} (n={c['n']}) | "
+                         f"{_interval(c['interval_seeds'], percent)} | {_interval(c['interval_test_set'], percent)} "
+                         f"| **{c['verdict']}** |")
+        lines.append("")
+    return "\n".join(lines)

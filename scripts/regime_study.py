@@ -1,0 +1,93 @@
+"""`make study`: the regime study — Fashion-MNIST training-set size against calibration, per loss, over seeds.
+
+    python scripts/regime_study.py --out results/study
+    python scripts/regime_study.py --sizes 2500 55000 --losses ce flsd-53 --seeds 3 --epochs 8 --out results/quick
+
+Every cell (size, loss, seed) trains the same recipe (classification/study.py: same number of updates for every
+size); only the training-set size differs. Writes under --out:
+  study.json                 one record per finished run (train error, ECE / AdaECE pre / post, T, error, NLL, the
+                             §3 signature nll_misclassified_rising, ...); a killed study resumes where it stopped
+  study.md                   mean ± std over seeds per cell, and the §3 regime per size and loss
+  study_*_vs_size.png        pre-T ECE, optimal T and final training error against size (band: spread over seeds)
+  runs/<cell>/               each run's folder (checkpoint, log.jsonl, results.json, logits.pt, diagrams, train.out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from classification.datasets import DatasetNotFoundError, load_dataset
+from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, plot_study, run_cells, study_markdown
+from focal_calibration.losses import build_loss
+
+DEFAULT_SIZES = (2500, 5000, 10000, 20000, 55000)
+DEFAULT_LOSSES = ("ce", "brier", "ls-0.05", "fl-3", "flsd-53")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    defaults = Recipe()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/study", help="output folder (default: %(default)s)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
+                        help="training-set sizes (default: %(default)s)")
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES),
+                        help="focal_calibration.build_loss specs (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N per cell (default: %(default)s)")
+    parser.add_argument("--model", default=defaults.model, choices=("mlp", "small_cnn"),
+                        help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="passes over the full 55,000-image set; every size gets that many updates "
+                             "(default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="runs trained at once, one CPU thread each (default: the number of cores, %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
+    parser.add_argument("--limit-eval", type=int, default=None, help="evaluate on the first N val / test images "
+                        "only (smoke tests)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    recipe = Recipe(model=args.model, epochs=args.epochs)
+    bad_sizes = [s for s in args.sizes if not 1 <= s <= FULL_TRAIN_SIZE]
+    if bad_sizes:
+        raise ValueError(f"--sizes must lie in [1, {FULL_TRAIN_SIZE}], got {bad_sizes[0]}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    for loss in args.losses:
+        build_loss(loss)  # an unknown spec fails now, not inside a training process
+    load_dataset("fashion-mnist", data_dir=args.data_dir)  # missing data: one clear message, not one per run
+    cells = [Cell(seed, size, loss) for seed in range(1, args.seeds + 1) for size in args.sizes
+             for loss in args.losses]
+    out = Path(args.out)
+    print(f"regime study: {len(cells)} runs ({len(args.sizes)} sizes x {len(args.losses)} losses x {args.seeds} seeds), "
+          f"{recipe.updates} updates each, {args.jobs} at a time -> {out}", flush=True)
+    start = time.perf_counter()
+    study = run_cells(cells, recipe, out, jobs=args.jobs, data_dir=args.data_dir, limit_eval=args.limit_eval,
+                      log=lambda line: print(line, flush=True))
+    table = study_markdown(study)
+    (out / "study.md").write_text(table)
+    figures = plot_study(study, out)
+    print("\n" + table)
+    print("figures: " + ", ".join(str(f) for f in figures))
+    print(f"study time {time.perf_counter() - start:.0f}s")
+    return study
+
+
+def cli(argv=None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, DatasetNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except RuntimeError as error:  # failed training runs: the others finished and are recorded
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
