@@ -32,8 +32,10 @@ LOG = """\
 """
 
 
-def test_fairseq_log_to_epoch_records():
-    records = nmt_demo.parse_fairseq_log(LOG)
+@pytest.mark.parametrize("bare", [False, True])  # the console's lines, or --log-file's bare JSON
+def test_fairseq_log_to_epoch_records(bare):
+    text = "\n".join(line[line.index("{"):] if bare and "{" in line else line for line in LOG.splitlines())
+    records = nmt_demo.parse_fairseq_log(text)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     first, second, third = records
     assert first == {"epoch": 1, "train_loss": 10.5, "num_updates": 10, "valid_error": 0.9, "valid_nll": 9.5,
