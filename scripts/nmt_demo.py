@@ -82,6 +82,15 @@ CONFIGS = {
                      validate_interval=5, save_interval=5),
     "contrast": Config(train_pairs=None, train_eval_pairs=1000, max_update=800, max_tokens=4096, warmup_updates=200,
                        validate_interval=1, save_interval=1),
+    # the other configurations tried for the regime (CE, seed 1; outcomes in the README), kept runnable
+    "tried-1000-mt2048": Config(train_pairs=1000, train_eval_pairs=None, max_epoch=60, max_tokens=2048,
+                                validate_interval=3, save_interval=3),
+    "tried-1000-d64": Config(train_pairs=1000, train_eval_pairs=None, max_epoch=60, max_tokens=2048, embed_dim=64,
+                             ffn_dim=256, validate_interval=3, save_interval=3),
+    "tried-1000": Config(train_pairs=1000, train_eval_pairs=None, max_epoch=80, max_tokens=1024, warmup_updates=50,
+                         validate_interval=5, save_interval=5),
+    "tried-500-e60": Config(train_pairs=500, train_eval_pairs=None, max_epoch=60, max_tokens=1024, warmup_updates=50,
+                            validate_interval=5, save_interval=5),
 }
 MODELS = {"ce": ["--gamma", "0"], "fl1": ["--gamma", "1"], "ls": ["--gamma", "0", "--label-smoothing", "0.1"]}
 LOSS_NAMES = {"ce": "ce", "fl1": "fl-1", "ls": "ls-0.1"}
