@@ -366,6 +366,19 @@ def compute_claims(table_rows: Mapping[str, Mapping[int, Mapping]], claims=CLAIM
     return results
 
 
+def cpu_seconds(runs: Mapping[tuple, Path]) -> dict:
+    """CPU seconds of every run's training and sweep (from wait4, so other load on the machine does not inflate
+    them much), their totals, and what they mean for 2 idle cores running 2 one-thread jobs at a time."""
+    per_run = {}
+    for (model, seed), run_dir in runs.items():
+        record = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        per_run[f"{model}-s{seed}"] = {"train": record["train_cpu_s"], "sweep": record["sweep_cpu_s"]}
+    train = sum(r["train"] for r in per_run.values())
+    sweep = sum(r["sweep"] for r in per_run.values())
+    return {"per_run": per_run, "train_total": train, "sweep_total": sweep,
+            "two_idle_cores_estimate_s": (train + sweep) / 2}
+
+
 def _mean_std(values) -> str:
     values = np.asarray(values, dtype=float)
     std = values.std(ddof=1) if values.size > 1 else 0.0
@@ -399,11 +412,16 @@ def claims_markdown(block: Mapping, contrast: Mapping | None = None) -> str:
         errors = ", ".join(f"{100 * e:.2f}%" for e in regime["ce_train_error_per_seed"])
         ratios = ", ".join(f"{r:.1f}" for r in regime["ce_nll_ratio_per_seed"])
         rises = ", ".join(f"{100 * r:+.1f}%" for r in regime["ce_nll_incorrect_rise_per_seed"])
+        cpu = b.get("cpu_s")
+        budget = "" if cpu is None else (
+            f" CPU time: training {cpu['train_total'] / 60:.1f} min, sweeps {cpu['sweep_total'] / 60:.1f} min "
+            f"(≈ {cpu['two_idle_cores_estimate_s'] / 60:.0f} min on 2 idle cores with 2 one-thread jobs).")
         lines += [f"**{title}: `{b['config']}`** ({b['description']}) — CE per seed: final training token error "
                   f"{errors}; validation / training NLL {ratios}; validation NLL of mispredicted tokens vs its "
                   f"minimum {rises}. §3 criterion (<= {100 * REGIME_TRAIN_ERROR_MAX:g}%, ratio >= "
                   f"{REGIME_NLL_RATIO_MIN:g}, rise >= 5%) "
-                  f"{'held in every seed' if regime['criterion_held'] else 'did NOT hold in every seed'}.", "",
+                  f"{'held in every seed' if regime['criterion_held'] else 'did NOT hold in every seed'}.{budget}",
+                  "",
                   "| claim | statistic | mean ± std (n) | 95% interval over seeds | verdict |", "|---|---|---|---|---|"]
         for c in b["claims"]:
             lines.append(f"| {c['claim']} | {c['statistic']} | {c['mean']:+.2f} ± {c['std']:.2f} (n={c['n']}) | "
@@ -597,9 +615,7 @@ def main(args) -> dict:
                         "train_error_max": REGIME_TRAIN_ERROR_MAX, "nll_ratio_min": REGIME_NLL_RATIO_MIN},
              "claims": compute_claims(table_rows),
              "table3": {m: {str(s): row for s, row in rows.items()} for m, rows in table_rows.items()},
-             "cpu_s": {f"{m}-s{s}": {"train": r["train_cpu_s"], "sweep": r["sweep_cpu_s"]}
-                       for (m, s), r in ((key, json.loads((run_dir / "results.json").read_text()))
-                                         for key, run_dir in runs.items())}}
+             "cpu_s": cpu_seconds(runs)}
     write_json_atomic(out / "claims.json", block)
     text = claims_markdown(block, contrast)
     atomic_write(out / "claims.md", lambda handle: handle.write(text), binary=False)
