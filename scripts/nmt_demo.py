@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -416,6 +417,10 @@ def claims_markdown(block: Mapping, contrast: Mapping | None = None) -> str:
         budget = "" if cpu is None else (
             f" CPU time: training {cpu['train_total'] / 60:.1f} min, sweeps {cpu['sweep_total'] / 60:.1f} min "
             f"(≈ {cpu['two_idle_cores_estimate_s'] / 60:.0f} min on 2 idle cores with 2 one-thread jobs).")
+        edge = b.get("temperature_at_grid_edge")
+        if edge:
+            budget += (f" **T* at the edge of the temperature grid for {', '.join(edge)}: the grid does not span "
+                       f"their optimum, so their T* and post-T numbers are bounds.**")
         lines += [f"**{title}: `{b['config']}`** ({b['description']}) — CE per seed: final training token error "
                   f"{errors}; validation / training NLL {ratios}; validation NLL of mispredicted tokens vs its "
                   f"minimum {rises}. §3 criterion (<= {100 * REGIME_TRAIN_ERROR_MAX:g}%, ratio >= "
@@ -509,7 +514,7 @@ def get_args_parser():
                         help="a finished contrast demo whose claims.json goes into claims.md as the contrast block")
     parser.add_argument("--jobs", type=cli.positive_int, default=2, help="trainings / sweeps run at once")
     parser.add_argument("--threads", type=cli.positive_int, default=1, help="threads per job")
-    parser.add_argument("--temperatures", default="0.7,0.8,0.9,1,1.1,1.25,1.5,1.75,2,2.5,3",
+    parser.add_argument("--temperatures", default="0.7,0.8,0.9,1,1.1,1.25,1.5,2,2.5,3,4,5",
                         help="decoded and scored temperatures; must contain 1 and span every model's optimum")
     parser.add_argument("--limit", type=cli.positive_int, default=500,
                         help="sentences of valid and test in the sweep (the first N)")
@@ -523,6 +528,9 @@ def main(args) -> dict:
     from fairseq_focal.sweep_generator import parse_temperatures
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    # SIGTERM (and SIGINT, which a background shell job ignores) ends the demo through run_jobs' cleanup, which
+    # stops the trainings it started; they resume from their last checkpoint on the next run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     temperatures = parse_temperatures(args.temperatures)
     if 1.0 not in temperatures:
@@ -613,6 +621,9 @@ def main(args) -> dict:
                         "ce_meets_per_seed": [r["meets"] for r in ce_regimes],
                         "criterion_held": bool(ce_regimes) and all(r["meets"] for r in ce_regimes),
                         "train_error_max": REGIME_TRAIN_ERROR_MAX, "nll_ratio_min": REGIME_NLL_RATIO_MIN},
+             "temperature_at_grid_edge": sorted(f"{m}-s{s}" for m, rows in table_rows.items()
+                                                for s, row in rows.items()
+                                                if row["temperature"] in (min(temperatures), max(temperatures))),
              "claims": compute_claims(table_rows),
              "table3": {m: {str(s): row for s, row in rows.items()} for m, rows in table_rows.items()},
              "cpu_s": cpu_seconds(runs)}
