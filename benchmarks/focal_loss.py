@@ -4,9 +4,9 @@
 
 Time: best of --repeats rounds after a warm-up, variants taking turns in this process, ratio to F.cross_entropy.
 Peak memory: each variant runs in a fresh subprocess. On CPU the extra peak is the process's resident high-water mark
-(VmHWM) after one forward+backward minus the mark once the inputs exist (the true peak, whatever the allocator caches); on CUDA it
-is torch.cuda.max_memory_allocated() minus the memory held by the inputs. The gradient itself (one N×K tensor) is
-part of every variant's peak.
+(VmHWM) after one forward+backward minus the mark once the inputs exist (the true peak, whatever the allocator
+caches); on CUDA it is torch.cuda.max_memory_allocated() minus the memory held by the inputs. The gradient itself
+(one N×K tensor) is part of every variant's peak.
 """
 
 import argparse
@@ -29,6 +29,27 @@ VARIANTS = {
     "naive -(1-exp(logp))**γ·logp": lambda z, y: (-(1 - (lp := F.log_softmax(z, -1).gather(1, y[:, None]))
                                                   .exp()) ** 3.0 * lp).mean(),
 }
+
+
+# ---- losses beyond the paper (losses branch: a separate block to ease merges) --------------------------------------
+
+def _adafocal_mixed():
+    """AdaFocal as it trains after some epochs: 15 equal-mass bins, focal and inverse-focal rows mixed."""
+    loss = build_loss("adafocal")
+    loss.gammas.copy_(torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, -0.2, -0.5, 1.0, 2.0, -1.0, 0.3, 4.0, -2.0, 1.5, 0.2],
+                                   dtype=torch.float64))
+    loss.inner_edges.copy_(torch.logspace(-9, -4.6, 14, dtype=torch.float64))  # spreads these inputs' p_y over bins
+    return loss
+
+
+VARIANTS.update({
+    "AdaFocal, mixed focal / inverse-focal rows (ours, fused)": _adafocal_mixed(),
+    "inverse focal γ=2 (ours, fused)": build_loss("inverse-focal-2"),
+    "Poly-1 ε=1 (ours, fused)": build_loss("poly-1"),
+    "dual focal γ=5 (ours, autograd)": build_loss("dual-focal-5"),
+    "MbLS m=10 λ=0.1 (ours, autograd)": build_loss("mbls-10-0.1"),
+})
+# ---- end of the losses-beyond-the-paper block ----------------------------------------------------------------------
 
 
 def make_inputs(rows, classes, device, seed=0):
@@ -109,7 +130,8 @@ def main(argv=None):
                              check=True, capture_output=True, text=True).stdout
         peaks[name] = json.loads(out.strip().splitlines()[-1])
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"focal loss forward+backward, logits [{args.rows}, {args.classes}] float32, {device}, torch {torch.__version__}")
+    print(f"focal loss forward+backward, logits [{args.rows}, {args.classes}] float32, {device}, "
+          f"torch {torch.__version__}")
     print("| variant | time (ms) | time vs F.cross_entropy | extra peak memory (MiB) | peak vs F.cross_entropy |")
     print("|---|---|---|---|---|")
     ce_time, ce_peak = times["F.cross_entropy"], peaks["F.cross_entropy"]

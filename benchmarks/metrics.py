@@ -12,6 +12,8 @@ wait make every parallel op cost a scheduler tick, whatever its size, which pena
 with ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` there, or run on an idle machine.
 
 * calibration_metrics: n, accuracy, top-5, NLL, Brier, ECE, AdaECE, MCE, classwise ECE, S99, entropy.
+* calibration_metrics, plain path: the same with the CPU fast path of metrics.sample_statistics switched off (the gain
+  quoted in its docstring).
 * loop reference: what per-bin Python loops cost: softmax, then ECE, AdaECE and classwise ECE with a boolean mask
   and .item() per bin (per class and bin for classwise ECE). Written here for the comparison only.
 * torchmetrics: MulticlassCalibrationError(n_bins, norm="l1") (ECE only), update(logits) + compute(), default
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from common import add_device_and_threads, apply_threads, timed
+import focal_calibration.metrics as metrics_module
 from focal_calibration import bootstrap_ci
 from focal_calibration.metrics import calibration_metrics
 
@@ -66,6 +69,14 @@ def loop_reference(logits, labels, n_bins):
     return ece, adaece, classwise / k
 
 
+def plain_path(labels, logits, n_bins):
+    metrics_module._FAST_PATH = False
+    try:
+        return calibration_metrics(labels, logits=logits, n_bins=n_bins)
+    finally:
+        metrics_module._FAST_PATH = True
+
+
 def torchmetrics_module(logits, labels, n_bins):
     from torchmetrics.classification import MulticlassCalibrationError
 
@@ -94,7 +105,8 @@ def interleaved_median_times(variants, repeats, device):
 
 
 def bootstrap_rows(rows, classes, bins, resamples, loop_calls, device):
-    """(bootstrap_ci seconds, per-resample calibration_metrics loop seconds scaled to ``resamples``), best of 3."""
+    """((wall, CPU) seconds of bootstrap_ci, (wall, CPU) of the per-resample calibration_metrics loop scaled to
+    ``resamples``), each the best of 3."""
     generator = torch.Generator().manual_seed(1)
     logits = (torch.randn(rows, classes, generator=generator) * 3).to(device)
     labels = torch.randint(0, classes, (rows,), generator=generator).to(device)
@@ -108,8 +120,9 @@ def bootstrap_rows(rows, classes, bins, resamples, loop_calls, device):
         bootstrap_ci(labels, logits=logits, n_bins=bins, n_resamples=resamples)
 
     loop(), vectorised()  # warm-up
-    best_loop = min(timed(loop, device)[0] for _ in range(3)) * resamples / loop_calls
-    best_vectorised = min(timed(vectorised, device)[0] for _ in range(3))
+    scale = resamples / loop_calls
+    best_loop = [min(column) * scale for column in zip(*(timed(loop, device) for _ in range(3)))]
+    best_vectorised = [min(column) for column in zip(*(timed(vectorised, device) for _ in range(3)))]
     return best_vectorised, best_loop
 
 
@@ -139,6 +152,7 @@ def main():
 
     variants = {
         "calibration_metrics (all metrics)": lambda: calibration_metrics(labels, logits=logits, n_bins=args.bins),
+        "calibration_metrics, plain path": lambda: plain_path(labels, logits, args.bins),
         "loop reference (ECE+AdaECE+classwise)": lambda: loop_reference(logits, labels, args.bins),
         "torchmetrics MulticlassCalibrationError": lambda: torchmetrics_module(logits, labels, args.bins),
         "torchmetrics functional, no validation": lambda: torchmetrics_functional(logits, labels, args.bins),
@@ -159,13 +173,13 @@ def main():
               f"| {cpu * 1e3:.1f} ms | {cpu / base_cpu:.1f}x |")
 
     if args.resamples:
-        print(f"\nbootstrap, {args.resamples} resamples (README rows: input | bootstrap_ci | calibration_metrics per "
-              f"resample, {args.loop_calls} timed and scaled | ratio):")
+        print(f"\nbootstrap, {args.resamples} resamples (README rows: input | bootstrap_ci wall / CPU | "
+              f"calibration_metrics per resample ({args.loop_calls} timed, scaled) wall / CPU | ratio wall / CPU):")
         for classes in args.bootstrap_classes:
-            vectorised, loop = bootstrap_rows(args.bootstrap_rows, classes, args.bins, args.resamples,
-                                              args.loop_calls, args.device)
-            print(f"| {args.bootstrap_rows:,} x {classes} | {vectorised:.2f} s | {loop:.2f} s | "
-                  f"{loop / vectorised:.1f}x |")
+            (wall, cpu), (loop_wall, loop_cpu) = bootstrap_rows(args.bootstrap_rows, classes, args.bins,
+                                                                args.resamples, args.loop_calls, args.device)
+            print(f"| {args.bootstrap_rows:,} x {classes} | {wall:.2f} s / {cpu:.2f} s | {loop_wall:.1f} s / "
+                  f"{loop_cpu:.1f} s | {loop_wall / wall:.1f}x / {loop_cpu / cpu:.1f}x |")
 
 if __name__ == "__main__":
     main()

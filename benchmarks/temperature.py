@@ -1,4 +1,5 @@
-"""fit_temperature: the paper's grid search (100 temperatures, ECE objective) and the L-BFGS NLL fit, vs a per-T loop.
+"""fit_temperature: the paper's grid search (100 temperatures, ECE objective) and the L-BFGS NLL fit, vs a per-T loop;
+and the post-hoc maps beside it (vector / matrix scaling, Dirichlet calibration), timed against the same grid fit.
 
     python benchmarks/temperature.py [--repeats 3 --device cpu|cuda] [--sizes 5000x100 100000x1000]
 
@@ -10,6 +11,10 @@ torch's thread count is left at its default (on a busy shared machine see the no
 * per-T loop: the paper's style, for each T softmax(z / T) and an ECE with a Python loop and .item() per bin. Written
   here for the comparison only. On inputs above 10^7 scores it runs on the first 5 temperatures, scaled by 20, and
   every variant is timed over at most 2 rounds.
+* post-hoc maps (focal_calibration.scaling): vector scaling (2K parameters), and, while rows * K^2 <= 2^30, matrix
+  scaling and Dirichlet calibration with ODIR λ = μ = 1 (K^2 + K parameters: more than 5,000 rows for K = 100, so
+  unregularised matrix scaling is refused there) and matrix scaling with λ = μ chosen by 3-fold cross-validation
+  over 7 values (evaluate_calibration's choice for such K). All are L-BFGS fits of the NLL from the identity map.
 * peak memory (CPU): the process's resident high-water mark during the variant's first (warm-up) run minus what was
   resident before (Linux /proc, reset per variant); on CUDA the peak of allocated memory above the inputs.
 """
@@ -21,7 +26,10 @@ import statistics
 import torch
 
 from common import add_device_and_threads, apply_threads, timed
+from focal_calibration.scaling import fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature
+
+MATRIX_MAPS_MAX_COST = 2 ** 30  # rows * K^2 above which the K x K maps are not timed (minutes per fit on a CPU)
 
 
 def per_temperature_loop(logits, labels, temperatures, n_bins=15):
@@ -123,24 +131,44 @@ def main():
         def lbfgs_fit():
             fits["lbfgs"] = fit_temperature(logits, labels, "nll", method="lbfgs").temperature
 
+        def timed_map(name, fit_map, **kwargs):
+            def run():
+                fits[name] = fit_map(logits, labels, **kwargs)
+            return run
+
         loop_name = "per-T loop, ECE" + (f" ({len(loop_grid)} T, x{loop_scale:g})" if large else "")
         variants = {
             "fit_temperature grid ECE (100 T)": grid_fit,
             "fit_temperature lbfgs NLL": lbfgs_fit,
             loop_name: lambda: per_temperature_loop(logits, labels, loop_grid),
+            "fit_vector_scaling": timed_map("fit_vector_scaling", fit_vector_scaling),
         }
+        if rows * classes ** 2 <= MATRIX_MAPS_MAX_COST:
+            variants.update({
+                "fit_matrix_scaling ODIR 1,1": timed_map("fit_matrix_scaling ODIR 1,1", fit_matrix_scaling,
+                                                         odir=(1.0, 1.0)),
+                "fit_matrix_scaling ODIR cv": timed_map("fit_matrix_scaling ODIR cv", fit_matrix_scaling, odir="cv"),
+                "fit_dirichlet ODIR 1,1": timed_map("fit_dirichlet ODIR 1,1", fit_dirichlet, odir=(1.0, 1.0)),
+            })
+        else:
+            print(f"\n{rows:,} x {classes}: matrix scaling / Dirichlet not timed "
+                  f"(rows * K^2 = {rows * classes ** 2:.2g} > {MATRIX_MAPS_MAX_COST:.2g})")
         times, peaks = measure(variants, repeats, args.device)
         times[loop_name] = tuple(seconds * loop_scale for seconds in times[loop_name])
         base_wall, base_cpu = times["fit_temperature grid ECE (100 T)"]
         print(f"\n{rows:,} x {classes} float32 logits ({rows * classes * 4 / 2 ** 20:,.0f} MiB), true T = 2.5: "
               f"grid T = {fits['grid']:g}, lbfgs T = {fits['lbfgs']:.4f}; median of {repeats} rounds")
+        maps = [name for name in variants if name.startswith("fit_") and name in fits]
+        print("validation NLL at the fit: " + ", ".join(
+            f"{name} {fits[name].nll:.4f} ({fits[name].n_iter} it.{'' if fits[name].converged else ', not converged'})"
+            for name in maps))
         print(f"{'variant':36s} {'wall s':>8s} {'x grid':>7s} {'CPU s':>8s} {'x grid':>7s} {'peak MiB':>9s}")
         for name, (wall, cpu) in times.items():
             peak = f"{peaks[name]:9.0f}" if name in peaks else f"{'-':>9s}"
             print(f"{name:36s} {wall:8.3f} {wall / base_wall:7.2f} {cpu:8.3f} {cpu / base_cpu:7.2f} {peak}")
             readme.append(f"| {name} | {rows:,} x {classes} | {wall:.3f} s | {wall / base_wall:.2f}x | {cpu:.3f} s "
                           f"| {cpu / base_cpu:.2f}x | {peak.strip()} MiB |")
-        del logits, labels
+        logits = labels = None  # free this size's problem before the next one
     print(f"\nload average {os.getloadavg()[0]:.1f} at end")
     print("README rows (variant | input | median wall time | ratio | CPU time of all threads | ratio | extra peak):")
     print("\n".join(readme))

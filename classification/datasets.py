@@ -16,7 +16,7 @@
 Splits are :class:`ImageSplit` objects. Small datasets are held in memory as uint8 ``[N, C, H, W]`` tensors (one
 indexing op per batch); Tiny-ImageNet and ImageFolder trees stay on disk and are decoded by DataLoader workers into
 uint8 tensors of one size. Augmentation and normalisation run on whole batches on the training device
-(:mod:`classification.transforms`).
+(:mod:`classification.batches`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from focal_calibration.cli import DataNotFoundError
+from focal_calibration.cli import DataNotFoundError, require_extra
 
 __all__ = ["ImageSplit", "DatasetSplits", "load_dataset", "DATASET_NAMES", "DATASET_INFO", "DatasetNotFoundError"]
 
@@ -284,6 +284,8 @@ def load_dataset(name: str, *, data_dir=None, download: bool = False, val_size: 
         raise DatasetNotFoundError(f"--data-dir {str(data_dir)!r} does not exist")
     val_size = info.default_val_size if val_size is None else val_size
     class_names: list = []
+    if name != "fashion-mnist" or download:  # reading the IDX files needs nothing more
+        require_extra("torchvision", "vision", f"--dataset {name}" + (" --download" if download else ""))
     if name in ("cifar10", "cifar100", "fashion-mnist"):
         if name == "fashion-mnist":
             train_x, train_y, test_x, test_y = _load_fashion_mnist(data_dir, download)

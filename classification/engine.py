@@ -10,8 +10,8 @@ import torch.distributed as dist
 
 from classification.batches import Normalize, iterate_batches, shard_for_eval
 from classification.datasets import ImageSplit
-from focal_calibration.evaluation import (evaluate_calibration, make_run_record, save_reliability_diagrams,
-                                          write_json_atomic)
+from focal_calibration.cli import RunFolder
+from focal_calibration.evaluation import evaluate_calibration, make_run_record, save_reliability_diagrams
 from focal_calibration.metrics import calibration_metrics
 
 __all__ = ["DistributedContext", "setup_distributed", "autocast", "collect_logits", "write_final_report"]
@@ -106,14 +106,13 @@ def write_final_report(out_dir: Path, *, val_logits, val_labels, test_logits, te
         evaluation["train"] = calibration_metrics(train_labels, logits=train_logits, n_bins=n_bins)
     diagrams = save_reliability_diagrams(test_logits, test_labels, evaluation["temperature"], out_dir,
                                          n_bins=n_bins, title=title)
-    logits_path = out_dir / "logits.pt"
-    torch.save({"val_logits": val_logits, "val_labels": val_labels, "test_logits": test_logits,
-                "test_labels": test_labels}, logits_path)
+    folder = RunFolder(out_dir)
+    logits_path = folder.save_logits(val_logits, val_labels, test_logits, test_labels)
     paths = {"logits": logits_path, "reliability_pre": diagrams[0], "reliability_post": diagrams[1]}
     paths.update(extra_paths or {})
     record = make_run_record(suite="image", dataset=dataset, model=model, loss=loss, seed=seed, args=args,
                              evaluation=evaluation, paths={k: str(v) for k, v in paths.items()})
-    write_json_atomic(out_dir / "results.json", record)
+    folder.write_results(record)
     return record
 
 

@@ -15,41 +15,32 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from classification.batches import Normalize
 from classification.datasets import load_dataset
 from classification.engine import collect_logits, format_summary, setup_distributed, write_final_report
 from classification.models import build_model
-from focal_calibration.checkpoint import load_checkpoint
-from focal_calibration.cli import run_cli
+from focal_calibration import cli
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, add_help=add_help)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint.pt files written by classification/train.py")
-    parser.add_argument("--data-dir", default=None, help="override the data folder saved in the checkpoint")
-    parser.add_argument("--output-dir", default=None, help="default: <checkpoint folder>/evaluation (one "
-                        "sub-folder per checkpoint when several share this option)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--n-bins", type=int, default=15)
+    parser.add_argument("--eval-batch-size", type=cli.positive_int, default=512)
+    parser.add_argument("--n-bins", type=cli.positive_int, default=15)
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
                         help="default: the training run's setting")
-    parser.add_argument("--limit-eval", type=int, default=None, help="default: the training run's setting")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=cli.nonnegative_int, default=4)
+    run = cli.add_run_arguments(parser, data_help="override the data folder saved in the checkpoint",
+                                output_help="default: <checkpoint folder>/evaluation (one sub-folder per checkpoint "
+                                            "when several share this option)",
+                                flags=("data_dir", "output_dir", "limit_eval", "device", "threads"))
+    run.description = "--limit-eval defaults to the training run's setting"
     return parser
 
 
 def evaluate_checkpoint(path, args, ctx, out_dir: Path) -> dict:
-    state = load_checkpoint(path)
-    saved = state.get("args")
-    if not isinstance(saved, dict) or "model" not in state:
-        raise ValueError(f"checkpoint {str(path)!r} was not written by classification/train.py (no args / model)")
-    if args.batch_size < 1 or args.n_bins < 1:
-        raise ValueError(f"--batch-size and --n-bins must be >= 1, got {args.batch_size} and {args.n_bins}")
+    state = cli.load_run_checkpoint(path, suite="image")
+    saved = state["args"]
     data = load_dataset(saved["dataset"], data_dir=args.data_dir or saved.get("data_dir"), download=False,
                         val_size=saved.get("val_size"), split_seed=saved.get("split_seed", 1),
                         image_size=saved.get("image_size", 64))
@@ -59,7 +50,7 @@ def evaluate_checkpoint(path, args, ctx, out_dir: Path) -> dict:
     normalize = Normalize(data.mean, data.std, ctx.device)
     amp = args.amp or saved.get("amp", "none")
     limit = args.limit_eval if args.limit_eval is not None else saved.get("limit_eval")
-    kwargs = dict(batch_size=args.batch_size, amp=amp, num_workers=args.workers, limit=limit)
+    kwargs = dict(batch_size=args.eval_batch_size, amp=amp, num_workers=args.workers, limit=limit)
     val_logits, val_labels = collect_logits(model, data.val, normalize, ctx, **kwargs)
     test_logits, test_labels = collect_logits(model, data.test, normalize, ctx, **kwargs)
     return write_final_report(out_dir, val_logits=val_logits, val_labels=val_labels, test_logits=test_logits,
@@ -70,6 +61,7 @@ def evaluate_checkpoint(path, args, ctx, out_dir: Path) -> dict:
 
 
 def main(args) -> list[dict]:
+    cli.set_threads(args.threads)
     ctx = setup_distributed(args.device)
     records = []
     for i, path in enumerate(args.checkpoints):
@@ -85,9 +77,9 @@ def main(args) -> list[dict]:
     return records
 
 
-def cli(argv=None) -> int:
-    return run_cli(get_args_parser(), main, argv)
+def run(argv=None) -> int:
+    return cli.run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run())

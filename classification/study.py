@@ -52,7 +52,7 @@ STUDY_FORMAT_VERSION = 1
 class Recipe:
     """Everything a cell's training shares with every other cell (the size is the only variable)."""
     model: str = "mlp"
-    epochs: int = 8  # passes over the full 55,000-image set: fixes the number of updates of every cell
+    updates: int = 8 * math.ceil(FULL_TRAIN_SIZE / 128)  # SGD steps of every run: 8 passes over 55,000 images
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -62,18 +62,22 @@ class Recipe:
     eval_points: int = 30  # test evaluations per run (for the §3 dynamics)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_points"):
+        for name in ("updates", "batch_size", "eval_points"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"{name.replace('_', ' ')} must be an integer >= 1, got {value!r}")
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
 
-    @property
-    def updates(self) -> int:
-        return self.epochs * math.ceil(FULL_TRAIN_SIZE / self.batch_size)
+    @classmethod
+    def from_epochs(cls, epochs: int, **options) -> "Recipe":
+        """The recipe whose every run takes as many updates as ``epochs`` passes over all 55,000 images."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"--epochs must be an integer >= 1, got {epochs!r}")
+        batch_size = options.get("batch_size", cls.batch_size)
+        return cls(updates=epochs * math.ceil(FULL_TRAIN_SIZE / batch_size), **options)
 
     def schedule(self, size: int) -> dict:
         """Epochs, lr milestones (1-based epochs after which lr drops) and test-evaluation interval for ``size``."""
@@ -119,6 +123,12 @@ def train_command(cell: Cell, recipe: Recipe, run_dir: Path, *, data_dir=None, l
     return command
 
 
+def train_environment() -> dict:
+    """One CPU thread per run (the runs themselves go in parallel; a thread count also changes float summation order,
+    so it is part of what makes a run reproducible) and no display."""
+    return dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
 def run_record(cell: Cell, recipe: Recipe, run_dir: Path) -> dict:
     """One study record from a finished run's ``results.json`` and ``log.jsonl``."""
     results = json.loads((run_dir / "results.json").read_text())
@@ -159,7 +169,7 @@ def read_study(path: Path, recipe: Recipe) -> dict:
         raise ValueError(f"{str(path)!r} is not a study file of this version (format_version "
                          f"{study.get('format_version')!r}, expected {STUDY_FORMAT_VERSION})")
     saved = study.get("recipe", {})
-    changed = [f"--{f.name.replace('_', '-')} was {saved.get(f.name)!r}, now {getattr(recipe, f.name)!r}"
+    changed = [f"{f.name} was {saved.get(f.name)!r}, now {getattr(recipe, f.name)!r}"
                for f in fields(Recipe) if saved.get(f.name) != getattr(recipe, f.name)]
     if changed:
         raise ValueError(f"cannot continue the study in {str(path.parent)!r}: " + "; ".join(changed)
@@ -181,7 +191,7 @@ def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, jobs: int = 2
     done = {(r["size"], r["loss"], r["seed"]) for r in study["runs"]}
     pending = sorted({c for c in cells if (c.size, c.loss, c.seed) not in done})
     total, finished, failed = len(pending), 0, []
-    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = train_environment()
     start = time.perf_counter()
     if done:
         log(f"{len(done)} runs already in {study_path}; {total} to go")
@@ -259,8 +269,9 @@ def study_markdown(study: dict) -> str:
     losses = _loss_order(r["loss"] for r in records)
     sizes = sorted({r["size"] for r in records})
     summary = summarise(records, [key for key, *_ in TABLE_METRICS])
-    lines = [f"Recipe: model `{recipe['model']}`, {Recipe(**recipe).updates} updates per run "
-             f"({recipe['epochs']} passes over 55,000 images), batch {recipe['batch_size']}, SGD lr {recipe['lr']} "
+    lines = [f"Recipe: model `{recipe['model']}`, {recipe['updates']:,} updates per run "
+             f"({recipe['updates'] / math.ceil(FULL_TRAIN_SIZE / recipe['batch_size']):g} passes over 55,000 images), "
+             f"batch {recipe['batch_size']}, SGD lr {recipe['lr']} "
              f"(x0.1 at 1/2 and 5/6 of training), momentum {recipe['momentum']}, weight decay "
              f"{recipe['weight_decay']}, augmentation {'on' if recipe['augment'] else 'off'}. Cells: mean ± std over "
              f"seeds (n = number of seeds).", ""]

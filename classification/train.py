@@ -10,25 +10,19 @@ Recipes (Appendix D; every value can be overridden on the command line):
   Tiny-ImageNet: the same but 100 epochs, lr drops at 40 and 60, batch 64, 50 images per class held out.
   Fashion-MNIST (not in the paper; the CPU demo): 30 epochs, drops at 15 and 25, batch 128, 55,000 / 5,000 / 10,000.
 
-Outputs in --output-dir: checkpoint.pt (every epoch, atomic), log.jsonl (one line per epoch: the §3 dynamics),
-results.json + reliability_{pre,post}.png + logits.pt (pre / post temperature scaling, T by validation ECE).
+Outputs in --output-dir (default results/image/<dataset>-<model>-<loss>-seed<seed>-<hash>, one folder per run):
+args.json, checkpoint.pt (every epoch, atomic), log.jsonl (one line per epoch: the §3 dynamics), results.json +
+reliability_{pre,post}.png + logits.pt (pre / post temperature scaling, T by validation ECE). `python -m
+classification.train` is the same command; the flags shared with the text trainer come from focal_calibration.cli.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import random
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python classification/train.py` and `torchrun classification/train.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import numpy as np
 import torch
 
 from classification.batches import Normalize, epoch_generator, iterate_batches, random_crop_flip, train_order
@@ -37,12 +31,11 @@ from classification.dynamics import RunningTrainStats, last_layer_gradient_norms
 from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, setup_distributed,
                                    write_final_report)
 from classification.models import MODEL_NAMES, build_model
-from focal_calibration.checkpoint import (capture_rng_state, check_resume_compatible, load_checkpoint,
-                                          restore_rng_state, save_checkpoint)
-from focal_calibration.cli import run_cli
-from focal_calibration.losses import build_loss
+from focal_calibration import cli
+from focal_calibration.checkpoint import atomic_write, capture_rng_state, restore_rng_state
+from focal_calibration.losses import MMCELoss, build_loss
 
-CHECKPOINT_VERSION = 1
+SUITE = "image"
 
 # Appendix D, per dataset. Keys are argparse dests; None in the parser means "take it from here".
 RECIPES = {
@@ -53,32 +46,24 @@ RECIPES = {
     "imagefolder": dict(model="resnet50", epochs=100, lr_milestones=[40, 60], batch_size=64),
 }
 
-# Arguments that define the run: resuming with a different value would not continue the same experiment.
-RESUME_KEYS = ("dataset", "model", "loss", "loss_reduction", "mmce_variant", "gamma_milestones", "lr", "momentum",
-               "weight_decay", "nesterov", "lr_milestones", "lr_gamma", "lr_step_at", "clip_grad_norm", "batch_size",
-               "augment", "crop_padding", "seed", "split_seed", "val_size", "limit_train", "world_size", "amp",
-               "image_size")
+# Every option of the parser defines the run (a resume with another value is refused), except these: how long,
+# where and how fast it runs, what it prints. The world size is derived, and defines the run too.
+RESUME_ALLOWED = cli.RESUME_ALLOWED | {"download", "eval_batch_size", "save_every"}
+RESUME_EXTRA = ("world_size",)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train an image classifier with focal loss and friends "
-                                                 "(Mukhoti et al., NeurIPS 2020)", add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, add_help=add_help)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASET_NAMES)}")
-    data.add_argument("--data-dir", default=None, help="folder with the standard files (default: ./data, or "
-                      "/usr/share/datasets/fashion-mnist for Fashion-MNIST)")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR / Fashion-MNIST")
     data.add_argument("--val-size", type=int, default=None,
                       help="validation images held out of train (per class for Tiny-ImageNet); default 5000 / 50")
-    data.add_argument("--split-seed", type=int, default=1, help="seed of the train / validation split")
     data.add_argument("--image-size", type=int, default=64, help="ImageFolder images are resized to this")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                       help="random crop (zero padding --crop-padding) + horizontal flip, as Appendix D")
     data.add_argument("--crop-padding", type=int, default=4)
     data.add_argument("--workers", type=int, default=4, help="DataLoader workers (on-disk datasets only)")
-    data.add_argument("--limit-train", type=int, default=None, help="train on the first N training images only")
-    data.add_argument("--limit-eval", type=int, default=None, help="evaluate on the first N val / test images only")
 
     model = parser.add_argument_group("model and loss")
     model.add_argument("--model", default=None, help=f"one of {', '.join(MODEL_NAMES)} (default per dataset)")
@@ -88,7 +73,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help="'sum' is the released code's choice (Brier keeps its per-batch mean there)")
     model.add_argument("--mmce-variant", choices=("kumar", "official"), default="kumar")
     model.add_argument("--gamma-milestones", type=int, nargs="+", default=None,
-                       help="FLSc epoch milestones (default 100 250, Appendix E)")
+                       help="FLSc epoch milestones (default: 100/350 and 250/350 of --epochs, Appendix E)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=None)
@@ -106,13 +91,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--official-code", action="store_true",
                        help="shorthand for --loss-reduction sum --clip-grad-norm 2 --lr-step-at epoch-start")
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", default=None, help="default results/<dataset>-<model>-<loss>-seed<seed>")
-    run.add_argument("--resume", default=None, help="checkpoint to continue from ('auto': OUTPUT_DIR/checkpoint.pt "
-                                                    "if it exists)")
-    run.add_argument("--seed", type=int, default=1)
+    run = cli.add_run_arguments(parser, data_help="folder with the standard files (default: ./data, or "
+                                "/usr/share/datasets/fashion-mnist for Fashion-MNIST)")
     run.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     run.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none", help="autocast dtype (bf16 / fp16 on CUDA)")
     run.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs on CUDA)")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
@@ -126,13 +107,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="1-based epochs at which to save last-layer gradient norms over the training set "
                           "(Fig. 4b-d uses 10 100 200)")
     run.add_argument("--print-freq", type=int, default=100, help="steps between log lines without a terminal")
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="tqdm progress bars (default: only when stderr is a terminal)")
     return parser
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill per-dataset defaults, apply --official-code, and reject bad values with a message naming them."""
+    """Fill per-dataset defaults, apply --official-code, choose the run folder, and reject bad values with a message
+    naming them."""
     if args.dataset not in RECIPES:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
     for key, value in RECIPES[args.dataset].items():
@@ -146,7 +126,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, name)
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("limit_train", "limit_eval"):
+    for name in ("limit_train", "limit_eval", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -161,26 +141,27 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--clip-grad-norm must be > 0, got {args.clip_grad_norm}")
     if list(args.lr_milestones) != sorted(set(args.lr_milestones)) or min(args.lr_milestones, default=1) < 1:
         raise ValueError(f"--lr-milestones must be strictly increasing epochs >= 1, got {args.lr_milestones}")
-    build_loss(args.loss, **_loss_options(args))  # unknown / malformed spec -> ValueError now, not mid-run
+    criterion = build_loss(args.loss, **_loss_options(args))  # unknown / malformed spec -> ValueError now
+    if args.grad_norm_epochs and isinstance(criterion, MMCELoss):
+        raise ValueError(f"--grad-norm-epochs cannot be used with --loss {args.loss}: MMCE is a batch-level term "
+                         f"that couples the samples of a batch, so its gradient has no per-sample norms")
     if args.output_dir is None:
-        args.output_dir = f"results/{args.dataset}-{args.model}-{args.loss}-seed{args.seed}"
+        keys = cli.run_defining_keys(get_args_parser(), RESUME_ALLOWED)
+        args.output_dir = str(cli.default_output_dir(SUITE, f"{args.dataset}-{args.model}-{args.loss}-seed{args.seed}",
+                                                     args, keys))
     return args
 
 
-def _loss_options(args, reduction=None) -> dict:
-    reduction = reduction or args.loss_reduction
-    if args.loss.strip().lower() == "brier" and reduction == "sum" and args.official_code:
+def _loss_options(args, *, per_sample_sum: bool = False) -> dict:
+    """``build_loss`` options of the training criterion, or (``per_sample_sum``) of the summed criterion whose
+    gradient's row i is the gradient of sample i's own loss (the Fig. 4 gradient norms)."""
+    reduction = "sum" if per_sample_sum else args.loss_reduction
+    if args.official_code and not per_sample_sum and args.loss.strip().lower() == "brier" and reduction == "sum":
         reduction = "mean"  # the released code averages the Brier score over the batch even when it sums CE
-    options = dict(reduction=reduction, mmce_variant=args.mmce_variant)
+    options = dict(reduction=reduction, mmce_variant=args.mmce_variant, epochs=args.epochs)
     if args.gamma_milestones is not None:
         options["milestones"] = tuple(args.gamma_milestones)
     return options
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Progress:
@@ -208,22 +189,13 @@ class Progress:
             self.bar.close()
 
 
-def _truncate_log(path: Path, last_epoch: int) -> None:
-    """On resume keep only the log lines of epochs the checkpoint has (a killed run may have written more);
-    ``last_epoch`` is 1-based, as the log's ``epoch``."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["epoch"] <= last_epoch]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-
-
 def main(args: argparse.Namespace) -> dict | None:
     args = resolve_args(args)
     ctx = setup_distributed(args.device)
     args.world_size = ctx.world_size
+    folder = cli.RunFolder(args.output_dir)
+    state = cli.load_resume_state(folder, args, get_args_parser(), suite=SUITE, allowed=RESUME_ALLOWED,
+                                  extra=RESUME_EXTRA)  # None: a fresh run
     device = ctx.device
     if args.amp == "fp16" and device.type != "cuda":
         raise ValueError(f"--amp fp16 needs a CUDA device, got {device}; use --amp bf16 or none")
@@ -231,8 +203,8 @@ def main(args: argparse.Namespace) -> dict | None:
         torch.backends.cudnn.benchmark = not args.deterministic
         torch.backends.cudnn.deterministic = args.deterministic
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    _seed_everything(args.seed)
-    out_dir = Path(args.output_dir)
+    cli.seed_everything(args.seed)
+    cli.set_threads(args.threads)
     show = ctx.is_main
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download and ctx.is_main,
@@ -251,7 +223,7 @@ def main(args: argparse.Namespace) -> dict | None:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     criterion = build_loss(args.loss, **_loss_options(args))
-    criterion_sum = build_loss(args.loss, **_loss_options(args, reduction="sum"))  # per-sample gradients (Fig. 4)
+    criterion_sum = build_loss(args.loss, **_loss_options(args, per_sample_sum=True))  # Fig. 4 gradient norms
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     shift = 1 if args.lr_step_at == "epoch-start" else 0
@@ -259,33 +231,22 @@ def main(args: argparse.Namespace) -> dict | None:
         optimizer, milestones=[max(m - shift, 1) for m in args.lr_milestones], gamma=args.lr_gamma)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
 
-    start_epoch = 0
-    log_path = out_dir / "log.jsonl"
-    checkpoint_path = out_dir / "checkpoint.pt"
-    resume = args.resume
-    if resume == "auto":
-        resume = str(checkpoint_path) if checkpoint_path.exists() else None
-    if resume is not None:
-        state = load_checkpoint(resume)
-        if state.get("version") != CHECKPOINT_VERSION or "args" not in state:
-            raise ValueError(f"checkpoint {resume!r} was not written by classification/train.py "
-                             f"(version {state.get('version')!r})")
-        check_resume_compatible(state["args"], vars(args), RESUME_KEYS)
+    start_epoch, log = 0, []
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        for loss in (criterion, criterion_sum):  # adaptive losses' state (AdaFocal's γ per bin)
+            loss.load_state_dict(state.get("criterion", {}))
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
-        start_epoch = state["epoch"] + 1
+        start_epoch, log = state["epoch"] + 1, list(state["log"])
         if ctx.is_main:
-            _truncate_log(log_path, state["epoch"] + 1)
-            print(f"resumed from {resume} after epoch {start_epoch} of {args.epochs}", flush=True)
-    elif ctx.is_main and log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
+            print(f"resumed from {args.resume} after epoch {start_epoch} of {args.epochs}", flush=True)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        folder.restore_log(log)  # the checkpoint's epochs exactly (a fresh run: an empty log)
+        folder.write_args(args)
         print(f"{args.dataset}: {len(train_split)} train / {len(data.val)} val / {len(data.test)} test images, "
               f"{data.num_classes} classes | {args.model} "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) | loss {args.loss} "
@@ -320,20 +281,29 @@ def main(args: argparse.Namespace) -> dict | None:
                                                       amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
             record.update(test_statistics(test_logits, test_labels, n_bins=args.n_bins))
         if epoch + 1 in args.grad_norm_epochs:
-            path = _save_gradient_norms(net, model, train_split, normalize, criterion_sum, ctx, args, epoch, out_dir)
+            path = _save_gradient_norms(net, model, train_split, normalize, criterion_sum, ctx, args, epoch,
+                                        folder.path)
             if path is not None:
                 grad_norm_paths[f"grad_norms_epoch{epoch + 1}"] = path
                 record["grad_norms_file"] = str(path)
+        if criterion.uses_validation:  # AdaFocal: one update of γ per bin from the validation set, every rank alike
+            val_logits, val_labels = collect_logits(net, data.val, normalize, ctx, batch_size=args.eval_batch_size,
+                                                    amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
+            criterion.observe_validation(val_logits, val_labels)
+            criterion_sum.load_state_dict(criterion.state_dict())
+        record.update(criterion.describe_state())  # the γ per bin for the next epoch
         record["seconds"] = time.perf_counter() - epoch_start
+        log.append(record)
         if ctx.is_main and ((epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs):
-            # checkpoint first: a resumed run truncates the log to its checkpoint's epoch and replays the rest
-            save_checkpoint(checkpoint_path, {
-                "version": CHECKPOINT_VERSION, "epoch": epoch, "args": vars(args), "model": model.state_dict(),
+            # the checkpoint holds the log: a resume rewrites log.jsonl to the checkpoint's epochs and replays the rest
+            cli.save_run_checkpoint(folder.checkpoint, {
+                "epoch": epoch, "args": cli.stored_args(args), "log": log, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state()})
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": capture_rng_state(),
+                "criterion": criterion.state_dict()},
+                suite=SUITE)
         if ctx.is_main:
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            folder.append_log(record)
             print(_epoch_line(record, args.epochs), flush=True)
         ctx.barrier()
 
@@ -347,13 +317,14 @@ def main(args: argparse.Namespace) -> dict | None:
                                                 amp=args.amp, num_workers=args.workers)
     record = None
     if ctx.is_main:
-        record = write_final_report(out_dir, val_logits=val_logits, val_labels=val_labels, test_logits=test_logits,
+        record = write_final_report(folder.path, val_logits=val_logits, val_labels=val_labels, test_logits=test_logits,
                                     test_labels=test_labels, train_logits=train_logits, train_labels=train_labels,
                                     dataset=args.dataset, model=args.model, loss=args.loss,
-                                    seed=args.seed, args=vars(args), n_bins=args.n_bins,
-                                    extra_paths={"checkpoint": checkpoint_path, "log": log_path, **grad_norm_paths},
+                                    seed=args.seed, args=cli.stored_args(args), n_bins=args.n_bins,
+                                    extra_paths={"checkpoint": folder.checkpoint, "log": folder.log,
+                                                 **grad_norm_paths},
                                     title=f"{args.dataset} {args.model} {args.loss}")
-        print(f"final: {format_summary(record['evaluation'])} -> {out_dir / 'results.json'}", flush=True)
+        print(f"final: {format_summary(record['evaluation'])} -> {folder.results}", flush=True)
     ctx.barrier()
     return record
 
@@ -409,9 +380,8 @@ def _save_gradient_norms(net, model, split, normalize, criterion_sum, ctx, args,
         norms = torch.cat(gathered)
     if not ctx.is_main:
         return None
-    path = out_dir / f"grad_norms_epoch{epoch + 1}.pt"
-    torch.save({"epoch": epoch + 1, "loss": args.loss, "norms": norms.cpu()}, path)
-    return path
+    saved = {"epoch": epoch + 1, "loss": args.loss, "norms": norms.cpu()}
+    return atomic_write(out_dir / f"grad_norms_epoch{epoch + 1}.pt", lambda handle: torch.save(saved, handle))
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
@@ -424,9 +394,9 @@ def _epoch_line(r: dict, epochs: int) -> str:
     return line + f" | {r['seconds']:.1f}s"
 
 
-def cli(argv=None) -> int:
-    return run_cli(get_args_parser(), main, argv)
+def run(argv=None) -> int:
+    return cli.run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run())

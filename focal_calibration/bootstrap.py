@@ -1,8 +1,9 @@
 """Bootstrap uncertainty of the calibration metrics: resample the test set's rows with replacement.
 
-Every metric of :func:`focal_calibration.calibration_metrics` is computed on ``n_resamples`` resamples of the N test
-rows, vectorised over resamples. A resample is described by its multinomial count weights ``w [N]`` (how often each
-row was drawn, summing to N), and each metric is written as a weighted sum over the original rows:
+Every metric of :func:`focal_calibration.calibration_metrics` (and its ``extra`` metrics) is computed on
+``n_resamples`` resamples of the N test rows, vectorised over resamples. A resample is described by its multinomial
+count weights ``w [N]`` (how often each row was drawn, summing to N; a chunk of C resamples is ``[N, C]``), and each
+metric is written as a weighted sum over the original rows:
 
 * accuracy, top-5, NLL, Brier, entropy, S99: ``w @ per-row value / N`` (one matrix product for all of them);
 * ECE (eq. 1) / MCE (eq. 2): per-bin sums ``sum_i w_i 1[bin_i = b] x_i`` (``index_add`` over the rows' bins);
@@ -13,7 +14,8 @@ row was drawn, summing to N), and each metric is written as a weighted sum over 
   ``G_g = sum_{i in g} w_i (correct_i - conf_i)``, the cumulative gap over the first ``x`` ranks is piecewise linear
   in ``x`` (each rank of group g adds ``G_g / W_g``: the tie convention of metrics.py, the group's mean correctness).
   Bin b holds ranks ``[ceil(bM/N)... )``, i.e. ranks r with ``floor(r M / N) = b``; its gap is the cumulative gap at its
-  upper boundary minus that at its lower one (one batched ``searchsorted`` per chunk).
+  upper boundary minus that at its lower one (one batched ``searchsorted`` per chunk;
+  :class:`focal_calibration.metrics_extra.SortedGroups`, shared with KS, ECE-sweep and the debiased L2 error).
 
 These equal :func:`calibration_metrics` on the explicitly resampled rows up to float64 rounding (tested).
 
@@ -29,9 +31,9 @@ no ``batch`` draws the same indices.)
 An NLL replicate is +inf when a given probability ``p_y`` is exactly 0 in that resample.
 
 **Memory.** Resamples are processed in chunks of ``C = max(1, 2**21 // max(N, E, K * M))`` (E = the number of
-``p_k > 1/M``, at most about ``N * M``), so each chunk-sized float64 array has at most ``2**21`` elements (16 MiB) plus
-one resample; about ten such arrays live at once (~160 MiB), besides the probabilities themselves (``N x K`` in the
-compute dtype) and the per-row statistics.
+``p_k > 1/M``, fewer than ``N * M``; with ``smece`` also ``4 * 2048``), so each chunk-sized float64 array has at most
+``2**21`` elements (16 MiB) plus one resample; about ten such arrays live at once (~160 MiB), besides the
+probabilities themselves (``N x K`` in the compute dtype) and the per-row statistics.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ import numpy as np
 import torch
 
 from focal_calibration._internal import check_n_bins, compute_dtype, prepare_scores
-from focal_calibration.metrics import (S99_THRESHOLD, bin_index, ece_from_sums, probabilities, sample_statistics)
+from focal_calibration.metrics import S99_THRESHOLD, bin_index, ece_from_sums, probabilities, sample_statistics
+from focal_calibration.metrics_extra import (SMECE_GRID, SortedGroups, adaptive_ece_weighted, check_extra,
+                                             extra_metrics)
 
 __all__ = ["bootstrap_ci", "bootstrap_samples"]
 
-_CHUNK_ELEMENTS = 2 ** 21  # elements of each [chunk, N]-sized float64 array (16 MiB)
+_CHUNK_ELEMENTS = 2 ** 21  # elements of each [N, chunk]-sized float64 array (16 MiB)
 _PROB_CHUNK_ELEMENTS = 2 ** 20  # rows of P converted to float64 at a time for w @ P
 
 
@@ -79,56 +83,22 @@ def resample_indices(rng: np.random.Generator, n_resamples: int, n_rows: int) ->
 
 
 def count_weights(indices: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Multinomial count weights ``w [C, N]`` (float64) of resample indices ``[C, N]``: how often each row was drawn."""
-    weights = torch.zeros(indices.shape[0], n_rows, dtype=torch.float64, device=indices.device)
-    return weights.scatter_add_(1, indices, torch.ones(indices.shape, dtype=torch.float64, device=indices.device))
+    """Multinomial count weights ``w [N, C]`` (float64; column c = resample c) of resample indices ``[C, N]``: how
+    often each row was drawn."""
+    chunk = indices.shape[0]
+    flat = indices * chunk + torch.arange(chunk, device=indices.device)[:, None]
+    return torch.bincount(flat.view(-1), minlength=n_rows * chunk).view(n_rows, chunk).to(torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Weighted metrics: each takes count weights w [C, N] and returns float64 [C]
+# Weighted metrics: each takes count weights w [N, C] and returns float64 [C]
 # ----------------------------------------------------------------------------------------------------------------
 
 def weighted_bin_sums(weights: torch.Tensor, bins: torch.Tensor, values: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """``out[c, b] = sum_i w[c, i] * values[i] * 1[bins[i] = b]`` (values None: counts)."""
-    weighted = weights if values is None else weights * values
-    return torch.zeros(weights.shape[0], n_bins, dtype=torch.float64, device=weights.device).index_add_(
-        1, bins, weighted)
-
-
-class _AdaptiveBins:
-    """The weight-independent part of weighted AdaECE: each row's tie group in sorted order and the bin boundaries."""
-
-    def __init__(self, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int):
-        n = confidence.shape[0]
-        sorted_conf, order = confidence.sort()
-        starts = torch.ones(n, dtype=torch.bool, device=confidence.device)
-        starts[1:] = sorted_conf[1:] != sorted_conf[:-1]
-        group_of_sorted = starts.cumsum(0) - 1
-        self.n_groups = int(group_of_sorted[-1]) + 1
-        self.group = torch.empty_like(group_of_sorted).scatter_(0, order, group_of_sorted)  # group of each row
-        self.gap = correct.to(torch.float64) - confidence.to(torch.float64)
-        # rank r is in bin floor(r M / N), so bin b starts at rank ceil(b N / M)
-        b = torch.arange(n_bins + 1, device=confidence.device)
-        self.boundaries = ((b * n + n_bins - 1) // n_bins).to(torch.float64)
-        self.n = n
-
-    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
-        chunk = weights.shape[0]
-        zeros = torch.zeros(chunk, self.n_groups, dtype=torch.float64, device=weights.device)
-        group_weight = zeros.index_add(1, self.group, weights)
-        group_gap = zeros.index_add(1, self.group, weights * self.gap)
-        ends = group_weight.cumsum(1)  # last rank (exclusive) of each group
-        cum_gap = group_gap.cumsum(1)
-        boundaries = self.boundaries.expand(chunk, -1).contiguous()
-        # g = number of groups that end at or before the boundary x: x lies in group g (ends[g-1] <= x < ends[g])
-        g = torch.searchsorted(ends, boundaries, right=True)
-        pad = torch.zeros(chunk, 1, dtype=torch.float64, device=weights.device)
-        ends_before = torch.cat([pad, ends], 1).gather(1, g)
-        gap_before = torch.cat([pad, cum_gap], 1).gather(1, g)
-        inside = g.clamp(max=self.n_groups - 1)  # x = N lies past the last group; its partial term is 0 anyway
-        per_rank = group_gap.gather(1, inside) / group_weight.gather(1, inside).clamp(min=1)
-        cumulative = gap_before + (boundaries - ends_before) * per_rank
-        return (cumulative[:, 1:] - cumulative[:, :-1]).abs().sum(1) / self.n
+    """``out[b, c] = sum_i w[i, c] * values[i] * 1[bins[i] = b]`` (values None: counts), ``[n_bins, C]``."""
+    weighted = weights if values is None else weights * values[:, None]
+    return torch.zeros(n_bins, weights.shape[1], dtype=torch.float64, device=weights.device).index_add_(
+        0, bins, weighted)
 
 
 class _ClasswiseBins:
@@ -147,14 +117,14 @@ class _ClasswiseBins:
 
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
         K, M = self.num_classes, self.n_bins
-        label_count = weighted_bin_sums(weights, self.label_bin, None, K * M).view(-1, K, M)
-        prob_sum = weighted_bin_sums(weights[:, self.upper_row], self.upper_bin, self.upper_value,
-                                     K * M).view(-1, K, M)
+        label_count = weighted_bin_sums(weights, self.label_bin, None, K * M).view(K, M, -1)
+        prob_sum = weighted_bin_sums(weights.index_select(0, self.upper_row), self.upper_bin, self.upper_value,
+                                     K * M).view(K, M, -1)
         rows_per_chunk = max(1, _PROB_CHUNK_ELEMENTS // K)
-        total = sum(weights[:, start:start + rows_per_chunk] @ self.probs[start:start + rows_per_chunk].to(
-            torch.float64) for start in range(0, self.n, rows_per_chunk))
-        prob_sum[:, :, 0] = total - prob_sum[:, :, 1:].sum(-1)  # first bin = class total - upper bins
-        return (label_count - prob_sum).abs().sum(-1).mean(-1) / self.n
+        total = sum(self.probs[start:start + rows_per_chunk].to(torch.float64).t()
+                    @ weights[start:start + rows_per_chunk] for start in range(0, self.n, rows_per_chunk))
+        prob_sum[:, 0] = total - prob_sum[:, 1:].sum(1)  # first bin = class total - upper bins
+        return (label_count - prob_sum).abs().sum(1).mean(0) / self.n
 
 
 def _probabilities_of(scores: torch.Tensor, from_logits: bool) -> torch.Tensor:
@@ -171,7 +141,7 @@ def _probabilities_of(scores: torch.Tensor, from_logits: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_resamples: int = 1000,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+                      seed: int = 0, extra=()) -> dict[str, np.ndarray]:
     """Bootstrap replicates of every numeric metric of :func:`calibration_metrics` (its keys, without ``n``).
 
     Args:
@@ -181,11 +151,15 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
         n_resamples: number of resamples (each N rows drawn with replacement).
         seed: seeds the resampling; the resamples depend only on ``(seed, N, n_resamples)`` (see the module docstring:
             the same seed on the same test set gives paired replicates for two models).
+        extra: metrics beyond the paper, as for :func:`calibration_metrics` (``ks``, ``ece_sweep`` and
+            ``debiased_l2_ece`` are weighted sums over the sorted samples; ``ece_sweep`` sweeps bin counts in blocks
+            and ``smece`` bisects its width, each vectorised over the resamples of a chunk).
 
     Returns:
         ``{metric: float64 array [n_resamples]}``; ``s99_accuracy`` is NaN for a resample with no S99 sample.
     """
     M = check_n_bins(n_bins)
+    extra = check_extra(extra)
     n_resamples = _check_n_resamples(n_resamples)
     seed = _check_seed(seed)
     scores, labels, from_logits = prepare_scores(labels, logits, probs, None)
@@ -214,10 +188,10 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
     confidence64 = stats.confidence.to(f64)
     correct64 = stats.correct.to(f64)
     equal_width_bin = bin_index(stats.confidence, M)
-    adaptive = _AdaptiveBins(stats.confidence, stats.correct, M)
+    groups = SortedGroups(stats.confidence, stats.correct)
     classwise = _ClasswiseBins(stats, labels, _probabilities_of(scores, from_logits), M)
 
-    widest = max(n, stats.upper_value.numel(), num_classes * M)
+    widest = max(n, stats.upper_value.numel(), num_classes * M, 4 * SMECE_GRID if "smece" in extra else 0)
     chunk = max(1, _CHUNK_ELEMENTS // widest)
     rng = np.random.Generator(np.random.PCG64(seed))
     parts = []
@@ -225,10 +199,11 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
         indices = torch.from_numpy(resample_indices(rng, min(chunk, n_resamples - start), n)).to(device)
         weights = count_weights(indices, n)
         del indices
-        sums = weights @ per_row
-        count = weighted_bin_sums(weights, equal_width_bin, None, M)
-        ece, mce = ece_from_sums(count, weighted_bin_sums(weights, equal_width_bin, confidence64, M),
-                                 weighted_bin_sums(weights, equal_width_bin, correct64, M))
+        sums = (per_row.t() @ weights).t()  # [C, columns]
+        cumulative = groups.cumulative(weights)
+        count = weighted_bin_sums(weights, equal_width_bin, None, M).t()
+        ece, mce = ece_from_sums(count, weighted_bin_sums(weights, equal_width_bin, confidence64, M).t(),
+                                 weighted_bin_sums(weights, equal_width_bin, correct64, M).t())
         accuracy = sums[:, column["accuracy"]] / n
         s99_count = sums[:, column["s99"]]
         part = {
@@ -238,13 +213,14 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
             "nll": torch.where(sums[:, column["nll_infinite"]] > 0, math.inf, sums[:, column["nll"]] / n),
             "brier": sums[:, column["brier"]] / n,
             "ece": ece,
-            "adaece": adaptive(weights),
+            "adaece": adaptive_ece_weighted(groups, weights, M, cumulative),
             "mce": mce,
             "classwise_ece": classwise(weights),
             "s99": s99_count / n,
             "s99_accuracy": torch.where(s99_count > 0, sums[:, column["s99_correct"]] / s99_count.clamp(min=1),
                                         math.nan),
             "entropy": sums[:, column["entropy"]] / n,
+            **extra_metrics(extra, stats.confidence, stats.correct, M, weights, groups=groups, cumulative=cumulative),
         }
         parts.append({key: value for key, value in part.items() if value is not None})
     return {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
@@ -263,7 +239,7 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
 
 
 def bootstrap_ci(labels, *, logits=None, probs=None, n_bins: int = 15, n_resamples: int = 1000,
-                 confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float] | None]:
+                 confidence: float = 0.95, seed: int = 0, extra=()) -> dict[str, tuple[float, float] | None]:
     """Percentile bootstrap intervals for every numeric metric of :func:`calibration_metrics` (its keys without n).
 
     The interval of a metric is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles (linear
@@ -272,5 +248,5 @@ def bootstrap_ci(labels, *, logits=None, probs=None, n_bins: int = 15, n_resampl
     """
     confidence = _check_confidence(confidence)
     samples = bootstrap_samples(labels, logits=logits, probs=probs, n_bins=n_bins, n_resamples=n_resamples,
-                                seed=seed)
+                                seed=seed, extra=extra)
     return {key: percentile_interval(values, confidence) for key, values in samples.items()}

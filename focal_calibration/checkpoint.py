@@ -21,7 +21,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "check_resume_compatible"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
+           "check_resume_compatible"]
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -2,7 +2,8 @@
 
 * :class:`ArgumentParser` + :func:`run_cli`: a user's mistake (a bad flag value, missing data, an incompatible
   resume) ends as ONE line ``prog: error: <message>`` on stderr with exit status 2, never a traceback; errors count
-  as the user's when they are ``ValueError`` or derive from :class:`UserError` (e.g. :class:`DataNotFoundError`).
+  as the user's when they are ``ValueError`` or derive from :class:`UserError` (e.g. :class:`DataNotFoundError`,
+  or :class:`MissingExtraError` from :func:`require_extra` when an optional dependency is not installed).
 * :class:`HelpFormatter`: each default printed once (argparse's ``ArgumentDefaultsHelpFormatter`` appends
   ``(default: X)`` even when the help text already states the default).
 * :func:`add_run_arguments`: the flags with one meaning in every trainer (``--data-dir``, ``--output-dir``,
@@ -52,6 +53,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -65,10 +67,11 @@ from focal_calibration._internal import json_ready
 from focal_calibration.checkpoint import atomic_write, check_resume_compatible, load_checkpoint, save_checkpoint
 from focal_calibration.evaluation import write_json_atomic
 
-__all__ = ["UserError", "DataNotFoundError", "HelpFormatter", "ArgumentParser", "run_cli", "add_run_arguments",
-           "positive_int", "nonnegative_int", "seed_everything", "set_threads", "RESUME_ALLOWED",
-           "run_defining_keys", "check_resume", "stored_args", "CHECKPOINT_FORMAT_VERSION", "save_run_checkpoint",
-           "load_run_checkpoint", "load_resume_state", "load_state_dicts", "default_output_dir", "RunFolder"]
+__all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "require_extra", "HelpFormatter", "ArgumentParser",
+           "run_cli", "RUN_FLAGS", "add_run_arguments", "positive_int", "nonnegative_int", "seed_everything",
+           "set_threads", "RESUME_ALLOWED", "run_defining_keys", "check_resume", "stored_args",
+           "CHECKPOINT_FORMAT_VERSION", "save_run_checkpoint", "load_run_checkpoint", "load_resume_state",
+           "load_state_dicts", "default_output_dir", "RunFolder"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,6 +83,24 @@ class UserError(Exception):
 
 class DataNotFoundError(UserError, FileNotFoundError):
     """Data files are not where they were looked for; the message says where, and how to get them."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require_extra(module: str, extra: str, what: str):
+    """Import ``module``, or raise :class:`MissingExtraError` saying that ``what`` needs the project's ``extra``.
+
+    Only the module's own absence is translated: an installed module that fails to import keeps its error.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        if error.name is None or module.split(".")[0] != error.name.split(".")[0]:
+            raise
+        raise MissingExtraError(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                                f"pip install 'focal-calibration[{extra}]'") from error
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -157,33 +178,45 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+RUN_FLAGS = ("data_dir", "output_dir", "resume", "limit_train", "limit_eval", "split_seed", "seed", "device",
+             "threads", "progress")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, data_help: str = "folder with the data files",
+                      output_help: str = "run folder (default: results/<suite>/<name>-<hash of the run-defining "
+                                         "options>, one folder per run)",
                       threads_help: str = "torch.set_num_threads (default: torch's choice)",
-                      title: str = "run") -> argparse._ArgumentGroup:
-    """Add the flags that mean the same in every trainer; returns their argument group.
+                      flags: Sequence[str] = RUN_FLAGS, title: str = "run") -> argparse._ArgumentGroup:
+    """Add the flags that mean the same in every trainer (``flags``: a subset of :data:`RUN_FLAGS`, e.g. for an
+    evaluator); returns their argument group.
 
     ``--output-dir`` defaults to None: the trainer resolves it with :func:`default_output_dir` (one folder per run).
     ``--progress`` defaults to None: progress bars only when stderr is a terminal.
     """
-    group = parser.add_argument_group(title)
-    group.add_argument("--data-dir", default=None, help=data_help)
-    group.add_argument("--output-dir", default=None,
-                       help="run folder (default: results/<suite>/<name>-<hash of the run-defining options>, one "
-                            "folder per run)")
-    group.add_argument("--resume", default=None, metavar="auto|PATH",
+    unknown = sorted(set(flags) - set(RUN_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown run flags {unknown}; choose from {list(RUN_FLAGS)}")
+    definitions = {
+        "data_dir": dict(default=None, help=data_help),
+        "output_dir": dict(default=None, help=output_help),
+        "resume": dict(default=None, metavar="auto|PATH",
                        help="continue from a checkpoint ('auto': OUTPUT_DIR/checkpoint.pt if it exists, else start); "
-                            "refused if a run-defining option changed")
-    group.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
-                       help="train on the first N training examples only (quick runs)")
-    group.add_argument("--limit-eval", type=positive_int, default=None, metavar="N",
-                       help="evaluate on the first N validation / test examples only")
-    group.add_argument("--split-seed", type=int, default=1,
-                       help="seed of the train / validation split (independent of --seed)")
-    group.add_argument("--seed", type=int, default=1, help="seed of initialisation, order and augmentation")
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    group.add_argument("--threads", type=positive_int, default=None, metavar="N", help=threads_help)
-    group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="progress bars (default: only when stderr is a terminal)")
+                            "refused if a run-defining option changed"),
+        "limit_train": dict(type=positive_int, default=None, metavar="N",
+                            help="train on the first N training examples only (quick runs)"),
+        "limit_eval": dict(type=positive_int, default=None, metavar="N",
+                           help="evaluate on the first N validation / test examples only"),
+        "split_seed": dict(type=int, default=1, help="seed of the train / validation split (independent of --seed)"),
+        "seed": dict(type=int, default=1, help="seed of initialisation, order and augmentation"),
+        "device": dict(default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+        "threads": dict(type=positive_int, default=None, metavar="N", help=threads_help),
+        "progress": dict(action=argparse.BooleanOptionalAction, default=None,
+                         help="progress bars (default: only when stderr is a terminal)"),
+    }
+    group = parser.add_argument_group(title)
+    for dest in RUN_FLAGS:
+        if dest in flags:
+            group.add_argument("--" + dest.replace("_", "-"), **definitions[dest])
     return group
 
 
@@ -219,8 +252,8 @@ def run_defining_keys(parser: argparse.ArgumentParser, allowed: Iterable[str] = 
     """The argparse dests of ``parser`` minus ``allowed`` (and help / version actions), plus ``extra`` (values a
     trainer derives after parsing, e.g. the world size), sorted."""
     allowed = set(allowed)
-    keys = {action.dest for action in parser._actions
-            if action.dest != argparse.SUPPRESS and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))}
+    keys = {action.dest for action in parser._actions if action.dest != argparse.SUPPRESS
+            and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))}
     return tuple(sorted((keys - allowed) | set(extra)))
 
 
@@ -304,11 +337,11 @@ class RunFolder:
         self.checkpoint = self.path / "checkpoint.pt"
 
     def resume_path(self, resume: str | None) -> Path | None:
-        """The checkpoint ``--resume`` names ('auto': this folder's, if any). A fresh run (None) into a folder that
-        holds a run is refused: nothing is overwritten silently."""
-        if resume == "auto":
-            return self.checkpoint if self.checkpoint.exists() else None
-        if resume is not None:
+        """The checkpoint ``--resume`` names ('auto': this folder's, if any). A fresh run (None, or 'auto' without a
+        checkpoint) into a folder that holds a run is refused: nothing is overwritten silently."""
+        if resume == "auto" and self.checkpoint.exists():
+            return self.checkpoint
+        if resume not in (None, "auto"):
             return Path(resume)
         existing = [p.name for p in (self.checkpoint, self.results) if p.exists()]
         if existing:

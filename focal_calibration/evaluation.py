@@ -6,6 +6,8 @@ One entry point, :func:`evaluate_calibration`, turns validation and test logits 
   (b), "which we find to produce stronger baselines"); the NLL-fitted T (approach (a), Guo et al.) is reported too.
 * Test metrics (error, top-5 error, NLL, Brier, ECE, AdaECE, MCE, classwise ECE, S99 and its accuracy, entropy) come
   from :func:`focal_calibration.metrics.calibration_metrics` before scaling, at T_ece and at T_nll.
+* Beyond the paper, the same test metrics after vector scaling and matrix scaling (Guo et al. 2017) fitted on the
+  validation split (:mod:`focal_calibration.scaling`), with the policy of :func:`matrix_scaling_plan`.
 
 A results JSON per run (:func:`make_run_record`, :func:`write_json_atomic`) holds
 ``{"suite", "dataset", "model", "loss", "seed", "args", "evaluation", "paths"}``; ``scripts/results_table.py`` reads
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -25,12 +26,42 @@ import torch
 from focal_calibration._internal import as_tensor, check_n_bins, json_ready
 from focal_calibration.checkpoint import atomic_write
 from focal_calibration.metrics import calibration_metrics, reliability_bins
+from focal_calibration.scaling import fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.temperature import fit_temperature
 
-__all__ = ["evaluate_calibration", "save_reliability_diagrams", "write_json_atomic", "read_results",
-           "make_run_record", "RESULTS_FORMAT_VERSION"]
+__all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diagrams", "write_json_atomic",
+           "read_results", "make_run_record", "RESULTS_FORMAT_VERSION", "MATRIX_SCALING_COST_LIMIT"]
 
 RESULTS_FORMAT_VERSION = 1
+MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")
+# N_val * K^2: multiply-adds of one pass of matrix scaling over the validation set. ODIR's cross-validation makes
+# ~2,000 passes (x 2 matmuls): 5,000 x 100 (CIFAR-100 sized, N K^2 = 5e7) took 5.5-12 s of CPU time here, so the
+# limit 2^27 (1.3e8) bounds "auto" near half a minute of CPU; larger problems (Tiny-ImageNet's 10,000 x 200, ImageNet)
+# are skipped with the reason recorded, and matrix_scaling="odir" or "plain" forces them.
+MATRIX_SCALING_COST_LIMIT = 2 ** 27
+
+
+def matrix_scaling_plan(n: int, k: int, mode: str = "auto", *, labels_cover_classes: bool = True) -> tuple:
+    """How :func:`evaluate_calibration` fits matrix scaling on ``n`` validation samples of ``k`` classes:
+    ``("plain", None)``, ``("odir", None)`` or ``("skip", reason)``.
+
+    ``"auto"``: Guo et al.'s unregularised fit when it has at least 10 validation samples per parameter
+    (K² + K <= N / 10) and every class occurs among the validation labels; otherwise ODIR with λ = μ chosen by 3-fold
+    cross-validation (Kull et al.); skipped when N · K² > ``MATRIX_SCALING_COST_LIMIT``. ``"plain"`` / ``"odir"``
+    force one fit, ``"off"`` skips.
+    """
+    if mode not in MATRIX_SCALING_MODES:
+        raise ValueError(f"matrix_scaling must be one of {MATRIX_SCALING_MODES}, got {mode!r}")
+    if mode == "off":
+        return "skip", "matrix_scaling='off'"
+    if mode != "auto":
+        return mode, None
+    if n * k * k > MATRIX_SCALING_COST_LIMIT:
+        return "skip", (f"N_val * K^2 = {n} * {k}^2 = {n * k * k:,} exceeds MATRIX_SCALING_COST_LIMIT = "
+                        f"{MATRIX_SCALING_COST_LIMIT:,} (pass matrix_scaling='odir' to fit it anyway)")
+    if k * k + k <= n / 10 and labels_cover_classes:
+        return "plain", None
+    return "odir", None
 
 
 def _as_logits(logits, name: str) -> torch.Tensor:
@@ -42,19 +73,24 @@ def _as_logits(logits, name: str) -> torch.Tensor:
     return tensor.detach()
 
 
-def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_bins: int = 15) -> dict:
+def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_bins: int = 15,
+                         matrix_scaling: str = "auto") -> dict:
     """Pre / post temperature-scaling metrics of one model (§5.1, Tables 1-2, Appendix E-F), JSON-ready.
 
     Args:
         val_logits / val_labels: the held-out validation split ``[N_val, K]`` / ``[N_val]`` that chooses T.
         test_logits / test_labels: the test split ``[N_test, K]`` / ``[N_test]`` that is reported.
         n_bins: bins of ECE / AdaECE / MCE / classwise ECE (the paper uses 15).
+        matrix_scaling: ``"auto"`` (see :func:`matrix_scaling_plan`), ``"plain"``, ``"odir"`` or ``"off"``.
 
     Returns:
         ``{"n_bins", "temperature" (T minimising validation ECE on the paper's grid), "temperature_nll" (T
         minimising validation NLL, L-BFGS on log T), "pre", "post", "post_nll" (test metrics before scaling, at
-        T and at T_nll), "val_pre", "val_post" (validation metrics before scaling and at T)}``; every metric dict is
-        :func:`~focal_calibration.metrics.calibration_metrics`'s (fractions, not %).
+        T and at T_nll), "val_pre", "val_post" (validation metrics before scaling and at T), "post_vs", "post_ms"
+        (test metrics after vector / matrix scaling fitted on the validation split, or None when skipped),
+        "vector_scaling", "matrix_scaling" (the fits' :meth:`~focal_calibration.scaling.ScalingFit.summary`, or
+        ``{"skipped": reason}``)}``; every metric dict is :func:`~focal_calibration.metrics.calibration_metrics`'s
+        (fractions, not %).
     """
     n_bins = check_n_bins(n_bins)
     val_logits, test_logits = _as_logits(val_logits, "val_logits"), _as_logits(test_logits, "test_logits")
@@ -62,6 +98,8 @@ def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_
         raise ValueError(f"val_logits and test_logits must have the same number of classes, got "
                          f"{val_logits.shape[-1]} and {test_logits.shape[-1]}")
     val_labels, test_labels = as_tensor(val_labels, "val_labels"), as_tensor(test_labels, "test_labels")
+    if matrix_scaling not in MATRIX_SCALING_MODES:
+        raise ValueError(f"matrix_scaling must be one of {MATRIX_SCALING_MODES}, got {matrix_scaling!r}")
 
     fit_ece = fit_temperature(val_logits, val_labels, objective="ece", n_bins=n_bins)
     fit_nll = fit_temperature(val_logits, val_labels, objective="nll", method="lbfgs", n_bins=n_bins)
@@ -73,6 +111,7 @@ def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_
         return calibration_metrics(labels, logits=scaled / temperature if temperature != 1.0 else scaled,
                                    n_bins=n_bins)
 
+    vector, matrix = _post_hoc_maps(val_logits, val_labels, n_bins, matrix_scaling)
     return {
         "n_bins": n_bins,
         "temperature": t_ece,
@@ -82,7 +121,35 @@ def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_
         "post_nll": metrics(test_logits, test_labels, t_nll),
         "val_pre": metrics(val_logits, val_labels),
         "val_post": metrics(val_logits, val_labels, t_ece),
+        "post_vs": _scaled_metrics(vector, test_logits, test_labels, n_bins),
+        "post_ms": _scaled_metrics(matrix, test_logits, test_labels, n_bins),
+        "vector_scaling": vector if isinstance(vector, dict) else vector.summary(),
+        "matrix_scaling": matrix if isinstance(matrix, dict) else matrix.summary(),
     }
+
+
+def _post_hoc_maps(val_logits, val_labels, n_bins: int, matrix_scaling: str):
+    """Vector and matrix scaling fitted on the validation split, each a ScalingFit or ``{"skipped": reason}``."""
+    labels = val_labels.reshape(-1).long()
+    n, k = labels.numel(), val_logits.shape[-1]
+    covered = bool(torch.bincount(labels.clamp(0, k - 1), minlength=k).all()) if n else False
+    if k < 2:
+        return ({"skipped": f"K = {k}: no map to fit"},) * 2
+    if 2 * k > n or not covered:
+        vector = {"skipped": f"unregularised vector scaling needs 2K <= N_val and every class among the validation "
+                             f"labels (K = {k}, N_val = {n}, all classes present: {covered})"}
+    else:
+        vector = fit_vector_scaling(val_logits, val_labels, n_bins=n_bins)
+    plan, reason = matrix_scaling_plan(n, k, matrix_scaling, labels_cover_classes=covered)
+    if plan == "skip":
+        matrix = {"skipped": reason}
+    else:
+        matrix = fit_matrix_scaling(val_logits, val_labels, odir="cv" if plan == "odir" else None, n_bins=n_bins)
+    return vector, matrix
+
+
+def _scaled_metrics(fit, logits, labels, n_bins: int):
+    return None if isinstance(fit, dict) else calibration_metrics(labels, logits=fit.scale(logits), n_bins=n_bins)
 
 
 def save_reliability_diagrams(test_logits, test_labels, temperature: float, out_dir, *, n_bins: int = 15,

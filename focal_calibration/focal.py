@@ -27,7 +27,7 @@ from focal_calibration._internal import (check_finite, check_nonnegative_number,
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
-__all__ = ["focal_loss", "g", "gamma_star", "optimal_confidence"]
+__all__ = ["focal_loss", "fused_row_loss", "g", "gamma_star", "optimal_confidence"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -46,7 +46,11 @@ def focal_terms(log_p: torch.Tensor, gamma) -> tuple[torch.Tensor, torch.Tensor]
 
 
 class _FocalLossFunction(torch.autograd.Function):
-    """Per-row focal loss of 2-D logits; the gradient is g · (softmax - onehot).
+    """Per-row loss L(log p_y; γ) of 2-D logits; the gradient is c · (softmax - onehot) with c = -dL/d(log p_y).
+
+    Every loss that depends on the logits only through log p_y has this gradient. ``row_terms(log_p, γ) -> (loss, c)``
+    gives both per row; the default :func:`focal_terms` is focal loss, where c = g(p_y, γ) (Proposition 1). γ is the
+    per-row parameter row_terms takes: a number, a per-row tensor, or a callable of the detached p_y.
 
     keep_softmax=True (default): the forward's softmax buffer is kept and the backward turns it into the gradient in
     place (one pass, no exp) -- as much memory between forward and backward as F.cross_entropy keeps (its log-softmax),
@@ -54,7 +58,7 @@ class _FocalLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, gamma, ignore_index, keep_softmax):
+    def forward(ctx, logits, target, gamma, ignore_index, keep_softmax, row_terms=focal_terms):
         z = logits.to(compute_dtype(logits.dtype))  # no copy for float32/64; float32 compute for half / bfloat16
         valid = target != ignore_index
         safe_target = torch.where(valid, target, torch.zeros_like(target))
@@ -73,7 +77,7 @@ class _FocalLossFunction(torch.autograd.Function):
             gamma = gamma(torch.exp(log_p))
         if isinstance(gamma, torch.Tensor):
             gamma = gamma.to(device=log_p.device, dtype=log_p.dtype)
-        loss, g_factor = focal_terms(log_p, gamma)
+        loss, g_factor = row_terms(log_p, gamma)
         zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
         loss = torch.where(valid, loss, zero)
         g_factor = torch.where(valid, g_factor, zero)
@@ -103,7 +107,7 @@ class _FocalLossFunction(torch.autograd.Function):
         coef = (grad_loss.to(g_factor.dtype) * g_factor)[:, None]
         grad.mul_(coef)  # softmax · coef
         grad.scatter_add_(1, safe_target[:, None], -coef)
-        return grad.to(ctx.logits_dtype), None, None, None, None
+        return (grad.to(ctx.logits_dtype),) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *, reduction: str = "mean",
@@ -123,7 +127,8 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
             backward (least memory between forward and backward; allows ``retain_graph``).
 
     The gradient w.r.t. the logits is ``g(p_y, γ) · (softmax - onehot)`` (Proposition 1 applied to the logits).
-    Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient has the logits' dtype.
+    Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient
+    has the logits' dtype.
     """
     check_reduction(reduction)
     logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss")
@@ -135,6 +140,18 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
         return total
     n_valid = (target1d != ignore_index).sum().clamp_min(1)
     return total / n_valid
+
+
+def fused_row_loss(logits2d: torch.Tensor, target1d: torch.Tensor, row_terms, param, *, ignore_index: int = -100,
+                   keep_softmax: bool = True) -> torch.Tensor:
+    """Per-row values ``[N]`` of any loss L(log p_y; θ) through the fused kernel above (forward keeps the softmax, the
+    backward turns it into c·(softmax - onehot) in place).
+
+    ``row_terms(log_p, θ) -> (loss, c)`` with c = -dL/d(log p_y), elementwise over the rows; ``param`` θ is a number,
+    a per-row tensor or a callable of the detached p_y. Inputs are already flattened and checked (``logits2d [N, K]``,
+    ``target1d [N]``, as :class:`focal_calibration.losses.CalibrationLoss` does); ignored rows give 0.
+    """
+    return _FocalLossFunction.apply(logits2d, target1d, param, ignore_index, keep_softmax, row_terms)
 
 
 # ----------------------------------------------------------------------------------------------------------------

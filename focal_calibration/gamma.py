@@ -3,18 +3,23 @@
 A policy is called with the detached true-class probabilities p_y of a batch and returns γ: a float (fixed and
 scheduled policies) or a per-sample tensor (sample-dependent ones), computed on the device without a host sync.
 Trainers call ``set_epoch(epoch)`` (0-based) at the start of every epoch; policies that ignore the epoch accept it too.
+
+:func:`parse_gamma_policy` turns a paper-style spec (``fl-3``, ``flsc-531``, ``flsd-53``, ``flsd-prop2-0.2-0.25``)
+into a policy; ``build_loss`` and the fairseq criterion both use it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
 
-from focal_calibration._internal import check_nonnegative_number
+from focal_calibration._internal import check_nonnegative_number, parse_finite_number
 from focal_calibration.focal import gamma_star
 
-__all__ = ["GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy"]
+__all__ = ["GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy",
+           "parse_gamma_policy", "flsc_milestones"]
 
 
 class GammaPolicy:
@@ -53,7 +58,8 @@ def _check_gammas(gammas: Sequence[float]) -> tuple[float, ...]:
 class EpochScheduledGamma(GammaPolicy):
     """FLSc (Appendix E): γ = gammas[i] for milestones[i-1] <= epoch < milestones[i] (0-based epochs).
 
-    FLSc-531 is ``EpochScheduledGamma((5, 3, 1), milestones=(100, 250))``: γ = 5 for epochs 0-99, 3 for 100-249, 1 after.
+    FLSc-531 is ``EpochScheduledGamma((5, 3, 1), milestones=(100, 250))``: γ = 5 for epochs 0-99, 3 for 100-249,
+    1 after.
     """
 
     def __init__(self, gammas: Sequence[float], milestones: Sequence[int]):
@@ -127,3 +133,87 @@ def prop2_gamma_policy(p0s: Sequence[float]) -> GammaPolicy:
     if len(gammas) == 1:
         return FixedGamma(gammas[0])
     return SampleDependentGamma(gammas, thresholds=p0s[:-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Specs
+
+GAMMA_POLICY_FORMS = ("fl-<gamma>", "flsc-<gammas>", "flsd-<gammas>", "flsd-prop2-<p0>[-<p0>...]")
+# Appendix E: FLSc changes γ after 100 and after 250 of the recipe's 350 epochs.
+_FLSC_MILESTONE_EPOCHS, _FLSC_RECIPE_EPOCHS = (100, 250), 350
+_DEFAULT_THRESHOLDS = {2: (0.2,), 3: (0.2, 0.5)}  # §4 FLSD-53 and Appendix E FLSD-532
+
+
+def _spec_error(spec: str, why: str) -> ValueError:
+    return ValueError(f"unknown loss spec {spec!r}: {why}. Valid γ-policy forms: {', '.join(GAMMA_POLICY_FORMS)}")
+
+
+def _number(text: str, spec: str) -> float:
+    try:
+        return parse_finite_number(text)
+    except ValueError as error:
+        raise _spec_error(spec, str(error)) from None
+
+
+def _gamma_list(text: str, spec: str) -> list[float]:
+    if "," in text:
+        return [_number(t, spec) for t in text.split(",")]
+    if re.fullmatch(r"\d+", text):
+        return [float(c) for c in text]
+    raise _spec_error(spec, f"γ list {text!r} must be digits (531) or comma-separated numbers (5,3,1.5)")
+
+
+def flsc_milestones(epochs: int) -> tuple[int, int]:
+    """FLSc's milestones for a run of ``epochs`` epochs: Appendix E's 100 and 250 of 350 epochs as fractions of the
+    run (100/350 and 250/350 of ``epochs``, rounded half up), so ``epochs=350`` gives the paper's (100, 250) and a
+    30-epoch run (9, 21). Needs at least 3 epochs (three distinct phases)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 3:
+        raise ValueError(f"an epoch-scheduled γ with three phases needs a run of at least 3 epochs, got "
+                         f"epochs={epochs!r}")
+    half = _FLSC_RECIPE_EPOCHS // 2  # exact integer rounding: (epochs·k + 175) // 350
+    return tuple((epochs * k + half) // _FLSC_RECIPE_EPOCHS for k in _FLSC_MILESTONE_EPOCHS)
+
+
+def parse_gamma_policy(spec: str, *, milestones=None, thresholds=None, epochs=None) -> GammaPolicy:
+    """The γ policy of a focal-loss spec: ``fl-<γ>`` (fixed), ``flsc-<γs>`` (epoch-scheduled), ``flsd-<γs>``
+    (sample-dependent), ``flsd-prop2-<p0>[-<p0>...]`` (Proposition 2). γ lists are digits (``531``) or
+    comma-separated (``5,3,1.5``).
+
+    FLSc needs the run length: without ``milestones``, ``epochs`` (the run's number of epochs) places the γ changes at
+    100/350 and 250/350 of the run (:func:`flsc_milestones`; the paper's 100 and 250 of 350 epochs), and a spec
+    without both is refused -- Appendix E's absolute (100, 250) silently make ``flsc-531`` plain FL-5 on a run of
+    fewer than 101 epochs. Explicit ``milestones`` are refused when ``epochs`` is given and the last milestone is
+    not below it (the last γ would never be used). ``thresholds`` override FLSD's (0.2,) / (0.2, 0.5).
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"loss spec must be a string, got {spec!r}")
+    name = spec.strip().lower()
+    if name.startswith("flsd-prop2-"):
+        return prop2_gamma_policy([_number(t, spec) for t in name[len("flsd-prop2-"):].split("-")])
+    if name.startswith("flsc-"):
+        gammas = _gamma_list(name[5:], spec)
+        if milestones is None:
+            if len(gammas) != 3:
+                raise _spec_error(spec, f"{len(gammas)} scheduled γ values need explicit milestones=")
+            if epochs is None:
+                raise ValueError(f"{spec!r} needs the run length to place its γ changes: pass epochs=<the run's "
+                                 f"epochs> (changes after 100/350 and 250/350 of the run, Appendix E) or explicit "
+                                 f"milestones=")
+            try:
+                milestones = flsc_milestones(epochs)
+            except ValueError as error:
+                raise ValueError(f"{spec!r}: {error}") from None
+        policy = EpochScheduledGamma(gammas, milestones)
+        if epochs is not None and policy.milestones[-1] >= epochs:
+            raise ValueError(f"{spec!r}: milestones {list(policy.milestones)} do not fit a run of {epochs} epochs "
+                             f"(the last γ would never be used); give milestones below {epochs}")
+        return policy
+    if name.startswith("flsd-"):
+        gammas = _gamma_list(name[5:], spec)
+        bands = thresholds if thresholds is not None else _DEFAULT_THRESHOLDS.get(len(gammas))
+        if bands is None:
+            raise _spec_error(spec, f"{len(gammas)} sample-dependent γ values need explicit thresholds=")
+        return SampleDependentGamma(gammas, bands)
+    if name.startswith("fl-"):
+        return FixedGamma(_number(name[3:], spec))
+    raise _spec_error(spec, "not a focal-loss γ policy")

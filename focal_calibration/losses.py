@@ -3,7 +3,10 @@
 Every loss takes ``logits[..., K]`` (classes last, any leading shape) and integer ``target[...]``, skips entries equal
 to ``ignore_index``, and reduces with ``"mean"`` (over non-ignored entries; 0 if none), ``"sum"`` or ``"none"``.
 The official code trains CE / focal losses with ``"sum"`` and Brier with a per-batch mean; trainers choose and say so.
-``loss.set_epoch(epoch)`` feeds epoch-scheduled γ (a no-op for the others).
+Trainers call three hooks on every loss (no-ops where a loss has no use for them): ``set_epoch(epoch)`` at the start
+of each epoch (epoch-scheduled γ), ``observe_validation(val_logits, val_labels)`` after each epoch when
+``uses_validation`` is true (AdaFocal), and ``describe_state()`` for the epoch's log line. A loss's own state is in
+registered buffers, so ``state_dict()`` / ``load_state_dict()`` carry it into checkpoints.
 
 Spec names (Tables 1, 2 and Appendix E of the paper):
 
@@ -19,33 +22,53 @@ Spec names (Tables 1, 2 and Appendix E of the paper):
 ``flsd-prop2-<p0s>``   sample-dependent γ from Proposition 2, e.g. ``flsd-prop2-0.2-0.25`` (γ*(0.2), γ*(0.25))
 =====================  =======================================================================================
 
-γ lists are single digits (``531``) or comma-separated (``5,3,1.5``).
+Beyond the paper (options as keyword arguments of ``build_loss``):
+
+=========================  ===================================================================================
+``adafocal``               AdaFocal (Ghosh et al. 2022): γ per validation confidence bin, updated every epoch
+                           through ``observe_validation``; options ``lam``, ``gamma_init``, ``switch_threshold``,
+                           ``gamma_min``, ``gamma_max``, ``n_bins``
+``inverse-focal-<γ>``      inverse focal loss -(1 + p_y)^γ log p_y (Wang et al. 2021)
+``dual-focal-<γ>``         dual focal loss -(1 - p_y + p_j)^γ log p_y (Tao et al. 2023); option ``pj``
+``poly-<ε>``               Poly-1: CE + ε (1 - p_y) (Leng et al. 2022), ε >= -1
+``mbls-<m>-<λ>``           margin-based label smoothing CE + λ·penalty(max_j z_j - z_k - m) (Liu et al. 2022);
+                           option ``normalization``
+=========================  ===================================================================================
+
+γ lists are single digits (``531``) or comma-separated (``5,3,1.5``). Losses that depend on the logits only through
+log p_y (focal, inverse focal, AdaFocal, Poly-1) share the fused analytic backward of
+:func:`focal_calibration.focal.fused_row_loss`; dual focal and MbLS use plain autograd over their formulas.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from focal_calibration._internal import (check_labels_in_range, check_nonnegative_number, check_reduction,
-                                         compute_dtype, flatten_scores_and_labels, value_checks_enabled)
-from focal_calibration.focal import focal_loss
-from focal_calibration.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
-                                     prop2_gamma_policy)
+from focal_calibration._internal import (check_finite, check_labels_in_range, check_n_bins, check_nonnegative_number,
+                                         check_reduction, compute_dtype, flatten_scores_and_labels,
+                                         parse_finite_number, value_checks_enabled)
+from focal_calibration.adafocal import adafocal_update, bin_calibration_gaps, bin_of, equal_mass_edges
+from focal_calibration.focal import focal_loss, fused_row_loss
+from focal_calibration.gamma import GAMMA_POLICY_FORMS, FixedGamma, GammaPolicy, parse_gamma_policy
+from focal_calibration.row_terms import inverse_focal_terms, poly1_terms, signed_focal_terms
 
 __all__ = ["CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss",
-           "mmce_weighted", "build_loss", "PAPER_LOSS_SPECS"]
+           "mmce_weighted", "InverseFocalLoss", "AdaFocalLoss", "DualFocalLoss", "PolyLoss",
+           "MarginLabelSmoothingLoss", "build_loss", "PAPER_LOSS_SPECS", "BEYOND_PAPER_LOSS_SPECS"]
 
 PAPER_LOSS_SPECS = ("ce", "ls-0.05", "brier", "mmce-2", "fl-1", "fl-2", "fl-3", "flsc-531", "flsc-532", "flsd-53",
                     "flsd-532", "flsd-prop2-0.2-0.25")
+BEYOND_PAPER_LOSS_SPECS = ("adafocal", "inverse-focal-2", "dual-focal-5", "poly-1", "mbls-10-0.1")
 
 
 class CalibrationLoss(nn.Module):
-    """Shared plumbing: flattening, label checks, ignore_index, reduction, set_epoch."""
+    """Shared plumbing: flattening, label checks, ignore_index, reduction, and the trainers' hooks."""
+
+    uses_validation = False  # True: trainers must call observe_validation after every epoch
 
     def __init__(self, reduction: str = "mean", ignore_index: int = -100):
         super().__init__()
@@ -55,13 +78,33 @@ class CalibrationLoss(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Called by trainers at the start of each epoch (0-based)."""
 
-    def _prepare(self, logits, target):
-        """Return float logits [N, K] (fp32 for half inputs), safe targets [N], and the non-ignored mask [N]."""
+    def observe_validation(self, val_logits: torch.Tensor, val_labels: torch.Tensor) -> None:
+        """Called by trainers after each epoch with the validation set's logits and labels (AdaFocal)."""
+
+    def describe_state(self) -> dict:
+        """The loss's adaptive state as JSON-ready values for the epoch's log line ({} for stateless losses)."""
+        return {}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module's, with a ValueError naming the loss when the state does not fit (e.g. a checkpoint written
+        before the loss had state)."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as error:
+            raise ValueError(f"cannot restore the state of {type(self).__name__}: {error}") from None
+
+    def _flatten_checked(self, logits, target):
+        """Flattened logits [N, K] and targets [N] (with ignore_index entries), shapes and label range checked."""
         logits2d, target1d = flatten_scores_and_labels(logits, target)
         if logits2d.shape[0] == 0:
             raise ValueError(f"{type(self).__name__} got an empty batch (logits shape {tuple(logits.shape)})")
         if value_checks_enabled(target1d):
             check_labels_in_range(target1d, logits2d.shape[1], self.ignore_index)
+        return logits2d, target1d
+
+    def _prepare(self, logits, target):
+        """Return float logits [N, K] (fp32 for half inputs), safe targets [N], and the non-ignored mask [N]."""
+        logits2d, target1d = self._flatten_checked(logits, target)
         valid = target1d != self.ignore_index
         safe_target = torch.where(valid, target1d, torch.zeros_like(target1d))
         return logits2d.to(compute_dtype(logits2d.dtype)), safe_target, valid
@@ -214,12 +257,267 @@ class MMCELoss(CalibrationLoss):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Beyond the paper: losses of log p_y alone (fused analytic backward)
+
+class _RowLoss(CalibrationLoss):
+    """A loss L(log p_y; θ) through the fused kernel: dL/dz = c·(softmax - onehot), c = -dL/d(log p_y).
+    Subclasses set ``row_terms`` ((log p, θ) -> (loss, c)) and return θ from ``_row_param``."""
+
+    row_terms = None
+
+    def _row_param(self):
+        """θ: a number, or a callable of the detached p_y returning a per-row tensor."""
+        raise NotImplementedError
+
+    def forward(self, logits, target):
+        logits2d, target1d = self._flatten_checked(logits, target)
+        per_row = fused_row_loss(logits2d, target1d, self.row_terms, self._row_param(), ignore_index=self.ignore_index)
+        return self._reduce(per_row, target1d != self.ignore_index, target.shape)
+
+
+class InverseFocalLoss(_RowLoss):
+    """Inverse focal loss -(1 + p_y)^γ log p_y (Wang et al., NeurIPS 2021), γ >= 0: it weights confident samples
+    *more* than cross-entropy, the opposite of focal loss (AdaFocal's form for under-confident bins)."""
+
+    row_terms = staticmethod(inverse_focal_terms)
+
+    def __init__(self, gamma: float, reduction: str = "mean", ignore_index: int = -100):
+        super().__init__(reduction, ignore_index)
+        self.gamma = check_nonnegative_number(gamma, "gamma")
+
+    def _row_param(self):
+        return self.gamma
+
+    def extra_repr(self):
+        return f"gamma={self.gamma:g}, " + super().extra_repr()
+
+
+class PolyLoss(_RowLoss):
+    """Poly-1 (Leng et al., ICLR 2022): -log p_y + ε (1 - p_y). ε >= -1 keeps every coefficient of the loss's
+    expansion in powers of (1 - p_y) non-negative (ε = -1 drops the linear term); ε = 0 is cross-entropy."""
+
+    row_terms = staticmethod(poly1_terms)
+
+    def __init__(self, epsilon: float, reduction: str = "mean", ignore_index: int = -100):
+        super().__init__(reduction, ignore_index)
+        self.epsilon = _finite(epsilon, "epsilon")
+        if self.epsilon < -1:
+            raise ValueError(f"epsilon must be a finite number >= -1, got {epsilon!r}")
+
+    def _row_param(self):
+        return self.epsilon
+
+    def extra_repr(self):
+        return f"epsilon={self.epsilon:g}, " + super().extra_repr()
+
+
+class AdaFocalLoss(_RowLoss):
+    """AdaFocal (Ghosh, Schaaf & Gormley, NeurIPS 2022): focal loss with a signed γ per equal-mass confidence bin of
+    the validation set, inverse focal loss where γ < 0; see :mod:`focal_calibration.adafocal` for the update rule.
+
+    Call :meth:`observe_validation` after every epoch (the trainers do); until the first call every bin has
+    ``gamma_init`` and the bins are equal-width (as the released code). Defaults are the released code's: λ = 1,
+    γ_init = 1, S_th = 0.2, γ in [-2, 20], 15 bins. The state (γ per bin, the bins' edges, the number of updates) is
+    in registered buffers, so ``state_dict()`` carries it and a resumed run continues exactly.
+    """
+
+    uses_validation = True
+    row_terms = staticmethod(signed_focal_terms)
+
+    def __init__(self, lam: float = 1.0, gamma_init: float = 1.0, switch_threshold: float = 0.2,
+                 gamma_min: float = -2.0, gamma_max: float = 20.0, n_bins: int = 15, reduction: str = "mean",
+                 ignore_index: int = -100):
+        super().__init__(reduction, ignore_index)
+        self.lam = check_nonnegative_number(lam, "lam")
+        self.switch_threshold = check_nonnegative_number(switch_threshold, "switch_threshold")
+        self.gamma_min, self.gamma_max, gamma_init = (_finite(v, name) for v, name in (
+            (gamma_min, "gamma_min"), (gamma_max, "gamma_max"), (gamma_init, "gamma_init")))
+        if not self.gamma_min <= -self.switch_threshold or not self.gamma_max >= self.switch_threshold:
+            raise ValueError(f"need gamma_min <= -switch_threshold and gamma_max >= switch_threshold, got gamma_min="
+                             f"{gamma_min!r}, gamma_max={gamma_max!r}, switch_threshold={switch_threshold!r}")
+        if not self.gamma_min <= gamma_init <= self.gamma_max or gamma_init == 0 or \
+                abs(gamma_init) < self.switch_threshold:
+            raise ValueError(f"gamma_init must be non-zero, in [gamma_min, gamma_max] = [{gamma_min}, {gamma_max}] "
+                             f"and at least switch_threshold = {switch_threshold} in magnitude, got {gamma_init!r}")
+        n_bins = check_n_bins(n_bins)
+        self.register_buffer("gammas", torch.full((n_bins,), gamma_init, dtype=torch.float64))
+        self.register_buffer("inner_edges", torch.arange(1, n_bins, dtype=torch.float64) / n_bins)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._lookup = {}  # device -> (edges, gammas) there: no host-to-device copy (and sync) per step
+
+    @property
+    def n_bins(self) -> int:
+        return self.gammas.numel()
+
+    def _row_param(self):
+        return self.gamma_of
+
+    def gamma_of(self, p_y: torch.Tensor) -> torch.Tensor:
+        """The signed γ of each sample: that of the bin its (detached) true-class probability falls in."""
+        if p_y.device not in self._lookup:
+            self._lookup[p_y.device] = (self.inner_edges.to(p_y.device), self.gammas.to(p_y.device))
+        edges, gammas = self._lookup[p_y.device]
+        return gammas[bin_of(p_y, edges)]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._lookup = {}
+
+    @torch.no_grad()
+    def observe_validation(self, val_logits, val_labels) -> None:
+        """One AdaFocal update from the validation set: equal-mass bins of its top-1 confidences, each bin's
+        calibration gap E_b = C_b - A_b, γ_b updated, the new bins kept for the training lookup."""
+        logits2d, labels = flatten_scores_and_labels(torch.as_tensor(val_logits), torch.as_tensor(val_labels),
+                                                     labels_name="val_labels")
+        check_labels_in_range(labels, logits2d.shape[1], self.ignore_index, "val_labels")
+        keep = labels != self.ignore_index
+        logits2d, labels = logits2d[keep], labels[keep]
+        if logits2d.shape[0] == 0:
+            raise ValueError("observe_validation needs at least one validation sample, got none")
+        log_probs = torch.log_softmax(logits2d.to(compute_dtype(logits2d.dtype)), dim=-1)
+        check_finite(log_probs, "val_logits")
+        log_confidence, prediction = log_probs.max(dim=-1)
+        self.observe_confidences(log_confidence.exp(), prediction == labels.to(prediction.device))
+
+    @torch.no_grad()
+    def observe_confidences(self, confidence: torch.Tensor, correct: torch.Tensor) -> None:
+        """The update of :meth:`observe_validation` from top-1 confidences and their correctness (1-D tensors)."""
+        confidence = confidence.detach().to(self.gammas.device)
+        edges = equal_mass_edges(confidence, self.n_bins)
+        counts, gaps = bin_calibration_gaps(confidence, correct.to(confidence.device), edges)
+        self._update(counts, gaps, edges)
+
+    @torch.no_grad()
+    def observe_bin_sums(self, count, confidence_sum, correct_sum, next_edges) -> None:
+        """The update from per-bin sums over the validation set on the bins in use (count, Σ confidence,
+        Σ correct, each ``[B]``); ``next_edges`` ``[B - 1]`` become the bins of the next epoch (the fairseq
+        criterion's route: sums that can be added over batches and workers)."""
+        count, confidence_sum, correct_sum = (torch.as_tensor(t, dtype=torch.float64, device=self.gammas.device)
+                                              for t in (count, confidence_sum, correct_sum))
+        gaps = (confidence_sum - correct_sum) / count.clamp(min=1)
+        self._update(count, gaps, torch.as_tensor(next_edges, dtype=torch.float64, device=self.gammas.device))
+
+    def _update(self, counts, gaps, next_edges) -> None:
+        self.gammas.copy_(adafocal_update(self.gammas, gaps, counts, lam=self.lam, switch=self.switch_threshold,
+                                          gamma_min=self.gamma_min, gamma_max=self.gamma_max))
+        self.inner_edges.copy_(next_edges)
+        self.updates += 1
+        self._lookup = {}
+
+    def describe_state(self) -> dict:
+        edges = [None if math.isinf(e) else e for e in self.inner_edges.tolist()]
+        return {"adafocal_gammas": self.gammas.tolist(), "adafocal_edges": edges,
+                "adafocal_updates": int(self.updates)}
+
+    def extra_repr(self):
+        return (f"lam={self.lam:g}, switch_threshold={self.switch_threshold:g}, gamma_min={self.gamma_min:g}, "
+                f"gamma_max={self.gamma_max:g}, n_bins={self.n_bins}, " + super().extra_repr())
+
+
+def _finite(value, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Beyond the paper: losses of the whole probability / logit vector (plain autograd over the formula)
+
+class DualFocalLoss(CalibrationLoss):
+    """Dual focal loss (Tao, Dong & Xu, ICML 2023): -(1 - p_y + p_j)^γ log p_y.
+
+    ``pj="below-target"`` (default): p_j is the largest probability below p_y, "the highest logit ranked after the
+    ground truth logit" (the paper's abstract), which is also what the released code computes (0 when no class is
+    below the target). ``pj="max-other"``: p_j is the largest probability of any other class. The two agree on every
+    correctly classified sample; on a misclassified one ``max-other`` takes the predicted class (weight up to 2^γ).
+    Gradients flow through p_y and p_j (plain autograd, as the released code).
+    """
+
+    PJ_CHOICES = ("below-target", "max-other")
+
+    def __init__(self, gamma: float, pj: str = "below-target", reduction: str = "mean", ignore_index: int = -100):
+        super().__init__(reduction, ignore_index)
+        self.gamma = check_nonnegative_number(gamma, "gamma")
+        if pj not in self.PJ_CHOICES:
+            raise ValueError(f"pj must be one of {self.PJ_CHOICES}, got {pj!r}")
+        self.pj = pj
+
+    def forward(self, logits, target):
+        z, y, valid = self._prepare(logits, target)
+        log_probs = torch.log_softmax(z, dim=-1)
+        with torch.no_grad():  # which class is j
+            if self.pj == "below-target":
+                others = torch.where(log_probs < log_probs.gather(1, y[:, None]), log_probs, -math.inf)
+            else:
+                others = log_probs.scatter(1, y[:, None], -math.inf)
+            best_other, j = others.max(dim=-1, keepdim=True)
+        log_p_y, log_p_j = log_probs.gather(1, torch.cat([y[:, None], j], dim=1)).split(1, dim=1)  # one gather
+        p_j = torch.where(best_other > -math.inf, log_p_j.exp(), 0.0)  # 0 when no class qualifies
+        base = -torch.expm1(log_p_y) + p_j  # 1 - p_y + p_j, exact as p_y -> 1
+        # base == 0 only when p_y == 1 and p_j == 0, where log p_y = 0 too: feed pow a safe value there so that its
+        # backward (γ·base^(γ-1), infinite for γ < 1) never meets a zero gradient.
+        positive = base > 0
+        weight = torch.where(positive, torch.where(positive, base, torch.ones_like(base)).pow(self.gamma),
+                             torch.full_like(base, 0.0 if self.gamma > 0 else 1.0))
+        return self._reduce((-weight * log_p_y).squeeze(1), valid, target.shape)
+
+    def extra_repr(self):
+        return f"gamma={self.gamma:g}, pj={self.pj!r}, " + super().extra_repr()
+
+
+class MarginLabelSmoothingLoss(CalibrationLoss):
+    """Margin-based label smoothing, MbLS (Liu, Ben Ayed, Galdran & Dolz, CVPR 2022):
+    CE + λ · penalty, penalty = Σ_k max(0, max_j z_j - z_k - m) per sample.
+
+    ``normalization="mean"`` (default) divides the penalty by K, as the released code (``LogitMarginL1``: the mean of
+    ``relu(max - z - m)`` over all N×K entries) -- the normalisation its defaults m = 10, λ = 0.1 were tuned with;
+    ``"sum"`` is the penalty as the paper writes it (Σ_k, K times stronger for the same λ).
+    """
+
+    NORMALIZATIONS = ("mean", "sum")
+
+    def __init__(self, margin: float = 10.0, lam: float = 0.1, normalization: str = "mean", reduction: str = "mean",
+                 ignore_index: int = -100):
+        super().__init__(reduction, ignore_index)
+        self.margin = check_nonnegative_number(margin, "margin")
+        self.lam = check_nonnegative_number(lam, "lambda")
+        if normalization not in self.NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {self.NORMALIZATIONS}, got {normalization!r}")
+        self.normalization = normalization
+
+    def forward(self, logits, target):
+        z, y, valid = self._prepare(logits, target)
+        # Logit distances are log-probability distances (z_j - z_k = log p_j - log p_k), so everything is read off
+        # one log_softmax. Σ_k max(0, top - l_k - m) = n·(top - m) - Σ_{k active} l_k over the n active classes
+        # (l_k < top - m): the hinge sum's value and (sub)gradient without an autograd graph over N×K hinges.
+        log_probs = torch.log_softmax(z, dim=-1)
+        with torch.no_grad():
+            best, top = log_probs.max(dim=-1, keepdim=True)
+            active = log_probs < best - self.margin
+        log_p_y, log_p_top = log_probs.gather(1, torch.cat([y[:, None], top], dim=1)).unbind(dim=1)  # one gather
+        n_active = active.sum(dim=-1).to(z.dtype)
+        penalty = n_active * (log_p_top - self.margin) - torch.where(active, log_probs, 0.0).sum(dim=-1)
+        if self.normalization == "mean":
+            penalty = penalty / z.shape[1]
+        return self._reduce(-log_p_y + self.lam * penalty, valid, target.shape)
+
+    def extra_repr(self):
+        return (f"margin={self.margin:g}, lam={self.lam:g}, normalization={self.normalization!r}, "
+                + super().extra_repr())
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The factory
 
-_SPEC_FORMS = ("ce", "ls-<alpha>", "ls-torch-<alpha>", "brier", "mmce-<lambda>", "fl-<gamma>", "flsc-<gammas>",
-               "flsd-<gammas>", "flsd-prop2-<p0>[-<p0>...]")
-_DEFAULT_MILESTONES = {3: (100, 250)}       # Appendix E: 5 for 100 epochs, 3 for the next 150, last γ after
-_DEFAULT_THRESHOLDS = {2: (0.2,), 3: (0.2, 0.5)}  # §4 FLSD-53 and Appendix E FLSD-532
+_SPEC_FORMS = ("ce", "ls-<alpha>", "ls-torch-<alpha>", "brier", "mmce-<lambda>") + GAMMA_POLICY_FORMS + (
+    "adafocal", "inverse-focal-<gamma>", "dual-focal-<gamma>", "poly-<epsilon>", "mbls-<margin>-<lambda>")
+# build_loss(**options) each spec accepts: the keyword arguments of its loss class
+_OPTIONS = {"adafocal": ("lam", "gamma_init", "switch_threshold", "gamma_min", "gamma_max", "n_bins"),
+            "dual-focal": ("pj",), "mbls": ("normalization",)}
 
 
 def _unknown(spec: str, why: str = "") -> ValueError:
@@ -229,58 +527,72 @@ def _unknown(spec: str, why: str = "") -> ValueError:
 
 def _number(text: str, spec: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise _unknown(spec, f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise _unknown(spec, f"{text!r} is not a finite number")
-    return value
+        return parse_finite_number(text)
+    except ValueError as error:
+        raise _unknown(spec, str(error)) from None
 
 
-def _gamma_list(text: str, spec: str) -> list[float]:
-    if "," in text:
-        return [_number(t, spec) for t in text.split(",")]
-    if re.fullmatch(r"\d+", text):
-        return [float(c) for c in text]
-    raise _unknown(spec, f"γ list {text!r} must be digits (531) or comma-separated numbers (5,3,1.5)")
+def _two_numbers(text: str, spec: str) -> tuple[float, float]:
+    """``"10-0.1"`` -> (10, 0.1); the split is the first '-' that leaves two numbers (``"10-1e-3"`` works)."""
+    for at in [i for i, char in enumerate(text) if char == "-"]:
+        try:
+            return parse_finite_number(text[:at]), parse_finite_number(text[at + 1:])
+        except ValueError:
+            continue
+    raise _unknown(spec, f"{text!r} is not two numbers <margin>-<lambda>")
 
 
-def build_loss(spec: str, *, reduction: str = "mean", ignore_index: int = -100, milestones=None, thresholds=None,
-               mmce_variant: str = "kumar") -> CalibrationLoss:
-    """Build a loss module from a paper-style spec (see the module docstring), e.g. ``build_loss("flsd-53")``.
+def _check_options(spec: str, family: str | None, options: dict) -> None:
+    allowed = _OPTIONS.get(family, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        accepts = ", ".join(allowed) if allowed else "no options"
+        raise ValueError(f"build_loss({spec!r}) got unknown option(s) {unknown}; it accepts {accepts}")
 
-    ``milestones`` (epochs) override FLSc's default (100, 250); ``thresholds`` (probabilities) override FLSD's
-    default (0.2,) / (0.2, 0.5); they are required for γ lists of other lengths.
+
+def build_loss(spec: str, *, reduction: str = "mean", ignore_index: int = -100, epochs: int | None = None,
+               milestones=None, thresholds=None, mmce_variant: str = "kumar", **options) -> CalibrationLoss:
+    """Build a loss module from a spec (see the module docstring), e.g. ``build_loss("flsd-53")``.
+
+    ``epochs``: the run's number of epochs. FLSc (``flsc-531``, ``flsc-532``) follows the run: without
+    ``milestones`` its γ changes after 100/350 and 250/350 of ``epochs`` (Appendix E's 100 and 250 of 350 epochs;
+    ``epochs=350`` gives exactly those), and a FLSc spec with neither ``epochs`` nor ``milestones`` is refused, since
+    the absolute (100, 250) silently turn FLSc-531 into FL-5 on any run shorter than 101 epochs. Explicit
+    ``milestones`` (0-based epochs) that do not fit below ``epochs`` are refused too. ``thresholds``
+    (probabilities) override FLSD's default (0.2,) / (0.2, 0.5); both are required for γ lists of other lengths.
+    ``mmce_variant``: ``"kumar"`` or ``"official"`` (see :class:`MMCELoss`). ``**options``: the keyword arguments
+    of the losses beyond the paper (``adafocal``: ``lam``, ``gamma_init``, ``switch_threshold``, ``gamma_min``,
+    ``gamma_max``, ``n_bins``; ``dual-focal-<γ>``: ``pj``; ``mbls-<m>-<λ>``: ``normalization``); an option the spec
+    does not take is refused.
     """
     if not isinstance(spec, str):
         raise TypeError(f"loss spec must be a string, got {spec!r}")
     name = spec.strip().lower()
     common = dict(reduction=reduction, ignore_index=ignore_index)
+    family = next((f for f in _OPTIONS if name == f or name.startswith(f + "-")), None)
+    _check_options(spec, family, options)
     if name == "ce":
         return CrossEntropyLoss(**common)
     if name == "brier":
         return BrierLoss(**common)
+    if name == "adafocal":
+        return AdaFocalLoss(**options, **common)
     if name.startswith("ls-torch-"):
         return LabelSmoothingLoss(_number(name[len("ls-torch-"):], spec), form="torch", **common)
     if name.startswith("ls-"):
         return LabelSmoothingLoss(_number(name[3:], spec), form="paper", **common)
     if name.startswith("mmce-"):
         return MMCELoss(_number(name[5:], spec), variant=mmce_variant, **common)
-    if name.startswith("flsd-prop2-"):
-        p0s = [_number(t, spec) for t in name[len("flsd-prop2-"):].split("-")]
-        return FocalLoss(prop2_gamma_policy(p0s), **common)
-    if name.startswith("flsc-"):
-        gammas = _gamma_list(name[5:], spec)
-        steps = milestones if milestones is not None else _DEFAULT_MILESTONES.get(len(gammas))
-        if steps is None:
-            raise _unknown(spec, f"{len(gammas)} scheduled γ values need explicit milestones=")
-        return FocalLoss(EpochScheduledGamma(gammas, steps), **common)
-    if name.startswith("flsd-"):
-        gammas = _gamma_list(name[5:], spec)
-        bands = thresholds if thresholds is not None else _DEFAULT_THRESHOLDS.get(len(gammas))
-        if bands is None:
-            raise _unknown(spec, f"{len(gammas)} sample-dependent γ values need explicit thresholds=")
-        return FocalLoss(SampleDependentGamma(gammas, bands), **common)
-    if name.startswith("fl-"):
-        return FocalLoss(_number(name[3:], spec), **common)
+    if name.startswith("inverse-focal-"):
+        return InverseFocalLoss(_number(name[len("inverse-focal-"):], spec), **common)
+    if name.startswith("dual-focal-"):
+        return DualFocalLoss(_number(name[len("dual-focal-"):], spec), **options, **common)
+    if name.startswith("poly-"):
+        return PolyLoss(_number(name[5:], spec), **common)
+    if name.startswith("mbls-"):
+        margin, lam = _two_numbers(name[5:], spec)
+        return MarginLabelSmoothingLoss(margin, lam, **options, **common)
+    if name.startswith(("fl-", "flsc-", "flsd-")):
+        return FocalLoss(parse_gamma_policy(spec, milestones=milestones, thresholds=thresholds, epochs=epochs),
+                         **common)
     raise _unknown(spec)

@@ -14,9 +14,14 @@ Conventions (shared with :mod:`focal_calibration.temperature` and the reliabilit
 * All metrics are fractions (not %). Logits are turned into probabilities with ``log_softmax`` (log space); half and
   bfloat16 inputs are computed in float32, float64 stays float64.
 
-Everything is vectorised (sort / scatter_add / index_add; no Python loop over samples or bins) and streams in row
-chunks that fit in cache, so the ``N x K`` probabilities are never materialised at once. Validation reads values
-(one host sync per batch); :meth:`CalibrationAccumulator.compute` makes a single host transfer.
+Structure: :func:`sample_statistics` turns a batch of scores into per-sample statistics (confidence, correctness,
+p_y, log p_y, sum p log p, sum p^2, the label's rank and the few p_k > 1/M); every metric is a sum of these over
+samples (:class:`CalibrationAccumulator` sums them per batch, :mod:`focal_calibration.bootstrap` with resampling
+weights). Its plain path is the readable definition; on CPU a labelled fast path (:func:`_sample_statistics_fast`)
+gives the same numbers several times faster. Everything is vectorised (sort / scatter_add / index_add; no Python
+loop over samples or bins) and works on row chunks, so the ``N x K`` probabilities are never materialised at once.
+Validation reads values (one host sync per batch); :meth:`CalibrationAccumulator.compute` makes a single host
+transfer.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from focal_calibration._internal import check_finite, check_n_bins, compute_dtype, prepare_scores
+from focal_calibration._internal import ascending_order, check_finite, check_n_bins, compute_dtype, prepare_scores
+from focal_calibration.metrics_extra import (ORDER_BASED, check_extra, extra_metrics, smece_grid_sums,
+                                             smooth_ece_from_grid)
 
 __all__ = ["calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins"]
 
 S99_THRESHOLD = 0.99  # Appendix F: confidence >= 0.99 (0.99 rounded to the computation dtype)
 _MAX_BINS = 2 ** 24  # keeps the exact edge arithmetic in _inner_edges exact
-_CPU_CHUNK_ELEMENTS = 2 ** 19  # 2 MB of fp32 scores per chunk: the chunk's scratch tensors stay in the CPU cache
-_ACCELERATOR_CHUNK_ELEMENTS = 2 ** 26  # accelerators prefer few, large kernels
+_CHUNK_ELEMENTS = 2 ** 26  # scores per row chunk of the plain path (accelerators prefer few, large kernels)
+_CPU_CHUNK_ELEMENTS = 2 ** 19  # fast path: 2 MB of fp32 scores per chunk, so its scratch tensors stay in the CPU cache
+_FAST_PATH = True  # the CPU fast path of sample_statistics; tests switch it off to run the plain path on CPU
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,14 +120,11 @@ def adaptive_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -
     *batch, n = confidence.shape
     rows = math.prod(batch)
     device = confidence.device
-    conf = confidence.reshape(rows, n).contiguous()
-    correct = correct.expand_as(confidence).reshape(rows * n)
-    # Non-negative floats order like their bit patterns, and integer sorts are radix sorts (~15x faster on CPU);
-    # one 1-D sort per row beats a batched sort(dim=-1) there too.
-    keys = conf.view(torch.int64 if conf.dtype == torch.float64 else torch.int32)
-    order = torch.cat([keys[row].sort().indices + row * n for row in range(rows)])
-    conf_sorted = conf.view(-1)[order]
-    correct_sorted = correct[order].to(torch.float64)
+    conf = confidence.reshape(rows, n)
+    correct = correct.expand_as(confidence).reshape(rows, n)
+    order = ascending_order(conf)
+    conf_sorted = conf.gather(1, order).view(-1)
+    correct_sorted = correct.gather(1, order).view(-1).to(torch.float64)
 
     # Tie groups: a new group starts wherever the sorted value changes and at each row start. Buffers are sized by
     # the element count, so nothing waits on the data (no host sync on accelerators).
@@ -180,6 +185,19 @@ class SampleStatistics:
     def upper_row(self, num_classes: int) -> torch.Tensor:
         return self.upper_index // num_classes
 
+    @staticmethod
+    def concatenate(parts: list["SampleStatistics"]) -> "SampleStatistics":
+        """The statistics of consecutive row chunks as one (per-row fields concatenated, class totals summed)."""
+        def joined(name):
+            values = [getattr(part, name) for part in parts]
+            return None if values[0] is None else torch.cat(values)
+
+        first = parts[0]
+        return SampleStatistics(
+            **{name: joined(name) for name in ("confidence", "correct", "p_label", "log_p_label", "neg_entropy",
+                                                "sum_sq", "rank", "upper_index", "upper_value")},
+            class_total=None if first.class_total is None else sum(part.class_total for part in parts))
+
 
 def probabilities(x: torch.Tensor, from_logits: bool, out=None):
     """``(p, log p)`` of logits (log space: ``log_softmax``, then ``exp``) or ``(p, None)`` of given probabilities."""
@@ -189,26 +207,63 @@ def probabilities(x: torch.Tensor, from_logits: bool, out=None):
     return torch.exp(log_p, out=None if out is None else out[1]), log_p
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Accumulator
-# ----------------------------------------------------------------------------------------------------------------
+def sample_statistics(scores: torch.Tensor, labels: torch.Tensor, from_logits: bool, n_bins: int, *,
+                      classwise: bool = True) -> SampleStatistics:
+    """The per-sample statistics of prepared ``scores [N, K]`` (logits or probabilities) and ``labels [N]``.
 
-@dataclass
-class ReliabilityBins:
-    """Equal-width bins ``((i-1)/M, i/M]`` of the top-1 confidence (reliability diagram, Fig. 1 / eqs. 1-2).
-
-    ``confidence`` / ``accuracy`` are per-bin means (NaN where a bin is empty); ``ece`` / ``mce`` as eqs. (1) / (2).
+    Raises ``ValueError`` naming the bad value if the scores are not finite logits / valid probabilities. Works on
+    row chunks of at most ``2**26`` scores (a few temporaries of that size at a time); on CPU the labelled fast path
+    below gives the same results.
     """
-    edges: np.ndarray
-    counts: np.ndarray
-    confidence: np.ndarray
-    accuracy: np.ndarray
-    ece: float
-    mce: float
+    if scores.device.type == "cpu" and _FAST_PATH:
+        return _sample_statistics_fast(scores, labels, from_logits, n_bins, classwise=classwise)
+    num_classes = scores.shape[1]
+    rows = max(1, _CHUNK_ELEMENTS // num_classes)
+    parts = [_chunk_statistics(scores[start:start + rows], labels[start:start + rows], from_logits, n_bins,
+                               classwise, start * num_classes) for start in range(0, scores.shape[0], rows)]
+    return SampleStatistics.concatenate(parts)
+
+
+def _chunk_statistics(scores, labels, from_logits, n_bins, classwise, flat_offset) -> SampleStatistics:
+    """:func:`sample_statistics` of one row chunk (``flat_offset``: flat index of its first score)."""
+    x = scores.to(compute_dtype(scores.dtype))
+    if from_logits:
+        check_finite(x, "logits")
+    else:
+        _raise_bad_probs(x, _probability_tolerance(scores.dtype))
+    p, log_p = probabilities(x, from_logits)
+    y = labels[:, None]
+    prediction = p.argmax(-1)  # the first maximal class
+    p_label = p.gather(1, y).squeeze(1)
+    stats = SampleStatistics(
+        confidence=p.gather(1, prediction[:, None]).squeeze(1),
+        correct=prediction == labels,
+        p_label=p_label,
+        log_p_label=log_p.gather(1, y).squeeze(1) if from_logits else p_label.log(),  # -inf where p_y = 0
+        neg_entropy=(p * log_p).sum(-1) if from_logits else -torch.special.entr(p).sum(-1),  # 0 log 0 = 0
+        sum_sq=p.square().sum(-1),
+        # classes strictly more probable than the label (ties count in its favour)
+        rank=(p > p_label[:, None]).sum(-1) if p.shape[1] >= 5 else None)
+    if classwise:
+        upper = (p > _first_edge(n_bins, p.dtype)).view(-1).nonzero().squeeze(1)
+        stats.class_total = p.sum(0, dtype=torch.float64)
+        stats.upper_index = upper + flat_offset
+        stats.upper_value = p.view(-1)[upper]
+    return stats
+
+
+def _probability_tolerance(dtype: torch.dtype) -> float:
+    """How far a row of given probabilities may sum from 1."""
+    return 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-3
+
+
+def _first_edge(n_bins: int, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` that is <= 1/M, so ``p > edge``  <=>  ``p > 1/M`` exactly (the first bin)."""
+    return _inner_edges(n_bins, dtype)[0] if n_bins > 1 else 1.0
 
 
 def _raise_bad_probs(probs: torch.Tensor, tolerance: float):
-    """Slow path after a cheap flag fired: name the offending value."""
+    """Raise naming the first value that is not a probability, or the first row that does not sum to 1."""
     check_finite(probs, "probs")
     outside = (probs < 0) | (probs > 1)
     if bool(outside.any()):
@@ -220,16 +275,16 @@ def _raise_bad_probs(probs: torch.Tensor, tolerance: float):
         raise ValueError(f"probs rows must sum to 1 (tolerance {tolerance}), row {row} sums to {float(row_sum[row])}")
 
 
-def _flat_above(values: torch.Tensor, threshold: float, mask: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the entries of a contiguous tensor that are > threshold (a value of its dtype); ``mask`` is a
-    bool scratch tensor of the same shape.
+# ----------------------------------------------------------------------------------------------------------------
+# Fast path (CPU)
+# ----------------------------------------------------------------------------------------------------------------
 
-    On CPU numpy's SIMD compare and single-pass search take about half the time of torch's ``(v > t).nonzero()``.
-    """
-    if values.device.type == "cpu":
-        array = values.numpy()
-        return torch.from_numpy(np.flatnonzero(np.greater(array, array.dtype.type(threshold), out=mask.numpy())))
-    return torch.gt(values, threshold, out=mask).view(-1).nonzero().squeeze(1)
+def _flat_above(values: torch.Tensor, threshold: float, mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the entries of a contiguous CPU tensor that are > threshold (a value of its dtype); ``mask``
+    is a bool scratch tensor of the same shape. NumPy's SIMD compare and single-pass search take about half the time
+    of torch's ``(v > t).nonzero()``."""
+    array = values.numpy()
+    return torch.from_numpy(np.flatnonzero(np.greater(array, array.dtype.type(threshold), out=mask.numpy())))
 
 
 def _top1_correct(p, labels, p_label, confidence, upper, first_edge) -> torch.Tensor:
@@ -253,21 +308,24 @@ def _top1_correct(p, labels, p_label, confidence, upper, first_edge) -> torch.Te
     return correct
 
 
-def sample_statistics(scores: torch.Tensor, labels: torch.Tensor, from_logits: bool, n_bins: int, *,
-                      classwise: bool = True) -> SampleStatistics:
-    """The per-sample statistics of prepared ``scores [N, K]`` (logits or probabilities) and ``labels [N]``.
+def _sample_statistics_fast(scores: torch.Tensor, labels: torch.Tensor, from_logits: bool, n_bins: int, *,
+                            classwise: bool = True) -> SampleStatistics:
+    """FAST PATH (CPU) of :func:`sample_statistics`: the same results (tested against the plain path and the
+    references), measured 4.3-4.5x faster than the plain path for 100,000 x 100 fp32 logits on CPU (CPU time 77-81 ms
+    vs 327-349 ms; wall 4.2-5.0x; three runs of ``benchmarks/metrics.py --threads 1`` on a loaded 2-core machine).
 
-    Raises ``ValueError`` naming the bad value (one host sync) if the scores are not finite logits / valid
-    probabilities. The N x K work streams over row chunks that stay in cache.
+    What makes it fast: row chunks of 2**19 scores whose temporaries stay in the CPU cache, written into reused
+    scratch buffers (fresh multi-MB tensors are page-faulted in on every chunk); ``amax`` instead of ``argmax`` with
+    the prediction resolved from ``p_y == max`` (:func:`_top1_correct`); NumPy's SIMD compare for the few
+    ``p_k > 1/M`` (:func:`_flat_above`); and one validation flag per batch, the naming slow path only when it fires.
     """
     n_rows, num_classes = scores.shape
     dtype = compute_dtype(scores.dtype)
     device = scores.device
     M = n_bins
-    first_edge = _inner_edges(M, dtype)[0] if M > 1 else 1.0  # p > first_edge  <=>  p > 1/M exactly
-    tolerance = 1e-2 if scores.dtype in (torch.float16, torch.bfloat16) else 1e-3
-    chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
-    chunk_rows = max(1, chunk_elements // num_classes)
+    first_edge = _first_edge(M, dtype)
+    tolerance = _probability_tolerance(scores.dtype)
+    chunk_rows = max(1, _CPU_CHUNK_ELEMENTS // num_classes)
 
     # Chunk-sized scratch buffers, reused: fresh multi-MB tensors would be page-faulted in on every chunk.
     buffer_rows = min(chunk_rows, n_rows)
@@ -326,25 +384,48 @@ def sample_statistics(scores: torch.Tensor, labels: torch.Tensor, from_logits: b
     return SampleStatistics(class_total=class_total, **row)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Accumulator
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ReliabilityBins:
+    """Equal-width bins ``((i-1)/M, i/M]`` of the top-1 confidence (reliability diagram, Fig. 1 / eqs. 1-2).
+
+    ``confidence`` / ``accuracy`` are per-bin means (NaN where a bin is empty); ``ece`` / ``mce`` as eqs. (1) / (2).
+    """
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    ece: float
+    mce: float
+
+
 class CalibrationAccumulator:
     """Streams the metrics of :func:`calibration_metrics` over batches (exactly equal to one call on all rows).
 
     Equal-width quantities (ECE, MCE, classwise ECE, reliability bins) stream as per-bin sums; AdaECE keeps each
     sample's (confidence, correct) pair (5 bytes per sample for fp32 inputs) and sorts once in :meth:`compute`.
-    State lives on the device of the first batch.
+    Of the ``extra`` metrics (:mod:`focal_calibration.metrics_extra`), ``smece`` streams exactly as sums on its grid;
+    ``ks``, ``ece_sweep`` and ``debiased_l2_ece`` need the global order of the confidences, so they keep the same
+    per-sample pairs as AdaECE. State lives on the device of the first batch.
     """
 
     _SUMMED = ("n", "correct", "top5_correct", "nll_sum", "brier_sum", "entropy_sum", "s99_count", "s99_correct",
-               "bin_count", "bin_conf_sum", "bin_correct", "class_label_count", "class_prob_sum", "class_prob_total")
+               "bin_count", "bin_conf_sum", "bin_correct", "class_label_count", "class_prob_sum", "class_prob_total",
+               "smece_grid")
 
     def __init__(self, n_bins: int = 15, *, ignore_index: int | None = None, classwise: bool = True,
-                 adaptive: bool = True):
+                 adaptive: bool = True, extra=()):
         self.n_bins = check_n_bins(n_bins)
         if self.n_bins > _MAX_BINS:
             raise ValueError(f"n_bins must be <= {_MAX_BINS}, got {n_bins!r}")
         self.ignore_index = ignore_index
         self.classwise = bool(classwise)
         self.adaptive = bool(adaptive)
+        self.extra = check_extra(extra)
+        self.keep_samples = self.adaptive or any(name in ORDER_BASED for name in self.extra)
         self.reset()
 
     def reset(self) -> None:
@@ -400,16 +481,20 @@ class CalibrationAccumulator:
             batch["class_prob_sum"] = torch.zeros(num_classes * M, dtype=torch.float64, device=device).index_add_(
                 0, stats.upper_class_bin(num_classes, M), stats.upper_value.to(torch.float64))
             batch["class_prob_total"] = stats.class_total
-        adaptive = ([confidence], [correct]) if self.adaptive else ([], [])
-        return batch, *adaptive
+        if "smece" in self.extra:
+            ones = torch.ones(len(labels), 1, dtype=torch.float64, device=device)
+            batch["smece_grid"] = smece_grid_sums(confidence, correct, ones)[0]
+        samples = ([confidence], [correct]) if self.keep_samples else ([], [])
+        return batch, *samples
 
     # -- combine ---------------------------------------------------------------------------------------------------
     def merge(self, other: "CalibrationAccumulator") -> "CalibrationAccumulator":
-        """Add another accumulator's state (same n_bins / classwise / adaptive settings) into this one."""
-        if (other.n_bins, other.classwise, other.adaptive) != (self.n_bins, self.classwise, self.adaptive):
-            raise ValueError(f"cannot merge accumulators with different settings: (n_bins, classwise, adaptive) = "
-                             f"{(self.n_bins, self.classwise, self.adaptive)} vs "
-                             f"{(other.n_bins, other.classwise, other.adaptive)}")
+        """Add another accumulator's state (same n_bins / classwise / adaptive / extra settings) into this one."""
+        mine = (self.n_bins, self.classwise, self.adaptive, self.extra)
+        theirs = (other.n_bins, other.classwise, other.adaptive, other.extra)
+        if mine != theirs:
+            raise ValueError(f"cannot merge accumulators with different settings: (n_bins, classwise, adaptive, "
+                             f"extra) = {mine} vs {theirs}")
         if not other.state:
             return self
         if not self.state:
@@ -437,7 +522,7 @@ class CalibrationAccumulator:
         for name in self._SUMMED:
             if name in self.state:
                 dist.all_reduce(self.state[name], group=group)
-        if self.adaptive:
+        if self.keep_samples:
             confidence, correct = torch.cat(self.confidences), torch.cat(self.corrects)
             world = dist.get_world_size(group)
             size = torch.tensor([confidence.numel()], device=confidence.device)
@@ -484,6 +569,12 @@ class CalibrationAccumulator:
         }
         if self.adaptive:
             values["adaece"] = adaptive_ece(torch.cat(self.confidences), torch.cat(self.corrects), self.n_bins)
+        ordered = [name for name in self.extra if name in ORDER_BASED]
+        if ordered:
+            extra = extra_metrics(ordered, torch.cat(self.confidences), torch.cat(self.corrects), self.n_bins)
+            values.update({name: value[0] for name, value in extra.items()})
+        if "smece" in self.extra:
+            values["smece"] = smooth_ece_from_grid(s["smece_grid"][None], float(s["n"]))[0][0]
         if self.classwise:
             M = self.n_bins
             label_count = s["class_label_count"].view(-1, M).to(torch.float64)
@@ -494,7 +585,7 @@ class CalibrationAccumulator:
         numbers = dict(zip(names, torch.stack([v.to(torch.float64) for v in values.values()]).tolist()))
 
         order = ["n", "accuracy", "error", "top5_error", "nll", "brier", "ece", "adaece", "mce", "classwise_ece",
-                 "s99", "s99_accuracy", "entropy"]
+                 "s99", "s99_accuracy", "entropy", *self.extra]
         result = {name: numbers[name] for name in order if name in numbers}
         result["n"] = int(result["n"])
         if self.num_classes < 5:
@@ -525,7 +616,7 @@ class CalibrationAccumulator:
 # ----------------------------------------------------------------------------------------------------------------
 
 def calibration_metrics(labels, *, logits=None, probs=None, n_bins: int = 15,
-                        ignore_index: int | None = None) -> dict:
+                        ignore_index: int | None = None, extra=()) -> dict:
     """Calibration and accuracy metrics of one set of predictions (fractions, not %).
 
     Args:
@@ -534,12 +625,15 @@ def calibration_metrics(labels, *, logits=None, probs=None, n_bins: int = 15,
         n_bins: ``M``, for the equal-width bins ``((i-1)/M, i/M]`` (ECE eq. 1, MCE eq. 2, classwise ECE) and the
             equal-mass bins of AdaECE (eq. 3).
         ignore_index: rows with this label are dropped.
+        extra: names of metrics beyond the paper to add (``"smece", "ks", "ece_sweep", "debiased_l2_ece"``; see
+            :mod:`focal_calibration.metrics_extra`), in the order given.
 
     Returns:
         ``n, accuracy, error, top5_error`` (K >= 5), ``nll, brier, ece, adaece, mce, classwise_ece, s99,
-        s99_accuracy`` (None when S99 is empty), ``entropy`` (nats). See the module docstring for the conventions.
+        s99_accuracy`` (None when S99 is empty), ``entropy`` (nats), then the ``extra`` keys. See the module docstring
+        for the conventions.
     """
-    accumulator = CalibrationAccumulator(n_bins, ignore_index=ignore_index)
+    accumulator = CalibrationAccumulator(n_bins, ignore_index=ignore_index, extra=extra)
     accumulator.update(labels, logits=logits, probs=probs)
     return accumulator.compute()
 

@@ -183,7 +183,7 @@ def optimal_confidence_curves(gammas: Sequence[float] = (0, 1, 2, 3, 4, 5), *, q
     ax = fig.add_subplot(1, 1, 1)
     for i, gamma in enumerate(gammas):
         p_hat = np.asarray(optimal_confidence(q, float(gamma)), dtype=np.float64).reshape(-1)
-        label = f"CE (γ = 0)" if float(gamma) == 0.0 else f"FL {_gamma_label(gamma)}"
+        label = "CE (γ = 0)" if float(gamma) == 0.0 else f"FL {_gamma_label(gamma)}"
         ax.plot(q, p_hat, color=_color(i), linewidth=1.6, label=label)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)

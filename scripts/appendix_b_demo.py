@@ -20,15 +20,14 @@ non-zero logit, i.e. the logit margin), and the training loss (Fig. 7).
 Evaluation on the test set: confidences of the misclassified points (Fig. 8a), decision regions (Fig. 8b,c),
 reliability diagrams, and error / NLL / ECE / AdaECE / MCE before and after temperature scaling, with T chosen on the
 validation set by ECE over the paper's grid T = 0.1, 0.2, ..., 10. Writes metrics.md (the Markdown table that is
-also printed), results.json (every number) and PNG figures into ``--out``.
+also printed), report.json (every number) and PNG figures into ``--output-dir``, each file atomically.
 
-Usage:  python scripts/appendix_b_demo.py --out results/appendix_b [--steps 3000] [--seed 0]
+Usage:  python scripts/appendix_b_demo.py --output-dir results/appendix_b [--steps 3000] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,7 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from focal_calibration import plots
+from focal_calibration import cli, plots
+from focal_calibration.checkpoint import atomic_write
+from focal_calibration.evaluation import write_json_atomic
 from focal_calibration.focal import focal_loss
 from focal_calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.temperature import fit_temperature
@@ -50,9 +51,9 @@ TABLE_KEYS = ("error", "nll", "ece", "adaece", "mce")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="results/appendix_b", help="output folder (figures, metrics.md, results.json)")
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", default="results/appendix_b",
+                   help="output folder (figures, metrics.md, report.json)")
     p.add_argument("--steps", type=int, default=3000, help="full-batch gradient-descent steps per loss")
     p.add_argument("--lr", type=float, default=0.02, help="learning rate (both losses)")
     p.add_argument("--record-every", type=int, default=10, help="record ||w|| and the logit norm every k steps")
@@ -278,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.output_dir, exist_ok=True)
     mixing, splits, w0 = make_data(args)
     x_tr, y_tr, _ = splits["train"]
 
@@ -308,10 +309,9 @@ def _run(args: argparse.Namespace) -> dict:
     print(f"cos(w_CE, w_FL) = {comparison['cosine_w_ce_w_fl']:.5f}; test predictions agree on "
           f"{100 * comparison['test_prediction_agreement']:.1f}%; ||w_CE|| / ||w_FL|| = "
           f"{comparison['weight_norm_ratio_ce_over_fl']:.3f}")
-    with open(os.path.join(args.out, "metrics.md"), "w", encoding="utf-8") as f:
-        f.write(table)
+    atomic_write(os.path.join(args.output_dir, "metrics.md"), lambda handle: handle.write(table), binary=False)
 
-    figures = [] if args.no_figures else make_figures(args.out, results, splits, args)
+    figures = [] if args.no_figures else make_figures(args.output_dir, results, splits, args)
     elapsed = time.perf_counter() - t0
 
     report = {
@@ -333,9 +333,9 @@ def _run(args: argparse.Namespace) -> dict:
         "figures": figures,
         "seconds": {"train_and_evaluate": train_time, "total": elapsed},
     }
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {args.out}/metrics.md, results.json" + (", " + ", ".join(figures) if figures else "")
+    # report.json, not results.json: that name belongs to run records (make_run_record) that results_table reads
+    write_json_atomic(os.path.join(args.output_dir, "report.json"), report)
+    print(f"wrote {args.output_dir}/metrics.md, report.json" + (", " + ", ".join(figures) if figures else "")
           + f" in {elapsed:.1f} s")
     return report
 

@@ -96,7 +96,8 @@ def split_pairs(pairs, valid_fraction: float = 0.035, test_fraction: float = 0.0
     """Deduplicate, drop pairs longer than ``max_words`` words on either side, then split whole groups of pairs that
     share a sentence (either language) by a stable hash, so no sentence appears in two splits."""
     if not 0 < valid_fraction < 1 or not 0 < test_fraction < 1 or valid_fraction + test_fraction >= 1:
-        raise ValueError(f"valid/test fractions must be in (0, 1) with a sum < 1, got {valid_fraction}, {test_fraction}")
+        raise ValueError(f"valid/test fractions must be in (0, 1) with a sum < 1, got {valid_fraction}, "
+                         f"{test_fraction}")
     unique = sorted({(s, t) for s, t in pairs if len(s.split()) <= max_words and len(t.split()) <= max_words
                      and s != t})
     parent: dict[str, str] = {}

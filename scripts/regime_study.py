@@ -1,10 +1,10 @@
 """`make study`: the regime study — Fashion-MNIST training-set size against calibration, per loss, over seeds.
 
-    python scripts/regime_study.py --out results/study
-    python scripts/regime_study.py --sizes 2500 55000 --losses ce flsd-53 --seeds 3 --epochs 8 --out results/quick
+    python scripts/regime_study.py --output-dir results/study
+    python scripts/regime_study.py --sizes 2500 55000 --losses ce flsd-53 --epochs 8 --output-dir results/quick
 
 Every cell (size, loss, seed) trains the same recipe (classification/study.py: same number of updates for every
-size); only the training-set size differs. Writes under --out:
+size); only the training-set size differs. Writes under --output-dir:
   study.json                 one record per finished run (train error, ECE / AdaECE pre / post, T, error, NLL, the
                              §3 signature nll_misclassified_rising, ...); a killed study resumes where it stopped
   study.md                   mean ± std over seeds per cell, and the §3 regime per size and loss
@@ -20,30 +20,29 @@ import sys
 import time
 from pathlib import Path
 
-from classification.datasets import DatasetNotFoundError, load_dataset
+from classification.datasets import load_dataset
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, plot_study, run_cells, study_markdown
+from focal_calibration import cli
 from focal_calibration.losses import build_loss
 
 DEFAULT_SIZES = (2500, 5000, 10000, 20000, 55000)
 DEFAULT_LOSSES = ("ce", "brier", "ls-0.05", "fl-3", "flsd-53")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> cli.ArgumentParser:
     defaults = Recipe()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/study", help="output folder (default: %(default)s)")
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default="results/study", help="output folder")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
-                        help="training-set sizes (default: %(default)s)")
+                        help="training-set sizes")
     parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES),
-                        help="focal_calibration.build_loss specs (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N per cell (default: %(default)s)")
-    parser.add_argument("--model", default=defaults.model, choices=("mlp", "small_cnn"),
-                        help="(default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs,
-                        help="passes over the full 55,000-image set; every size gets that many updates "
-                             "(default: %(default)s)")
+                        help="focal_calibration.build_loss specs")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N per cell")
+    parser.add_argument("--model", default=defaults.model, choices=("mlp", "small_cnn"), help="image model")
+    parser.add_argument("--epochs", type=int, default=8,
+                        help="passes over the full 55,000-image set; every size gets that many updates")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="runs trained at once, one CPU thread each (default: the number of cores, %(default)s)")
+                        help="runs trained at once, one CPU thread each (default: the number of cores)")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
     parser.add_argument("--limit-eval", type=int, default=None, help="evaluate on the first N val / test images "
                         "only (smoke tests)")
@@ -51,19 +50,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    recipe = Recipe(model=args.model, epochs=args.epochs)
+    recipe = Recipe.from_epochs(args.epochs, model=args.model)
     bad_sizes = [s for s in args.sizes if not 1 <= s <= FULL_TRAIN_SIZE]
     if bad_sizes:
         raise ValueError(f"--sizes must lie in [1, {FULL_TRAIN_SIZE}], got {bad_sizes[0]}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     for loss in args.losses:
-        build_loss(loss)  # an unknown spec fails now, not inside a training process
+        build_loss(loss, epochs=args.epochs)  # an unknown spec fails now, not inside a training process
     load_dataset("fashion-mnist", data_dir=args.data_dir)  # missing data: one clear message, not one per run
     cells = [Cell(seed, size, loss) for seed in range(1, args.seeds + 1) for size in args.sizes
              for loss in args.losses]
-    out = Path(args.out)
-    print(f"regime study: {len(cells)} runs ({len(args.sizes)} sizes x {len(args.losses)} losses x {args.seeds} seeds), "
+    out = Path(args.output_dir)
+    print(f"regime study: {len(cells)} runs ({len(args.sizes)} sizes x {len(args.losses)} losses x "
+          f"{args.seeds} seeds), "
           f"{recipe.updates} updates each, {args.jobs} at a time -> {out}", flush=True)
     start = time.perf_counter()
     study = run_cells(cells, recipe, out, jobs=args.jobs, data_dir=args.data_dir, limit_eval=args.limit_eval,
@@ -77,17 +77,12 @@ def main(args: argparse.Namespace) -> dict:
     return study
 
 
-def cli(argv=None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
     try:
-        main(args)
-    except (ValueError, DatasetNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except RuntimeError as error:  # failed training runs: the others finished and are recorded
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    return 0
+        return main(args)
+    except RuntimeError as error:  # training runs failed (the others finished and are recorded): exit status 1
+        raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli.run_cli(get_args_parser(), run))

@@ -4,141 +4,42 @@
 
 One row per (dataset, model), one column per loss (the paper's order: CE, Brier, MMCE, LS-0.05, FL-1/2/3, FLSc,
 FLSD; other specs after them), cells "pre / post (T)" in % with T chosen on validation ECE (§5.1). Runs that share
-dataset, model and loss (e.g. several seeds) are averaged and the cell says how many (``n=3``). Metrics that temperature
-scaling cannot change (error, top-5 error) get one number per cell.
+dataset, model and loss (several seeds) are summarised as mean ± std over the runs (sample std, ddof = 1) and the cell
+says how many (``n=3``). Metrics that temperature scaling cannot change (error, top-5 error) get one number per cell.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from focal_calibration.evaluation import read_results  # noqa: E402
-
-PAPER_ORDER = ("ce", "brier", "mmce-2", "ls-0.05", "fl-1", "fl-2", "fl-3", "flsc-531", "flsc-532", "flsd-532",
-               "flsd-53")
-LOSS_TITLES = {"ce": "Cross-Entropy", "brier": "Brier Loss", "mmce-2": "MMCE", "ls-0.05": "LS-0.05",
-               "fl-1": "FL-1", "fl-2": "FL-2", "fl-3": "FL-3", "flsc-531": "FLSc-531", "flsc-532": "FLSc-532",
-               "flsd-532": "FLSD-532", "flsd-53": "FLSD-53"}
-METRICS = {  # name -> (title, scaled by temperature?)
-    "ece": ("ECE (%)", True), "adaece": ("AdaECE (%)", True), "mce": ("MCE (%)", True),
-    "classwise_ece": ("Classwise ECE (%)", True), "nll": ("NLL (x100)", True), "brier": ("Brier (x100)", True),
-    "error": ("Error (%)", False), "top5_error": ("Top-5 error (%)", False), "s99": ("|S99| (%)", True),
-    "s99_accuracy": ("S99 accuracy (%)", True),
-}
+from focal_calibration import cli
+from focal_calibration.checkpoint import atomic_write
+from focal_calibration.evaluation import read_results
+from focal_calibration.tables import METRICS, to_latex, to_markdown
 
 
-def _mean(values):
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(values) / len(values) if values else None
-
-
-def build_table(records: list[dict], metric: str) -> tuple[list[str], list[tuple[str, str]], dict]:
-    """(loss columns, (dataset, model) rows, {(row, loss): (pre %, post %, T, n)})."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    groups = defaultdict(list)
-    seen = set()
-    for record in records:
-        run = record.get("paths", {}).get("checkpoint") or record.get("path")
-        if run is not None and run in seen:  # train.py's and evaluate.py's results of the same checkpoint
-            continue
-        seen.add(run)
-        groups[(record["dataset"], record["model"]), record["loss"]].append(record["evaluation"])
-    losses = sorted({loss for _, loss in groups},
-                    key=lambda s: (PAPER_ORDER.index(s) if s in PAPER_ORDER else len(PAPER_ORDER), s))
-    rows = sorted({row for row, _ in groups})
-    cells = {}
-    for (row, loss), evaluations in groups.items():
-        pre = _mean([e["pre"].get(metric) for e in evaluations])
-        post = _mean([e["post"].get(metric) for e in evaluations])
-        temperature = _mean([e["temperature"] for e in evaluations])
-        cells[row, loss] = (None if pre is None else 100 * pre, None if post is None else 100 * post, temperature,
-                            len(evaluations))
-    return losses, rows, cells
-
-
-def _cell(value, scaled: bool) -> str:
-    if value is None:
-        return "-"
-    pre, post, temperature, n = value
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    text = f"{fmt(pre)} / {fmt(post)} ({temperature:.1f})" if scaled else fmt(pre)
-    return text + (f" n={n}" if n > 1 else "")
-
-
-def to_markdown(records, metric: str) -> str:
-    losses, rows, cells = build_table(records, metric)
-    title, scaled = METRICS[metric]
-    head = ["Dataset", "Model"] + [LOSS_TITLES.get(loss, loss) for loss in losses]
-    lines = [f"**{title}**" + (" — pre T / post T (T), T chosen by validation ECE" if scaled else ""), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        lines.append("| " + " | ".join([*row, *(_cell(cells.get((row, loss)), scaled) for loss in losses)]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _tex(text: str) -> str:
-    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-
-
-def to_latex(records, metric: str) -> str:
-    losses, rows, cells = build_table(records, metric)
-    title, scaled = METRICS[metric]
-    per_loss = 2 if scaled else 1
-    lines = [r"\begin{tabular}{ll" + "c" * (per_loss * len(losses)) + "}", r"\toprule"]
-    lines.append("Dataset & Model & " + " & ".join(
-        (rf"\multicolumn{{2}}{{c}}{{{_tex(LOSS_TITLES.get(loss, loss))}}}" if scaled else
-         _tex(LOSS_TITLES.get(loss, loss))) for loss in losses) + r" \\")
-    if scaled:
-        lines.append(" & & " + " & ".join(["Pre T & Post T"] * len(losses)) + r" \\")
-    lines.append(r"\midrule")
-    for row in rows:
-        parts = [_tex(row[0]), _tex(row[1])]
-        for loss in losses:
-            value = cells.get((row, loss))
-            if value is None:
-                parts += ["-"] * per_loss
-            elif scaled:
-                pre, post, temperature, _ = value
-                parts += ["-" if pre is None else f"{pre:.2f}",
-                          "-" if post is None else f"{post:.2f}({temperature:.1f})"]
-            else:
-                parts.append("-" if value[0] is None else f"{value[0]:.2f}")
-        lines.append(" & ".join(parts) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", f"% {title}"]
-    return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="results.json files or folders searched recursively")
     parser.add_argument("--metric", nargs="+", default=["ece", "adaece"], choices=tuple(METRICS))
     parser.add_argument("--format", nargs="+", default=["markdown"], choices=("markdown", "latex"))
     parser.add_argument("--out", default=None, help="also write the tables to this file")
-    args = parser.parse_args(argv)
-    try:
-        records = read_results(args.paths)
-    except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return parser
+
+
+def main(args) -> str:
+    records = read_results(args.paths)
     if not records:
-        parser.exit(2, f"{parser.prog}: error: no results.json found under {', '.join(args.paths)}\n")
-    parts = []
-    for fmt in args.format:
-        for metric in args.metric:
-            parts.append((to_markdown if fmt == "markdown" else to_latex)(records, metric))
+        raise ValueError(f"no results.json found under {', '.join(args.paths)}")
+    parts = [(to_markdown if fmt == "markdown" else to_latex)(records, metric)
+             for fmt in args.format for metric in args.metric]
     text = "\n".join(parts)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write(Path(args.out), lambda handle: handle.write(text), binary=False)
     print(text, end="")
     return text
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_cli(get_args_parser(), main))

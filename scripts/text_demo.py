@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from text_prepare_data import get_args_parser as prepare_args  # noqa: E402
 from text_prepare_data import main as prepare  # noqa: E402

@@ -12,11 +12,7 @@ development machine); a second run reads the cache and returns in seconds.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from treelstm.data import load_rotten_tomatoes_trees  # noqa: E402
 from treelstm.linkgrammar import link_parser_available  # noqa: E402

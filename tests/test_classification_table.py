@@ -1,14 +1,23 @@
-"""scripts/results_table.py (Table 1 / 2 layout) and scripts/plot_training_dynamics.py on hand-written run files."""
+"""focal_calibration.tables + scripts/results_table.py (Table 1 / 2 layout) and classification.figures (the dynamics
+figures) on hand-written run files."""
 
 import json
 
 import pytest
 import torch
 
+from classification.figures import plot_runs
 from focal_calibration.evaluation import write_json_atomic
-from scripts.plot_training_dynamics import plot_runs
-from scripts.results_table import main as table_main
-from scripts.results_table import to_latex, to_markdown
+from focal_calibration.tables import to_latex, to_markdown
+from focal_calibration import cli
+from scripts.results_table import get_args_parser, main
+
+
+def table_main(argv):
+    """scripts/results_table.py as its command line runs it (one-line errors, exit status 2)."""
+    text = []
+    cli.run_cli(get_args_parser(), lambda args: text.append(main(args)), argv)
+    return text[0]
 
 
 def _metrics(ece, adaece, error):
@@ -43,10 +52,14 @@ def test_latex_table_and_seed_averaging(two_runs):
     write_json_atomic(two_runs / "c" / "results.json", _record("ce", 0.0465, 0.0115, 2.3, 0.0505, seed=2))
     from focal_calibration.evaluation import read_results
     records = read_results([two_runs])
-    assert "| cifar10 | resnet50 | 4.50 / 1.25 (2.4) n=2 | 1.55 / 0.95 (1.1) |" in to_markdown(records, "ece")
+    # mean ± sample std of two seeds, by hand: ECE 4.35, 4.65 -> 4.50 ± 0.21; post 1.35, 1.15 -> 1.25 ± 0.14;
+    # T 2.5, 2.3 -> 2.4 ± 0.1
+    assert ("| cifar10 | resnet50 | 4.50 ± 0.21 / 1.25 ± 0.14 (2.4 ± 0.1) n=2 | 1.55 / 0.95 (1.1) |"
+            in to_markdown(records, "ece"))
+    assert "| cifar10 | resnet50 | 5.00 ± 0.07 n=2 | 4.98 |" in to_markdown(records, "error")
     latex = to_latex(records, "ece")
     assert r"\multicolumn{2}{c}{Cross-Entropy} & \multicolumn{2}{c}{FLSD-53} \\" in latex
-    assert r"cifar10 & resnet50 & 4.50 & 1.25(2.4) & 1.55 & 0.95(1.1) \\" in latex
+    assert r"cifar10 & resnet50 & 4.50$\pm$0.21 & 1.25$\pm$0.14(2.4$\pm$0.1) & 1.55 & 0.95(1.1) \\" in latex
     with pytest.raises(ValueError, match="unknown metric 'acc'"):
         to_markdown(records, "acc")
 

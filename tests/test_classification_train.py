@@ -50,12 +50,12 @@ def read_log(out):
 
 @pytest.mark.parametrize("loss", PAPER_LOSS_SPECS + ("ls-torch-0.1",))
 def test_every_loss_trains_and_reports(fmnist, tmp_path, loss):
-    extra = ["--epochs", "2", "--gamma-milestones", "1", "2"] if loss.startswith("flsc") else ["--epochs", "1"]
+    extra = ["--epochs", "3"] if loss.startswith("flsc") else ["--epochs", "1"]  # FLSc: milestones 1, 2 of 3
     record = run(fmnist_args(fmnist, tmp_path, "--loss", loss, "--limit-train", "128", *extra))
     log = read_log(tmp_path)
     assert [line["epoch"] for line in log] == list(range(1, len(log) + 1))
-    if loss.startswith("flsc"):  # the trainer feeds the epoch: γ = 5 in epoch 1, 3 in epoch 2
-        assert [line["gamma"] for line in log] == [5.0, 3.0]
+    if loss.startswith("flsc"):  # the schedule follows the run: γ = 5 in epoch 1, 3 in epoch 2, the last γ in 3
+        assert [line["gamma"] for line in log] == [5.0, 3.0, float(loss[-1])]
     evaluation = record["evaluation"]
     assert evaluation["pre"]["n"] == 100 and evaluation["val_pre"]["n"] == 60
     for key in ("ece", "adaece", "mce", "classwise_ece", "nll", "error"):
@@ -87,7 +87,8 @@ def test_dynamics_log_and_evaluation_match_the_core_on_saved_logits(fmnist, tmp_
     # evaluate.py on the checkpoint reproduces the training run's final numbers
     args = evaluate_script.get_args_parser().parse_args([str(tmp_path / "checkpoint.pt"), "--workers", "0"])
     (again,) = evaluate_script.main(args)
-    assert again["evaluation"] == record["evaluation"]
+    # (the trainer also reports the training set's metrics, "train"; the evaluator reports validation and test)
+    assert again["evaluation"] == {k: v for k, v in record["evaluation"].items() if k != "train"}
     assert (tmp_path / "evaluation" / "results.json").exists()
 
 
@@ -125,7 +126,7 @@ def test_every_model_trains_one_step(image_tree, tmp_path, model):
 
 def _cli_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
-        train_script.cli(argv + FAST)
+        train_script.run(argv + FAST)
     assert info.value.code == 2
     return capsys.readouterr().err
 
@@ -145,18 +146,36 @@ def test_bad_inputs_are_refused_with_clear_messages(fmnist, tmp_path, capsys):
     run(base)
     message = _cli_error(base + ["--resume", "auto", "--loss", "flsd-53", "--lr", "0.05", "--epochs", "2"], capsys)
     assert "cannot resume: --loss was 'ce', now 'flsd-53'; --lr was 0.1, now 0.05" in message
+    # every option of the parser is run-defining unless allowed (--n-bins was missing from a hand-written list)
+    assert "cannot resume: --n-bins was 15, now 10" in _cli_error(base + ["--resume", "auto", "--n-bins", "10"],
+                                                                   capsys)
+    assert "already holds a run (checkpoint.pt, results.json): pass --resume auto" in _cli_error(base, capsys)
+    run(base + ["--resume", "auto", "--epochs", "2", "--threads", "1"])  # allowed changes: one more epoch
+    assert [line["epoch"] for line in read_log(tmp_path / "run")] == [1, 2]
+
+
+def test_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        train_script.get_args_parser().parse_args(["--help"])
+    options = [" ".join(option.split()) for option in capsys.readouterr().out.split("\n  -")[1:]]
+    by_flag = {option.split()[0].rstrip(","): option for option in options}
+    assert by_flag["-lr"] == "-lr LR default: 0.1"
+    assert by_flag["-split-seed"].endswith("(independent of --seed) (default: 1)")
+    assert by_flag["-data-dir"].count("default") == 1 and by_flag["-threads"].startswith("-threads N ")
+    for option in options:
+        assert option.lower().count("default") <= 1, option
 
 
 def _train_subprocess(fmnist, out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [sys.executable, str(REPO / "classification" / "train.py"),
                *fmnist_args(fmnist, out, "--epochs", "3", "--batch-size", "8", "--lr-milestones", "2",
-                            "--loss", "flsd-53", "--print-freq", "1", "--workers", "0", "--no-progress",
+                            "--loss", "adafocal", "--print-freq", "1", "--workers", "0", "--no-progress",
                             "--limit-train", "120", "--limit-eval", "50", *extra)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 
 
-def test_resume_after_sigkill_mid_epoch_is_exact(fmnist, tmp_path):
+def test_resume_after_sigkill_mid_epoch_is_exact(fmnist, tmp_path):  # with AdaFocal, whose state must resume too
     straight = _train_subprocess(fmnist, tmp_path / "straight")
     output = straight.communicate(timeout=300)[0]
     assert straight.returncode == 0, output
@@ -178,8 +197,9 @@ def test_resume_after_sigkill_mid_epoch_is_exact(fmnist, tmp_path):
     assert a["epoch"] == b["epoch"] == 2
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for key in ("optimizer", "scheduler"):
+    for key in ("optimizer", "scheduler", "criterion"):  # criterion: AdaFocal's γ per bin
         assert str(a[key]) == str(b[key])
+    assert int(a["criterion"]["updates"]) == 3
     results = [json.loads((tmp_path / d / "results.json").read_text())["evaluation"] for d in ("straight", "killed")]
     assert results[0] == results[1]
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "killed")
@@ -207,3 +227,36 @@ def test_torchrun_two_processes_gloo(fmnist, tmp_path):
     log = read_log(tmp_path)
     assert len(log) == 2 and log[-1]["test_ece"] == record["evaluation"]["pre"]["ece"]
     assert result.stdout.count("final:") == 1  # only rank 0 reports
+
+
+def test_gradient_norms_under_official_code_brier_are_per_sample_autograd(fmnist, tmp_path):
+    """--official-code averages the *training* Brier loss over the batch; the saved per-sample gradient norms must
+    still be those of each sample's own loss: autograd of the naive Brier formula, one sample at a time."""
+    from classification.batches import Normalize, iterate_batches
+    from classification.datasets import load_dataset
+    from classification.models import build_model
+
+    run(fmnist_args(fmnist, tmp_path, "--official-code", "--loss", "brier", "--model", "mlp", "--epochs", "1",
+                    "--limit-train", "24", "--limit-eval", "20", "--grad-norm-epochs", "1"))
+    saved = torch.load(tmp_path / "grad_norms_epoch1.pt", weights_only=True)["norms"]
+    data = load_dataset("fashion-mnist", data_dir=fmnist, val_size=60)
+    model = build_model("mlp", data.num_classes, data.in_channels, data.image_size)
+    model.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["model"])
+    model.eval()
+    normalize = Normalize(data.mean, data.std, torch.device("cpu"))
+    ((images, labels),) = iterate_batches(data.train, torch.arange(24), 24, torch.device("cpu"))
+    with torch.no_grad():
+        _, features = model(normalize(images), return_features=True)
+    expected = []
+    for h, y in zip(features, labels):
+        model.fc.zero_grad()
+        probs = torch.softmax(model.fc(h[None]), dim=1)[0]
+        ((probs - torch.nn.functional.one_hot(y, data.num_classes).float()) ** 2).sum().backward()
+        expected.append(torch.cat([model.fc.weight.grad.flatten(), model.fc.bias.grad]).norm())
+    assert saved.shape == (24,)
+    assert saved.tolist() == pytest.approx(torch.stack(expected).tolist(), rel=1e-4)
+
+
+def test_gradient_norms_are_refused_for_mmce(fmnist, tmp_path, capsys):
+    message = _cli_error(fmnist_args(fmnist, tmp_path, "--loss", "mmce-2", "--grad-norm-epochs", "1"), capsys)
+    assert "--grad-norm-epochs" in message and "mmce-2" in message and "per-sample" in message

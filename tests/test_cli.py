@@ -186,6 +186,11 @@ def test_load_resume_state(tmp_path):
     args.resume = None  # a fresh run would overwrite the finished one
     with pytest.raises(ValueError, match="already holds a run \\(checkpoint.pt\\): pass --resume auto"):
         cli.load_resume_state(folder, args, parser, suite="image")
+    folder.checkpoint.unlink()
+    folder.results.write_text("{}")
+    args.resume = "auto"  # nothing to continue from, but a finished run's results would be overwritten
+    with pytest.raises(ValueError, match="already holds a run \\(results.json\\)"):
+        cli.load_resume_state(folder, args, parser, suite="image")
 
 
 def test_run_folder_files(tmp_path):
@@ -229,3 +234,20 @@ def test_seed_everything_matches_freshly_seeded_generators():
     for bad in (-1, 1.5, True, 2 ** 32):
         with pytest.raises(ValueError, match="seed must be an integer"):
             cli.seed_everything(bad)
+
+
+def test_a_missing_extra_is_a_user_error_naming_the_extra(capsys):
+    assert cli.require_extra("json", "vision", "x") is json
+    with pytest.raises(cli.MissingExtraError) as info:
+        cli.require_extra("no_such_module_xyz.sub", "vision", "--dataset cifar10")
+    assert str(info.value) == ("--dataset cifar10 needs no_such_module_xyz, which is not installed: "
+                               "pip install 'focal-calibration[vision]'")
+
+    def main(args):
+        cli.require_extra("no_such_module_xyz", "dgl", "--engine dgl")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(cli.ArgumentParser(prog="t"), main, [])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("t: error: --engine dgl needs no_such_module_xyz, which is not installed: "
+                                       "pip install 'focal-calibration[dgl]'\n")

@@ -8,9 +8,11 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from focal_calibration.evaluation import (evaluate_calibration, make_run_record, read_results,
-                                          save_reliability_diagrams, write_json_atomic)
+from focal_calibration.evaluation import (MATRIX_SCALING_COST_LIMIT, evaluate_calibration, make_run_record,
+                                          matrix_scaling_plan, read_results, save_reliability_diagrams,
+                                          write_json_atomic)
 from focal_calibration.metrics import calibration_metrics
+from focal_calibration.scaling import fit_matrix_scaling, fit_vector_scaling
 
 
 def _reference_ece(logits, labels, n_bins=15):
@@ -87,6 +89,57 @@ def test_test_metrics_pre_and_post_match_references_and_the_core(data, result):
     assert result["val_pre"] == calibration_metrics(val_labels, logits=val_logits)
     assert result["n_bins"] == 15
     json.dumps(result)  # JSON-ready
+
+
+def test_post_hoc_maps_are_fitted_on_validation_and_reported_on_test(data, result):
+    val_logits, val_labels, test_logits, test_labels = data
+    vector, matrix = fit_vector_scaling(val_logits, val_labels), fit_matrix_scaling(val_logits, val_labels)
+    assert result["post_vs"] == calibration_metrics(test_labels, logits=vector.scale(test_logits))
+    # K^2 + K = 42 <= N_val / 10 = 150: Guo et al.'s unregularised matrix scaling
+    assert result["post_ms"] == calibration_metrics(test_labels, logits=matrix.scale(test_logits))
+    assert result["vector_scaling"] == vector.summary() and result["vector_scaling"]["n_params"] == 12
+    assert result["matrix_scaling"]["n_params"] == 42 and result["matrix_scaling"]["odir"] is None
+    for key in ("post_vs", "post_ms"):  # an over-confident model: both maps help on the test set (unlike T, they
+        # may change the argmax: here matrix scaling learns the data's class confusion and trades accuracy for NLL)
+        assert result[key]["nll"] < result["pre"]["nll"] and result[key]["ece"] < result["pre"]["ece"]
+
+
+@pytest.mark.parametrize("n, k, mode, covered, want", [
+    (1500, 6, "auto", True, "plain"),      # 42 parameters, 1500 samples: >= 10 per parameter
+    (419, 6, "auto", True, "odir"),        # 42 > 41.9
+    (420, 6, "auto", True, "plain"),       # 42 <= 42.0
+    (1500, 6, "auto", False, "odir"),      # a class missing from the validation labels: no finite plain optimum
+    (5000, 100, "auto", True, "odir"),     # CIFAR-100-like: 10,100 parameters
+    (25000, 1000, "auto", True, "skip"),   # ImageNet-like: N K^2 = 2.5e10 > 2^27
+    (10000, 200, "auto", True, "skip"),    # Tiny-ImageNet-like: 4e8 > 2^27
+    (25000, 1000, "odir", True, "odir"),
+    (50, 6, "plain", True, "plain"),
+    (1500, 6, "off", True, "skip"),
+])
+def test_matrix_scaling_plan(n, k, mode, covered, want):
+    plan, reason = matrix_scaling_plan(n, k, mode, labels_cover_classes=covered)
+    assert plan == want
+    if want == "skip" and mode == "auto":
+        assert f"{n * k * k:,}" in reason and f"{MATRIX_SCALING_COST_LIMIT:,}" in reason and "'odir'" in reason
+    with pytest.raises(ValueError, match="matrix_scaling must be one of .* got 'dirichlet'"):
+        matrix_scaling_plan(n, k, "dirichlet")
+
+
+def test_small_validation_sets_get_odir_or_skips_with_reasons(data):
+    val_logits, val_labels, test_logits, test_labels = data
+    small = evaluate_calibration(val_logits[:200], val_labels[:200], test_logits, test_labels)
+    assert small["matrix_scaling"]["odir"]["chosen_by"].startswith("3-fold cross-validated NLL")
+    refit = fit_matrix_scaling(val_logits[:200], val_labels[:200], odir="cv")
+    assert small["post_ms"] == calibration_metrics(test_labels, logits=refit.scale(test_logits))
+    off = evaluate_calibration(val_logits[:200], val_labels[:200], test_logits, test_labels, matrix_scaling="off")
+    assert off["post_ms"] is None and off["matrix_scaling"] == {"skipped": "matrix_scaling='off'"}
+    missing = val_labels[:300] != 5  # class 5 never in the validation labels: vector scaling has no finite optimum
+    partial = evaluate_calibration(val_logits[:300][missing], val_labels[:300][missing], test_logits, test_labels,
+                                   matrix_scaling="off")
+    assert partial["post_vs"] is None and "all classes present: False" in partial["vector_scaling"]["skipped"]
+    json.dumps(partial)
+    with pytest.raises(ValueError, match="matrix_scaling must be one of"):
+        evaluate_calibration(val_logits, val_labels, test_logits, test_labels, matrix_scaling="yes")
 
 
 def test_half_precision_logits_are_evaluated_in_float32(data):

@@ -1,15 +1,12 @@
 """Data preparation of the NMT suite on tiny hand-made inputs: LibreOffice help alignment / splitting and the WMT14
 cleaning rules."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import nmt_prepare_libreoffice as lo  # noqa: E402
-import nmt_wmt14_clean as wmt  # noqa: E402
+from scripts import nmt_prepare_libreoffice as lo
+from scripts import nmt_wmt14_clean as wmt
 
 PAGE = """<html><body><div id="DisplayArea">
 <h1 id="hd_id1" dir="auto">{title}</h1>

@@ -4,15 +4,10 @@ intervals and verdicts computed by hand)."""
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import nmt_demo  # noqa: E402
+from scripts import nmt_demo
 
 LOG = """\
 2026-11-30 08:21:43 | INFO | fairseq_cli.train | begin validation on "valid" subset

@@ -67,7 +67,8 @@ def test_alpha_zero_is_the_core_focal_loss_with_a_policy(batch):
 
 
 def test_gamma_zero_is_fairseq_label_smoothed_cross_entropy(batch):
-    from fairseq.criterions import label_smoothed_cross_entropy as fairseq_ls
+    fairseq_ls = pytest.importorskip("fairseq.criterions.label_smoothed_cross_entropy",
+                                     reason="the [fairseq] extra is not installed")
     logits, target = batch
     pad = 1  # fairseq's padding index is a vocabulary entry
     target = torch.where(target == IGNORE, pad, target)

@@ -19,12 +19,10 @@ pytest.importorskip("fairseq", reason="the fairseq extra is not installed (pip i
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = ROOT / "fairseq_focal"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
 from fairseq_focal import compat  # noqa: E402  (importing the package registers the tasks)
 from fairseq_focal.criterions.focal_loss import FocalLossCriterionConfig  # noqa: E402
 from fairseq_focal.tasks.nll_dynamics import token_nll_sums  # noqa: E402
-from nmt_toy_corpus import write_corpus  # noqa: E402
+from scripts.nmt_toy_corpus import write_corpus  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 TINY_MODEL = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
@@ -237,20 +235,28 @@ def _readme_option_table() -> dict:
     return rows
 
 
+def _interpolated(field) -> bool:
+    """A field whose default is ``II("group.option")``: fairseq's own option, which the criterion reads."""
+    return isinstance(field.default, str) and field.default.startswith("${")
+
+
 def _shown_default(field) -> str:
     default = field.default
-    if isinstance(default, str) and default.startswith("${"):  # an interpolation: fairseq's own option
-        return "fairseq's"
     return {None: "none", True: "on", False: "off"}.get(default, str(default)) \
         if isinstance(default, (bool, type(None))) else str(default)
 
 
 def test_readme_option_table_matches_the_criterion_dataclass():
     table = _readme_option_table()
-    fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(FocalLossCriterionConfig)
-              if not f.name.startswith("_")}
+    all_fields = [f for f in dataclasses.fields(FocalLossCriterionConfig) if not f.name.startswith("_")]
+    fields = {f.name.replace("_", "-"): f for f in all_fields if not _interpolated(f)}
     missing, extra = sorted(set(fields) - set(table)), sorted(set(table) - set(fields))
     assert not missing and not extra, (f"README's focal_loss option table and FocalLossCriterionConfig differ: "
                                        f"undocumented {missing}, no longer options {extra}")
     wrong = {name: (table[name], _shown_default(f)) for name, f in fields.items() if table[name] != _shown_default(f)}
     assert not wrong, f"README shows other defaults than the dataclass (README, dataclass): {wrong}"
+    # fairseq's own options the criterion reads are named right after the table
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text[text.index("<!-- focal_loss options: end -->"):][:800]
+    unnamed = [f.name for f in all_fields if _interpolated(f) and f"`--{f.name.replace('_', '-')}`" not in after]
+    assert not unnamed, f"README does not name the fairseq options the criterion reads: {unnamed}"

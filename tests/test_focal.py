@@ -162,7 +162,8 @@ def test_extreme_logits_stay_finite():
         loss = focal_loss(logits, target, gamma, reduction="none")
         (grad,) = torch.autograd.grad(loss.sum(), logits)
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
-        assert float(loss[0].detach()) == pytest.approx(2e4) and float(loss[1].detach()) == 0  # log p_y = -2e4 and 0 exactly
+        # log p_y = -2e4 and 0 exactly
+        assert float(loss[0].detach()) == pytest.approx(2e4) and float(loss[1].detach()) == 0
 
 
 def test_confident_rows_with_gamma_below_one_have_finite_vanishing_gradient():
@@ -217,7 +218,8 @@ def test_second_backward_through_reused_buffer_is_refused_but_recompute_mode_all
     (dict(target=torch.tensor([0, -3, 1])), r"target holds class index -3"),
     (dict(target=torch.tensor([[0, 1, 2]])), r"shape mismatch"),
     (dict(target=torch.tensor([0.0, 1.0, 2.0])), r"integer class indices"),
-    (dict(logits=torch.tensor([[0.0, 1, 2, 3], [float("nan"), 0, 0, 0], [0.0, 0, 0, 0]])), r"logits must be finite, got nan"),
+    (dict(logits=torch.tensor([[0.0, 1, 2, 3], [float("nan"), 0, 0, 0], [0.0, 0, 0, 0]])),
+     r"logits must be finite, got nan"),
     (dict(logits=torch.tensor([[0.0, 1, 2, 3], [float("inf"), 0, 0, 0], [0.0, 0, 0, 0]])), r"logits must be finite"),
     (dict(reduction="avg"), r"reduction must be 'mean', 'sum' or 'none', got 'avg'"),
     (dict(logits=torch.zeros(0, 4), target=torch.zeros(0, dtype=torch.long)), r"empty batch"),

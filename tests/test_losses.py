@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from focal_calibration import (PAPER_LOSS_SPECS, BrierLoss, CrossEntropyLoss, EpochScheduledGamma, FocalLoss,
                                LabelSmoothingLoss, MMCELoss, SampleDependentGamma, build_loss, gamma_star,
                                mmce_weighted, prop2_gamma_policy)
+from focal_calibration.gamma import parse_gamma_policy
+from focal_calibration.losses import BEYOND_PAPER_LOSS_SPECS
 
 
 # ------------------------------------------------------------------------------------------------ label smoothing
@@ -114,7 +116,8 @@ def test_mmce_loss_is_ce_plus_lambda_mmce_with_documented_reductions():
     mmce = mmce_three_sums(conf.tolist(), (pred == target).tolist())
     ce = F.cross_entropy(logits.detach(), target, reduction="none")
     assert float(MMCELoss(2.0)(logits, target).detach()) == pytest.approx(float(ce.mean()) + 2 * mmce, rel=1e-9)
-    assert float(MMCELoss(2.0, reduction="sum")(logits, target).detach()) == pytest.approx(float(ce.sum()) + 32 * mmce, rel=1e-9)
+    summed = float(MMCELoss(2.0, reduction="sum")(logits, target).detach())
+    assert summed == pytest.approx(float(ce.sum()) + 32 * mmce, rel=1e-9)
     loss = MMCELoss(8.0)(logits, target)
     (grad,) = torch.autograd.grad(loss, logits)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -137,10 +140,43 @@ def test_flsd532_bands():
 @pytest.mark.parametrize("spec,expected", [("flsc-531", {0: 5, 99: 5, 100: 3, 249: 3, 250: 1, 349: 1}),
                                            ("flsc-532", {0: 5, 99: 5, 100: 3, 249: 3, 250: 2, 349: 2})])
 def test_epoch_schedules(spec, expected):
-    loss = build_loss(spec)
+    loss = build_loss(spec, epochs=350)  # Appendix E: 5 for 100 epochs, 3 for the next 150, the last γ for 100
     for epoch, gamma in expected.items():
         loss.set_epoch(epoch)
         assert loss.policy(None) == gamma
+
+
+@pytest.mark.parametrize("epochs,first_epoch_of", [(30, {3: 9, 1: 21}), (25, {3: 7, 1: 18}), (3, {3: 1, 1: 2}),
+                                                   (100, {3: 29, 1: 71})])
+def test_flsc_follows_the_run_length(epochs, first_epoch_of):
+    # Hand computation: the γ changes after 100/350 and 250/350 of the run, rounded to the nearest epoch
+    # (30 epochs: 8.57 -> 9, 21.43 -> 21; 25: 7.14 -> 7, 17.86 -> 18; 100: 28.57 -> 29, 71.43 -> 71).
+    loss = build_loss("flsc-531", epochs=epochs)
+    gammas = []
+    for epoch in range(epochs):
+        loss.set_epoch(epoch)
+        gammas.append(loss.policy(None))
+    assert gammas.index(3) == first_epoch_of[3] and gammas.index(1) == first_epoch_of[1]
+    assert set(gammas) == {5, 3, 1}  # every phase of the schedule happens within the run
+
+
+def test_flsc_without_the_run_length_or_with_milestones_beyond_it_is_refused():
+    # The absolute milestones (100, 250) made flsc-531 plain FL-5 on a 30-epoch run: now refused, never silent.
+    with pytest.raises(ValueError, match=r"'flsc-531' needs the run length .* pass epochs="):
+        build_loss("flsc-531")
+    with pytest.raises(ValueError, match=r"milestones \[100, 250\] do not fit a run of 30 epochs"):
+        build_loss("flsc-531", milestones=(100, 250), epochs=30)
+    with pytest.raises(ValueError, match=r"needs a run of at least 3 epochs, got epochs=2"):
+        build_loss("flsc-531", epochs=2)
+
+
+def test_parse_gamma_policy_is_the_factorys_parser():
+    assert parse_gamma_policy("fl-2.5").gamma == 2.5
+    assert parse_gamma_policy("flsc-531", epochs=35).milestones == (10, 25)
+    assert parse_gamma_policy("flsd-53").thresholds == (0.2,)
+    assert parse_gamma_policy("flsd-prop2-0.25").gamma == pytest.approx(gamma_star(0.25))
+    with pytest.raises(ValueError, match=r"unknown loss spec 'brier': not a focal-loss γ policy"):
+        parse_gamma_policy("brier")
 
 
 def test_custom_milestones_and_thresholds():
@@ -174,16 +210,20 @@ def test_flsd53_loss_equals_per_sample_reference():
 
 # ------------------------------------------------------------------------------------------------ factory
 
-@pytest.mark.parametrize("spec", PAPER_LOSS_SPECS + ("fl-0.5", "ls-torch-0.1", "mmce-8", "FL-3"))
+@pytest.mark.parametrize("spec", PAPER_LOSS_SPECS + BEYOND_PAPER_LOSS_SPECS + (
+    "fl-0.5", "ls-torch-0.1", "mmce-8", "FL-3", "mbls-10-1e-3", "poly--1", "POLY-2"))
 def test_every_spec_builds_and_trains_a_step(spec):
     torch.manual_seed(7)
-    loss_fn = build_loss(spec)
-    loss_fn.set_epoch(3)
+    loss_fn = build_loss(spec, epochs=10)
+    loss_fn.set_epoch(3)  # the trainers' hooks exist on every loss (no-ops where unused)
     logits = torch.randn(2, 8, 10, requires_grad=True)
     target = torch.randint(0, 10, (2, 8))
+    loss_fn.observe_validation(logits.detach().reshape(-1, 10), target.reshape(-1))
     loss = loss_fn(logits, target)
     loss.backward()
     assert loss.dim() == 0 and torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert loss_fn.uses_validation == (spec == "adafocal")
+    assert isinstance(loss_fn.describe_state(), dict)
 
 
 def test_factory_maps_names_to_the_right_losses():
@@ -191,7 +231,7 @@ def test_factory_maps_names_to_the_right_losses():
     assert isinstance(build_loss("fl-3"), FocalLoss) and build_loss("fl-3").policy.gamma == 3
     assert build_loss("ls-0.05").alpha == 0.05 and build_loss("ls-0.05").form == "paper"
     assert build_loss("mmce-2").lam == 2
-    assert isinstance(build_loss("flsc-531").policy, EpochScheduledGamma)
+    assert isinstance(build_loss("flsc-531", epochs=350).policy, EpochScheduledGamma)
     assert isinstance(build_loss("flsd-53").policy, SampleDependentGamma)
     assert build_loss("brier", reduction="sum").reduction == "sum"
 
@@ -227,10 +267,11 @@ def test_bad_specs_raise_clear_errors(spec, message):
 def test_bad_policy_arguments():
     with pytest.raises(ValueError, match=r"3 gammas need 2 epoch milestones, got \[100\]"):
         EpochScheduledGamma((5, 3, 1), milestones=(100,))
-    with pytest.raises(ValueError, match=r"thresholds must be strictly increasing and inside \(0, 1\), got \[0.5, 0.2\]"):
+    with pytest.raises(ValueError,
+                       match=r"thresholds must be strictly increasing and inside \(0, 1\), got \[0.5, 0.2\]"):
         SampleDependentGamma((5, 3, 2), thresholds=(0.5, 0.2))
     with pytest.raises(ValueError, match=r"epoch must be an integer >= 0, got -1"):
-        build_loss("flsc-531").set_epoch(-1)
+        build_loss("flsc-531", epochs=350).set_epoch(-1)
     with pytest.raises(ValueError, match=r"label smoothing needs at least 2 classes, got K=1"):
         LabelSmoothingLoss(0.1)(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"lambda must be a finite number >= 0, got -2"):

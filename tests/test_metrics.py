@@ -504,3 +504,66 @@ def test_failed_update_leaves_state_unchanged():
     assert accumulator.compute() == before
     with pytest.raises(ValueError, match="no samples"):
         CalibrationAccumulator().compute()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plain path of sample_statistics (used off CPU; the CPU fast path is what the tests above exercise)
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def plain_path(monkeypatch):
+    import focal_calibration.metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "_FAST_PATH", False)
+    monkeypatch.setattr(metrics_module, "_CHUNK_ELEMENTS", 64)  # several row chunks even for small inputs
+
+
+@pytest.mark.parametrize("n_bins, k", [(1, 3), (15, 7), (10, 12)])
+def test_plain_path_matches_reference(plain_path, n_bins, k):
+    logits, labels = random_problem(300, k, seed=n_bins + k, scale=3.0)
+    probs, log_probs = ref_softmax(logits)
+    assert_metrics_close(calibration_metrics(labels, logits=logits, n_bins=n_bins),
+                         ref_metrics(probs, labels.numpy(), n_bins, log_probs=log_probs))
+    given = torch.softmax(logits, -1)
+    given[0] = 0
+    given[0, (labels[0] + 1) % k] = 1.0  # one-hot on a wrong class: p_y = 0, NLL = inf
+    assert_metrics_close(calibration_metrics(labels, probs=given, n_bins=n_bins),
+                         ref_metrics(given.numpy(), labels.numpy(), n_bins))
+
+
+def test_plain_path_ties_float32_and_streaming(plain_path):
+    probs = torch.tensor([[0.25] * 4, [0.4, 0.4, 0.1, 0.1], [0.1, 0.3, 0.3, 0.3], [0.7, 0.1, 0.1, 0.1]],
+                         dtype=torch.float64)
+    labels = torch.tensor([2, 1, 1, 0])
+    assert_metrics_close(calibration_metrics(labels, probs=probs, n_bins=4),
+                         ref_metrics(probs.numpy(), labels.numpy(), 4))
+    logits, labels = random_problem(2000, 10, seed=3, dtype=torch.float32)
+    probs, log_probs = ref_softmax(logits.double())
+    want = ref_metrics(probs, labels.numpy(), 15, log_probs=log_probs)
+    assert_metrics_close(calibration_metrics(labels, logits=logits), want, rel=1e-5, abs_=1e-6)
+    accumulator = CalibrationAccumulator(15)
+    for part in torch.arange(2000).split([7, 993, 1000]):
+        accumulator.update(labels[part], logits=logits[part])
+    assert_metrics_close(accumulator.compute(), want, rel=1e-5, abs_=1e-6)
+
+
+def test_plain_and_fast_paths_agree(monkeypatch):
+    import focal_calibration.metrics as metrics_module
+
+    logits, labels = random_problem(3000, 20, seed=8, dtype=torch.float32, scale=4.0)
+    fast = calibration_metrics(labels, logits=logits)
+    monkeypatch.setattr(metrics_module, "_FAST_PATH", False)
+    assert_metrics_close(calibration_metrics(labels, logits=logits), fast, rel=1e-9, abs_=1e-12)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: calibration_metrics(LABELS, logits=LOGITS.index_put((torch.tensor([1]), torch.tensor([1])),
+                                                                 torch.tensor(float("nan")))), "finite, got nan"),
+    (lambda: calibration_metrics(LABELS, probs=torch.tensor([[0.5, 0.3, 0.1], [0.2, 0.2, 0.6]])),
+     "row 0 sums to 0.9"),
+    (lambda: calibration_metrics(LABELS, probs=torch.tensor([[1.2, -0.2, 0.0], [0.2, 0.2, 0.6]])),
+     r"\[0, 1\], got 1.2"),
+])
+def test_plain_path_bad_inputs(plain_path, call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

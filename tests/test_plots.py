@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from focal_calibration import plots
+from focal_calibration import metrics, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -105,7 +105,6 @@ def test_reliability_diagram_rejects_inconsistent_bins():
 
 
 def test_reliability_diagram_of_real_bins():
-    metrics = pytest.importorskip("focal_calibration.metrics")
     rng = np.random.default_rng(0)
     n, k, m = 2000, 3, 10
     logits = rng.normal(size=(n, k)) * 2.0

@@ -1,5 +1,9 @@
-"""The package's public names exist, and the README's API tour runs as written."""
+"""The package exports exactly the API modules' public names, every module declares its public names, and the
+README's API tour runs as written."""
 
+import importlib
+import inspect
+import pkgutil
 import re
 from pathlib import Path
 
@@ -7,10 +11,44 @@ import torch
 
 import focal_calibration
 
+# re-exported by the package
+API_MODULES = ("focal", "gamma", "losses", "metrics", "bootstrap", "temperature", "scaling", "evidence")
+# constants used through their modules (focal_calibration.temperature.DEFAULT_TEMPERATURES, ...)
+NOT_EXPORTED = {"DEFAULT_TEMPERATURES", "DEFAULT_ODIR_GRID", "VERDICTS",
+                "REGIME_TRAIN_ERROR_MAX", "REGIME_NLL_RISE_MIN"}
+PUBLIC_MODULES = sorted(m.name for m in pkgutil.iter_modules(focal_calibration.__path__) if not m.name.startswith("_"))
+# Public helpers their modules do not declare yet (owners: focal.py -> losses / perf, metrics.py and bootstrap.py ->
+# metrics): each should join its module's __all__ or become private. A new undeclared public name fails the test.
+UNDECLARED = {
+    "focal": {"focal_terms"},
+    "metrics": {"SampleStatistics", "adaptive_ece", "bin_index", "ece_from_sums", "equal_width_sums", "probabilities",
+                "sample_statistics"},
+    "bootstrap": {"count_weights", "percentile_interval", "resample_indices", "weighted_bin_sums"},
+}
 
-def test_every_public_name_is_exported():
-    missing = [name for name in focal_calibration.__all__ if not hasattr(focal_calibration, name)]
-    assert missing == []
+
+def _module(name):
+    return importlib.import_module(f"focal_calibration.{name}")
+
+
+def test_the_package_exports_exactly_the_api_modules_names():
+    declared = {name: module for module in API_MODULES for name in _module(module).__all__}
+    expected = (set(declared) - NOT_EXPORTED) | {"set_value_checks"}
+    assert sorted(focal_calibration.__all__) == sorted(expected)
+    for name in expected - {"set_value_checks"}:
+        assert getattr(focal_calibration, name) is getattr(_module(declared[name]), name), name
+    namespace = {}
+    exec("from focal_calibration import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(focal_calibration.__all__)
+
+
+def test_every_module_declares_its_public_names():
+    for name in PUBLIC_MODULES:
+        module = _module(name)
+        assert [n for n in module.__all__ if not hasattr(module, n)] == [], name
+        defined = {n for n, obj in vars(module).items() if not n.startswith("_")
+                   and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__}
+        assert sorted(defined - set(module.__all__) - UNDECLARED.get(name, set())) == [], name
 
 
 def test_readme_api_tour_runs():

@@ -1,6 +1,8 @@
 """The two Tree-LSTM engines against an independent per-node reference, and against each other (values and
 gradients from the same weights). DGL is part of `make install` (the [dgl] extra), so the DGL test runs in CI."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ import torch
 from treelstm.engines import dgl_engine, get_engine, torch_engine
 from treelstm.models import TreeLSTMClassifier
 from treelstm.trees import TreeBatch, balanced_tree, parse_sst_line, tree_from_nested
+
+requires_dgl = pytest.mark.skipif(importlib.util.find_spec("dgl") is None, reason="the [dgl] extra is not installed")
 
 SST_LINES = [
     "(3 (2 It) (4 (4 (2 's) (4 (3 (2 a) (4 (3 lovely) (2 film))) (3 (2 with) (4 (4 lovely) (2 performances)))))"
@@ -40,10 +44,10 @@ def _reference(model, trees, ids):
                 c[i] = cell.leaf_cell.weight @ x + cell.leaf_cell.bias
                 h[i] = torch.sigmoid(cell.leaf_output.weight @ x + cell.leaf_output.bias) * torch.tanh(c[i])
             else:
-                l, r = tree.left[i], tree.right[i]
-                z = w @ torch.cat([h[l], h[r]]) + b
+                left, right = tree.left[i], tree.right[i]
+                z = w @ torch.cat([h[left], h[right]]) + b
                 gi, gl, gr, gu = z[:mem], z[mem:2 * mem], z[2 * mem:3 * mem], z[3 * mem:]
-                c[i] = torch.sigmoid(gi) * torch.tanh(gu) + torch.sigmoid(gl) * c[l] + torch.sigmoid(gr) * c[r]
+                c[i] = torch.sigmoid(gi) * torch.tanh(gu) + torch.sigmoid(gl) * c[left] + torch.sigmoid(gr) * c[right]
                 h[i] = torch.tanh(c[i])
         hidden.append(torch.stack(h))
     return hidden
@@ -89,6 +93,7 @@ def test_torch_engine_matches_per_node_reference():
     assert sum(sizes) == batch.n_nodes
 
 
+@requires_dgl
 def test_dgl_engine_matches_torch_engine_values_and_gradients():
     _, _, batch = _batch(seed=1)
     model = _model()
@@ -101,6 +106,7 @@ def test_dgl_engine_matches_torch_engine_values_and_gradients():
         torch.testing.assert_close(grads_d[name], grads_t[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
+@requires_dgl
 def test_dgl_import_keeps_graphbolt_use_loud():
     from treelstm.dgl_compat import graphbolt_library_path, import_dgl
 

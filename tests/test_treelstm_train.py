@@ -1,6 +1,7 @@
 """Tiny end-to-end runs of treelstm/train.py: both models, several losses, both engines, exact resume, offline data,
 and clear errors for bad input."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -60,6 +61,7 @@ def test_treelstm_with_mmce_lowers_its_loss(tmp_path, tiny_sst):
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("dgl") is None, reason="the [dgl] extra is not installed")
 def test_engines_give_the_same_training_run(tmp_path, tiny_sst):
     runs = [_run(tmp_path / engine, "--model", "treelstm", "--data", str(tiny_sst), "--engine", engine,
                  "--epochs", "2", "--mem-dim", "8", "--limit", "40")
@@ -72,11 +74,14 @@ def test_engines_give_the_same_training_run(tmp_path, tiny_sst):
 
 
 def test_resume_continues_exactly(tmp_path, tiny_sst):
-    common = ["--model", "treelstm", "--data", str(tiny_sst), "--mem-dim", "8", "--limit", "40", "--loss", "flsd-53"]
+    # AdaFocal: its γ per bin, updated after every epoch, must come back from the checkpoint too
+    common = ["--model", "treelstm", "--data", str(tiny_sst), "--mem-dim", "8", "--limit", "40", "--loss", "adafocal"]
     straight = _run(tmp_path / "a", *common, "--epochs", "3")
     _run(tmp_path / "b", *common, "--epochs", "1")
     resumed = _run(tmp_path / "b", *common, "--epochs", "3", "--resume")
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert [h["adafocal_updates"] for h in straight["history"]] == [1, 2, 3]
+    assert [h["adafocal_gammas"] for h in resumed["history"]] == [h["adafocal_gammas"] for h in straight["history"]]
     assert resumed["evaluation"]["pre"] == straight["evaluation"]["pre"]
     with pytest.raises(ValueError, match="cannot resume"):
         _run(tmp_path / "b", *common[:-1], "ce", "--epochs", "4", "--resume")

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
@@ -100,7 +96,7 @@ def resolve_args(args) -> argparse.Namespace:
         _positive(getattr(args, name), "--" + name.replace("_", "-"))
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must lie in [0, 1), got {args.dropout}")
-    build_loss(args.loss)  # a bad spec fails here, before any data is loaded
+    build_loss(args.loss, epochs=args.epochs)  # a bad spec fails here, before any data is loaded
     return args
 
 
@@ -239,7 +235,7 @@ def main(args) -> dict:
     model = build_model(args, embeddings, splits.num_classes)
     optimizers = build_optimizers(args, model)
     reduction = "sum" if args.model == "treelstm" else "mean"
-    criterion = build_loss(args.loss, reduction=reduction)
+    criterion = build_loss(args.loss, reduction=reduction, epochs=args.epochs)
     generator = torch.Generator().manual_seed(args.seed)
     print(f"{splits.name}: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} examples, "
           f"{splits.num_classes} classes, vocabulary {len(vocab)} ({emb_stats['in_glove']} in GloVe, "
@@ -255,6 +251,7 @@ def main(args) -> dict:
         for optimizer, saved in zip(optimizers, state["optimizers"]):
             optimizer.load_state_dict(saved)
         generator.set_state(state["generator"])
+        criterion.load_state_dict(state.get("criterion", {}))  # adaptive losses' state (AdaFocal's γ per bin)
         restore_rng_state(state["rng"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
         print(f"resumed from {checkpoint_path} after epoch {state['epoch']}", flush=True)
@@ -265,16 +262,17 @@ def main(args) -> dict:
         train_loss = train_one_epoch(model, criterion, optimizers, encoded["train"], args, engine, generator)
         val_logits, val_labels = predict(model, encoded["val"], args, engine)
         accuracy = float((val_logits.argmax(1) == val_labels).float().mean())
+        criterion.observe_validation(val_logits, val_labels)  # AdaFocal's per-epoch update (a no-op otherwise)
         if accuracy > best["accuracy"]:
             best = {"accuracy": accuracy, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": accuracy,
-                        "seconds": time.time() - tick})
+                        "seconds": time.time() - tick, **criterion.describe_state()})
         print(f"epoch {epoch + 1}/{args.epochs}  loss {train_loss:.4f}  val acc {accuracy:.4f}  "
               f"({time.time() - tick:.1f}s)", flush=True)
         save_checkpoint(checkpoint_path, {"args": run_args, "epoch": epoch, "model": model.state_dict(),
                                           "optimizers": [o.state_dict() for o in optimizers],
                                           "generator": generator.get_state(), "rng": capture_rng_state(),
-                                          "best": best, "history": history})
+                                          "best": best, "history": history, "criterion": criterion.state_dict()})
 
     model.load_state_dict(best["state"])
     val_logits, val_labels = predict(model, encoded["val"], args, engine)
