@@ -135,3 +135,23 @@ def test_table3_markdown_is_mean_and_std_over_seeds():
     text = nmt_demo.table3_markdown(rows)
     assert text.splitlines()[0] == "| Metrics | CE (n=2) |"
     assert "| ECE % pre T | 2.00 ± 1.41 |" in text  # std of (1, 3) with ddof = 1 = sqrt(2)
+
+
+def test_run_jobs_runs_in_parallel_and_stops_everything_on_a_failure(tmp_path):
+    import sys
+    import time
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    jobs = [(f"job{i}", [sys.executable, "-c", burn + f"print('ran {i}')"], tmp_path / f"job{i}.txt")
+            for i in range(3)]
+    times = nmt_demo.run_jobs(jobs, parallel=2, threads=1)
+    assert set(times) == {"job0", "job1", "job2"}
+    assert all(t["cpu_s"] >= 0.25 and t["wall_s"] >= t["cpu_s"] * 0.5 for t in times.values())  # the job's own CPU
+    assert (tmp_path / "job1.txt").read_text().strip() == "ran 1"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    failing = [sys.executable, "-c", "import sys; print('bad input'); sys.exit(3)"]
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"fail failed with exit status 3; see .*fail.txt:\nbad input"):
+        nmt_demo.run_jobs([("sleep", sleeper, tmp_path / "sleep.txt"), ("fail", failing, tmp_path / "fail.txt")],
+                          parallel=2, threads=1)
+    assert time.perf_counter() - start < 30  # the sleeper was stopped, not waited for
