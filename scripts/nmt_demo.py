@@ -369,15 +369,21 @@ def compute_claims(table_rows: Mapping[str, Mapping[int, Mapping]], claims=CLAIM
 
 def cpu_seconds(runs: Mapping[tuple, Path]) -> dict:
     """CPU seconds of every run's training and sweep (from wait4, so other load on the machine does not inflate
-    them much), their totals, and what they mean for 2 idle cores running 2 one-thread jobs at a time."""
+    them much), their totals, and what they mean for 2 idle cores running 2 one-thread jobs at a time. A resumed
+    training counts only its last part, so the estimate takes the mean of the trainings that ran in one go."""
     per_run = {}
     for (model, seed), run_dir in runs.items():
         record = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        per_run[f"{model}-s{seed}"] = {"train": record["train_cpu_s"], "sweep": record["sweep_cpu_s"]}
-    train = sum(r["train"] for r in per_run.values())
+        stdout = run_dir / "stdout.txt"
+        resumed = stdout.exists() and "Loaded checkpoint" in stdout.read_text(encoding="utf-8", errors="replace")
+        per_run[f"{model}-s{seed}"] = {"train": record["train_cpu_s"], "sweep": record["sweep_cpu_s"],
+                                       "resumed": resumed}
+    whole = [r["train"] for r in per_run.values() if not r["resumed"]]
+    train_per_run = sum(whole) / len(whole) if whole else None
     sweep = sum(r["sweep"] for r in per_run.values())
-    return {"per_run": per_run, "train_total": train, "sweep_total": sweep,
-            "two_idle_cores_estimate_s": (train + sweep) / 2}
+    estimate = None if train_per_run is None else (train_per_run * len(per_run) + sweep) / 2
+    return {"per_run": per_run, "train_total": sum(r["train"] for r in per_run.values()),
+            "train_per_run_whole": train_per_run, "sweep_total": sweep, "two_idle_cores_estimate_s": estimate}
 
 
 def _mean_std(values) -> str:
@@ -414,9 +420,11 @@ def claims_markdown(block: Mapping, contrast: Mapping | None = None) -> str:
         ratios = ", ".join(f"{r:.1f}" for r in regime["ce_nll_ratio_per_seed"])
         rises = ", ".join(f"{100 * r:+.1f}%" for r in regime["ce_nll_incorrect_rise_per_seed"])
         cpu = b.get("cpu_s")
-        budget = "" if cpu is None else (
-            f" CPU time: training {cpu['train_total'] / 60:.1f} min, sweeps {cpu['sweep_total'] / 60:.1f} min "
-            f"(≈ {cpu['two_idle_cores_estimate_s'] / 60:.0f} min on 2 idle cores with 2 one-thread jobs).")
+        budget = ""
+        if cpu is not None and cpu.get("two_idle_cores_estimate_s") is not None:
+            budget = (f" CPU time: {cpu['train_per_run_whole'] / 60:.1f} min per training, sweeps "
+                      f"{cpu['sweep_total'] / 60:.1f} min in all (≈ {cpu['two_idle_cores_estimate_s'] / 60:.0f} min "
+                      f"on 2 idle cores with 2 one-thread jobs).")
         edge = b.get("temperature_at_grid_edge")
         if edge:
             budget += (f" **T* at the edge of the temperature grid for {', '.join(edge)}: the grid does not span "
