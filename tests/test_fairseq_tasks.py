@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("fairseq", reason="the fairseq extra is not installed (pip install -e .[fairseq])")
+pytest.importorskip("fairseq", reason="the [fairseq] extra is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_DIR = ROOT / "fairseq_focal"
