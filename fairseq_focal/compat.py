@@ -14,7 +14,11 @@ imported (fairseq imports ``--user-dir`` while parsing arguments, before it load
     last, partial batch. (The batchers cut the ordered indices into consecutive batches, so the dropped batch is
     exactly the indices after the kept ones.)
 
-Both are idempotent; ``apply()`` returns what it changed.
+Both change fairseq for the whole process, training included (with (b) the last partial batch of an epoch is trained on
+too). Importing the user-dir applies them and logs once which ones it applied. Turn them off with the environment
+variable ``FAIRSEQ_FOCAL_COMPAT``: ``none`` applies neither, a comma-separated list (``torch_load_allowlist``,
+``keep_last_partial_batch``) applies only those; unset or ``all`` applies both. Both are idempotent; ``apply()``
+returns what it changed.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import logging
+import os
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
+
+ENV_VARIABLE = "FAIRSEQ_FOCAL_COMPAT"
 
 # Types found in fairseq 0.12 checkpoints (config, optimizer / lr-scheduler state, meters, iterator state).
 _CHECKPOINT_GLOBALS = [argparse.Namespace, collections.OrderedDict, collections.defaultdict]
@@ -33,6 +43,9 @@ _CHECKPOINT_GLOBALS = [argparse.Namespace, collections.OrderedDict, collections.
 def _allow_fairseq_checkpoint_globals() -> bool:
     add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
     if add_safe_globals is None:  # torch < 2.4: torch.load is not weights-only by default
+        return False
+    get_safe_globals = getattr(torch.serialization, "get_safe_globals", lambda: [])
+    if all(cls in get_safe_globals() for cls in _CHECKPOINT_GLOBALS):
         return False
     add_safe_globals(_CHECKPOINT_GLOBALS)
     return True
@@ -65,6 +78,38 @@ def _keep_last_partial_batch() -> bool:
     return True
 
 
-def apply() -> dict:
-    return {"torch_load_allowlist": _allow_fairseq_checkpoint_globals(),
-            "keep_last_partial_batch": _keep_last_partial_batch()}
+# name -> (what it patches, for the log line; the function applying it, True if it changed something now)
+FIXES = {
+    "torch_load_allowlist": ("torch.serialization safe globals += argparse.Namespace, collections.OrderedDict, "
+                             "collections.defaultdict", _allow_fairseq_checkpoint_globals),
+    "keep_last_partial_batch": ("fairseq.data.data_utils.batch_by_size keeps the last partial batch",
+                                _keep_last_partial_batch),
+}
+
+
+def selected_fixes(setting: str | None) -> tuple[str, ...]:
+    """The fixes a value of ``FAIRSEQ_FOCAL_COMPAT`` selects (None / '' / 'all': all; 'none': none)."""
+    text = (setting or "all").strip().lower()
+    if text == "all":
+        return tuple(FIXES)
+    if text == "none":
+        return ()
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FIXES]
+    if unknown or not names:
+        raise ValueError(f"{ENV_VARIABLE} must be 'all', 'none' or a comma-separated list of {', '.join(FIXES)}; "
+                         f"got {setting!r}")
+    return names
+
+
+def apply(names=None) -> dict:
+    """Apply the fixes ``names`` (default: those ``FAIRSEQ_FOCAL_COMPAT`` selects) -> {name: changed now}; logs one
+    line naming what it changed (nothing when everything was already in place)."""
+    if names is None:
+        names = selected_fixes(os.environ.get(ENV_VARIABLE))
+    changed = {name: FIXES[name][1]() for name in names}
+    done = [FIXES[name][0] for name, now in changed.items() if now]
+    if done:
+        logger.info(f"fairseq_focal patched fairseq for this process: {'; '.join(done)} "
+                    f"(set {ENV_VARIABLE}=none to turn this off; see fairseq_focal/compat.py)")
+    return changed

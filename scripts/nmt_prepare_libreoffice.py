@@ -23,13 +23,15 @@ Get the data (no ``apt-get install``: that pulls in libreoffice-common):
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html.parser
 import json
 import os
 import re
+import sys
 from pathlib import Path
+
+from focal_calibration import cli
 
 PARAGRAPH_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6"}
 ID_PATTERN = re.compile(r"^(par|hd)_id\w+$")
@@ -76,7 +78,7 @@ def extract_pairs(help_root: Path, src_lang: str = "en-US", tgt_lang: str = "de"
     """(English, German) paragraph pairs aligned through the paragraph ids of pages present in both languages."""
     src_root, tgt_root = Path(help_root) / src_lang, Path(help_root) / tgt_lang
     if not src_root.is_dir() or not tgt_root.is_dir():
-        raise FileNotFoundError(f"expected {src_root} and {tgt_root} (the extracted libreoffice-help packages)")
+        raise cli.DataNotFoundError(f"expected {src_root} and {tgt_root} (the extracted libreoffice-help packages)")
     pairs = []
     for src_page in sorted(src_root.rglob("*.html")):
         tgt_page = tgt_root / src_page.relative_to(src_root)
@@ -146,7 +148,7 @@ def _write_lines(path: Path, lines) -> None:
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--help-root", required=True, type=Path, help="…/usr/share/libreoffice/help (has en-US/ and de/)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--valid-fraction", type=float, default=0.035)
@@ -156,8 +158,17 @@ def get_args_parser():
     return p
 
 
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+def main(args):
+    for name in ("valid_fraction", "test_fraction"):
+        value = getattr(args, name)
+        if not 0 <= value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {value}")
+    if args.valid_fraction + args.test_fraction >= 1:
+        raise ValueError(f"--valid-fraction + --test-fraction must be < 1, got {args.valid_fraction} + "
+                         f"{args.test_fraction}")
+    if args.max_words < 1 or args.vocab_size < 0:
+        raise ValueError(f"--max-words must be >= 1 and --vocab-size >= 0, got {args.max_words} and "
+                         f"{args.vocab_size}")
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = extract_pairs(args.help_root)
     splits = split_pairs(pairs, args.valid_fraction, args.test_fraction, args.max_words)
@@ -175,4 +186,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_cli(get_args_parser(), main))

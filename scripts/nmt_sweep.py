@@ -5,7 +5,8 @@ For every checkpoint and split (valid, test), ONE pass over the data computes, f
 
 * BLEU of beam search at T (sacrebleu on detokenised output against the raw references; its signature is printed and
   stored) -- all temperatures decoded together by :class:`fairseq_focal.sweep_generator.TemperatureSweepGenerator`
-  (encoder once per batch), hypotheses identical to ``fairseq-generate --temperature T``;
+  (encoder once per batch), hypotheses identical to ``fairseq-generate --temperature T``; on the test split only
+  (Table 3 and Figure 5 use test BLEU; ``--valid-bleu`` decodes the validation split too);
 * token-level ECE (eq. 1, 15 bins), AdaECE (eq. 3), NLL and accuracy of the model on the references under teacher
   forcing at T: top-1 confidence of softmax(z / T) against the reference token, padding ignored, streamed over the
   set with the core's :class:`~focal_calibration.metrics.CalibrationAccumulator` (one per T).
@@ -20,41 +21,53 @@ Table 3 protocol: T* = the temperature of the list with the lowest VALIDATION EC
     python scripts/nmt_sweep.py score --sweep-output sweep.tsv --reference test.de   # fairseq-generate's sweep file
     python scripts/nmt_sweep.py table ce/sweep.json fl1/sweep.json --out results/nmt   # merge separate runs
 
-Outputs in --out: sweep.json (all curves, the Table 3 rows, the sacrebleu signature), table3.md, figure5.png.
+Outputs in --out: sweep.json (all curves, the Table 3 rows, the sacrebleu signature; ``"suite": "nmt"``),
+table3.md, figure5.png, and per checkpoint NAME/results.json in the shared result layout
+(:func:`focal_calibration.evaluation.make_run_record`: suite ``nmt``, dataset, model, loss, seed read from the
+checkpoint, ``evaluation = {temperature, pre, post}`` with test ``ece`` / ``adaece`` / ``nll`` / ``error`` as
+fractions and ``bleu``), so ``scripts/results_table.py`` reads NMT runs like image and text runs. Bad input: one
+``error:`` line, exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import fairseq_focal  # noqa: E402,F401  (registers the criterion / task and applies the compat fixes)
-from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures  # noqa: E402
-from focal_calibration.evaluation import write_json_atomic  # noqa: E402
-from focal_calibration.metrics import CalibrationAccumulator  # noqa: E402
+import fairseq_focal  # noqa: F401  (registers the criterion / tasks and applies the compat fixes)
+from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures
+from focal_calibration import cli
+from focal_calibration.checkpoint import atomic_write
+from focal_calibration.evaluation import make_run_record, write_json_atomic
+from focal_calibration.metrics import CalibrationAccumulator
 
 N_BINS = 15
 CURVES = ("bleu", "ece", "adaece", "nll", "accuracy")
+SUITE = "nmt"
+SWEEP_FORMAT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 
-def load_model(checkpoint, data, device):
-    """(model, task) of a fairseq checkpoint on the binarised data ``data``; a checkpoint trained with a different
-    dictionary gives a ValueError that says so."""
+def load_model(checkpoint, data, device, *, return_cfg=False):
+    """(model, task) of a fairseq checkpoint on the binarised data ``data`` (and its config with ``return_cfg``); a
+    checkpoint trained with a different dictionary gives a ValueError that says so."""
     from fairseq import checkpoint_utils
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        raise cli.DataNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
+    if not any(Path(data).glob("dict.*.txt")):
+        raise cli.DataNotFoundError(f"--data {str(data)!r} is not a fairseq-preprocess folder (no dict.*.txt)")
     try:
-        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
                                                                            arg_overrides={"data": str(data)})
     except RuntimeError as error:
         mismatch = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
@@ -63,11 +76,32 @@ def load_model(checkpoint, data, device):
                              f"({len(mismatch)} parameters differ in size, e.g. {mismatch[0]})") from None
         raise
     model = models[0].to(device).eval()
-    return model, task
+    return (model, task, cfg) if return_cfg else (model, task)
 
 
 def read_references(path):
-    return Path(path).read_text(encoding="utf-8").splitlines()
+    path = Path(path)
+    if not path.is_file():
+        raise cli.DataNotFoundError(f"reference file {str(path)!r} does not exist")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def loss_name(criterion_cfg) -> str:
+    """The loss of a fairseq criterion config in the project's spec names: ce, ls-0.1, fl-1, flsd-53, fl-1+ls-0.1."""
+    name = getattr(criterion_cfg, "_name", None)
+    smoothing = float(getattr(criterion_cfg, "label_smoothing", 0.0) or 0.0)
+    if name == "cross_entropy":
+        return "ce"
+    if name == "label_smoothed_cross_entropy":
+        return f"ls-{smoothing:g}" if smoothing > 0 else "ce"
+    if name != "focal_loss":
+        return str(name)
+    policy = getattr(criterion_cfg, "gamma_policy", None)
+    gamma = float(getattr(criterion_cfg, "gamma", 0.0))
+    focal = policy or ("ce" if gamma == 0 else f"fl-{gamma:g}")
+    if smoothing == 0:
+        return focal
+    return f"ls-{smoothing:g}" if focal == "ce" else f"{focal}+ls-{smoothing:g}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,8 +124,9 @@ def _batches(task, split, max_tokens, max_sentences, limit=None):
 
 def sweep_split(model, task, split, temperatures, *, beam=4, max_tokens=8000, max_sentences=None,
                 post_process=None, references=None, device="cpu", lenpen=1.0, max_len_a=0.0, max_len_b=200,
-                limit=None):
-    """Curves over ``temperatures`` on one split (see the module docstring) and the decoded hypotheses."""
+                limit=None, decode=True):
+    """Curves over ``temperatures`` on one split (see the module docstring) and the decoded hypotheses
+    (``decode=False``: teacher-forced curves only; ``bleu`` is None and no hypotheses)."""
     from fairseq import utils
     from sacrebleu.metrics import BLEU
 
@@ -113,6 +148,8 @@ def sweep_split(model, task, split, temperatures, *, beam=4, max_tokens=8000, ma
             z, y = logits[keep].float(), target[keep]
             for temperature, accumulator in zip(temperatures, accumulators):
                 accumulator.update(y, logits=z / temperature)
+            if not decode:
+                continue
             # beam search at every temperature, one batched pass
             sweep = generator.generate([model], sample)
             ids = sample["id"].tolist()
@@ -123,6 +160,16 @@ def sweep_split(model, task, split, temperatures, *, beam=4, max_tokens=8000, ma
                 for sample_id, row in zip(ids, target):
                     targets[sample_id] = tgt_dict.string(utils.strip_pad(row, pad).int().cpu(), post_process,
                                                          escape_unk=True)
+    curves = {name: [] for name in CURVES}
+    for k in range(len(temperatures)):
+        metrics = accumulators[k].compute()
+        for name in ("ece", "adaece", "nll", "accuracy"):
+            curves[name].append(float(metrics[name]))
+    curves["n_sentences"] = n_sentences
+    curves["n_tokens"] = int(accumulators[0].compute()["n"])
+    if not decode:
+        curves["bleu"] = None
+        return curves, None, None
     if references is not None and limit is not None:
         references = references[:limit]
     if references is not None and len(references) != n_sentences:
@@ -132,15 +179,8 @@ def sweep_split(model, task, split, temperatures, *, beam=4, max_tokens=8000, ma
     if any(len(h) != n_sentences for h in hypotheses):
         raise RuntimeError(f"{split}: {min(len(h) for h in hypotheses)} of {n_sentences} sentences were translated")
     bleu = BLEU()
-    curves = {name: [] for name in CURVES}
-    for k in range(len(temperatures)):
-        hyps = [hypotheses[k][i] for i in range(n_sentences)]
-        curves["bleu"].append(bleu.corpus_score(hyps, [refs]).score)
-        metrics = accumulators[k].compute()
-        for name in ("ece", "adaece", "nll", "accuracy"):
-            curves[name].append(float(metrics[name]))
-    curves["n_sentences"] = n_sentences
-    curves["n_tokens"] = int(accumulators[0].compute()["n"])
+    curves["bleu"] = [bleu.corpus_score([hypotheses[k][i] for i in range(n_sentences)], [refs]).score
+                      for k in range(len(temperatures))]
     return curves, str(bleu.get_signature()), hypotheses
 
 
@@ -157,6 +197,7 @@ def table3_row(temperatures, valid, test):
     return {"temperature": temperatures[best],
             "ece_pre": 100 * test["ece"][pre], "ece_post": 100 * test["ece"][best],
             "adaece_pre": 100 * test["adaece"][pre], "adaece_post": 100 * test["adaece"][best],
+            "nll_pre": test["nll"][pre], "nll_post": test["nll"][best], "error": 100 * (1 - test["accuracy"][pre]),
             "bleu_pre": test["bleu"][pre], "bleu_post": test["bleu"][best],
             "best_test_bleu": max(test["bleu"]),
             "best_test_bleu_temperature": temperatures[int(np.argmax(test["bleu"]))]}
@@ -207,8 +248,37 @@ def _pairs(items, what):
         if "=" not in item:
             raise ValueError(f"{what} must be NAME=PATH, got {item!r}")
         name, path = item.split("=", 1)
+        if not name or not path:
+            raise ValueError(f"{what} must be NAME=PATH, got {item!r}")
+        if name in out:
+            raise ValueError(f"{what} names {name!r} twice")
         out[name] = path
     return out
+
+
+def run_record(name, checkpoint, cfg, row, temperatures, *, dataset, args) -> dict:
+    """``NAME/results.json`` of one checkpoint in the shared layout (make_run_record, suite ``nmt``): test metrics
+    as fractions at T = 1 (pre) and at T* (post), BLEU as sacrebleu prints it."""
+    def metrics(when):
+        return {"ece": row[f"ece_{when}"] / 100, "adaece": row[f"adaece_{when}"] / 100, "nll": row[f"nll_{when}"],
+                "bleu": row[f"bleu_{when}"], **({"error": row["error"] / 100} if when == "pre" else {})}
+
+    evaluation = {"n_bins": N_BINS, "temperature": row["temperature"], "temperatures": list(temperatures),
+                  "pre": metrics("pre"), "post": metrics("post"), "token_level": True}
+    return make_run_record(suite=SUITE, dataset=dataset, model=str(getattr(cfg.model, "arch", None) or
+                                                                      getattr(cfg.model, "_name", "transformer")),
+                           loss=loss_name(cfg.criterion), seed=int(cfg.common.seed), args=args,
+                           evaluation=evaluation, paths={"checkpoint": str(checkpoint)}, name=name)
+
+
+def sweep_document(temperatures, results, signature, **extra) -> dict:
+    """sweep.json: every model's curves and Table 3 row, with the shared layout's ``suite`` and a format version."""
+    return {"format_version": SWEEP_FORMAT_VERSION, "suite": SUITE, "temperatures": list(temperatures),
+            "n_bins": N_BINS, "sacrebleu_signature": signature, **extra, "models": results}
+
+
+def _write_text(path, text):
+    atomic_write(path, lambda handle: handle.write(text), binary=False)
 
 
 def run(args):
@@ -218,91 +288,125 @@ def run(args):
     checkpoints = _pairs(args.checkpoints, "--checkpoints")
     if not checkpoints:
         raise ValueError("--checkpoints needs at least one NAME=PATH")
-    references = {split: read_references(path) for split, path in _pairs(args.references, "--references").items()}
+    references = _pairs(args.references, "--references")
+    unknown = sorted(set(references) - {"valid", "test"})
+    if unknown:
+        raise ValueError(f"--references takes valid=PATH and test=PATH, got {unknown[0]!r}")
+    references = {split: read_references(path) for split, path in references.items()}
+    for name, value in (("--beam", args.beam), ("--max-tokens", args.max_tokens)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     out = Path(args.out)
     results, signature = {}, None
     for name, checkpoint in checkpoints.items():
-        model, task = load_model(checkpoint, args.data, device)
+        model, task, cfg = load_model(checkpoint, args.data, device, return_cfg=True)
         result = {"checkpoint": str(checkpoint)}
         for split in ("valid", "test"):
             start = time.perf_counter()
-            curves, signature, hypotheses = sweep_split(
+            decode = split == "test" or args.valid_bleu
+            curves, split_signature, hypotheses = sweep_split(
                 model, task, split, temperatures, beam=args.beam, max_tokens=args.max_tokens,
                 post_process=args.post_process, references=references.get(split), device=device, lenpen=args.lenpen,
-                max_len_a=args.max_len_a, max_len_b=args.max_len_b, limit=args.limit)
+                max_len_a=args.max_len_a, max_len_b=args.max_len_b, limit=args.limit, decode=decode)
+            signature = split_signature or signature
             result[split] = curves
             print(f"{name} {split}: {curves['n_sentences']} sentences, {curves['n_tokens']} tokens, "
-                  f"{len(temperatures)} temperatures in {time.perf_counter() - start:.1f}s", flush=True)
+                  f"{len(temperatures)} temperatures{'' if decode else ' (teacher forcing only)'} in "
+                  f"{time.perf_counter() - start:.1f}s", flush=True)
             if split == "test":
                 at_1 = temperatures.index(1.0)
-                hyp_path = out / name / "test.hyp.T1.txt"
-                hyp_path.parent.mkdir(parents=True, exist_ok=True)
-                hyp_path.write_text("".join(hypotheses[at_1][i] + "\n" for i in range(curves["n_sentences"])),
-                                    encoding="utf-8")
+                _write_text(out / name / "test.hyp.T1.txt",
+                            "".join(hypotheses[at_1][i] + "\n" for i in range(curves["n_sentences"])))
         result["table3"] = table3_row(temperatures, result["valid"], result["test"])
         results[name] = result
+        write_json_atomic(out / name / "results.json",
+                          run_record(name, checkpoint, cfg, result["table3"], temperatures, dataset=args.dataset,
+                                     args=cli.stored_args({k: v for k, v in vars(args).items() if k != "func"})))
         for t, bleu, ece in zip(temperatures, result["test"]["bleu"], result["valid"]["ece"]):
             print(f"  T={t:<4g} test BLEU {bleu:6.2f}   valid ECE {100 * ece:6.2f}%")
     table = table3_markdown({name: r["table3"] for name, r in results.items()})
-    write_json_atomic(out / "sweep.json", {"temperatures": list(temperatures), "n_bins": N_BINS,
-                                           "sacrebleu_signature": signature, "beam": args.beam, "models": results})
-    (out / "table3.md").write_text(table, encoding="utf-8")
+    write_json_atomic(out / "sweep.json", sweep_document(temperatures, results, signature, beam=args.beam))
+    _write_text(out / "table3.md", table)
     figure5(list(temperatures), results, out / "figure5.png")
     print(f"sacrebleu signature: {signature}")
     print(table)
-    print(f"wrote {out / 'sweep.json'}, {out / 'table3.md'}, {out / 'figure5.png'}")
+    print(f"wrote {out / 'sweep.json'}, {out / 'table3.md'}, {out / 'figure5.png'}, NAME/results.json")
     return results
 
 
-def score(args):
+def score_file(sweep_output, reference) -> dict:
     """BLEU per temperature of a fairseq-generate --sweep-output file (TSV: temperature, id, score, hypothesis)."""
     from sacrebleu.metrics import BLEU
 
-    refs = read_references(args.reference)
+    refs = read_references(reference)
+    path = Path(sweep_output)
+    if not path.is_file():
+        raise cli.DataNotFoundError(f"sweep file {str(path)!r} does not exist")
     by_t: dict = {}
-    for line in Path(args.sweep_output).read_text(encoding="utf-8").splitlines():
-        t, sample_id, _score, *hyp = line.split("\t")
-        by_t.setdefault(float(t), {})[int(sample_id)] = hyp[0] if hyp else ""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split("\t")
+        try:
+            t, sample_id = float(fields[0]), int(fields[1])
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}:{number} is not a sweep line (temperature, id, score, hypothesis): "
+                             f"{line[:80]!r}") from None
+        by_t.setdefault(t, {})[sample_id] = fields[3] if len(fields) > 3 else ""
     bleu = BLEU()
     scores = {}
     for t, hyps in sorted(by_t.items()):
-        if len(hyps) != len(refs):
-            raise ValueError(f"T={t:g}: {len(hyps)} hypotheses for {len(refs)} references")
+        if sorted(hyps) != list(range(len(refs))):
+            raise ValueError(f"T={t:g}: hypotheses for {len(hyps)} sentence ids, the reference has {len(refs)} lines")
         scores[t] = bleu.corpus_score([hyps[i] for i in range(len(refs))], [refs]).score
-        print(f"T={t:<5g} BLEU {scores[t]:.2f}")
-    print(f"sacrebleu signature: {bleu.get_signature()}")
-    return scores
+    return {"bleu": scores, "signature": str(bleu.get_signature())}
+
+
+def score(args):
+    result = score_file(args.sweep_output, args.reference)
+    for t, value in result["bleu"].items():
+        print(f"T={t:<5g} BLEU {value:.2f}")
+    print(f"sacrebleu signature: {result['signature']}")
+    return result
 
 
 def table(args):
     """Merge the sweep.json of separate runs (same temperatures) into one table3.md / figure5.png."""
-    import json
-
     merged, temperatures, signature = {}, None, None
     for path in args.sweeps:
-        sweep = json.loads(Path(path).read_text(encoding="utf-8"))
-        if temperatures is not None and sweep["temperatures"] != temperatures:
-            raise ValueError(f"{path} was swept over {sweep['temperatures']}, the others over {temperatures}")
-        temperatures, signature = sweep["temperatures"], sweep["sacrebleu_signature"]
-        merged.update(sweep["models"])
+        path = Path(path)
+        if not path.is_file():
+            raise cli.DataNotFoundError(f"sweep file {str(path)!r} does not exist")
+        try:
+            sweep = json.loads(path.read_text(encoding="utf-8"))
+            sweep_temperatures, models = sweep["temperatures"], sweep["models"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a sweep.json of nmt_sweep.py run ({error})") from None
+        if temperatures is not None and sweep_temperatures != temperatures:
+            raise ValueError(f"{path} was swept over {sweep_temperatures}, the others over {temperatures}")
+        clash = sorted(set(models) & set(merged))
+        if clash:
+            raise ValueError(f"{path} repeats the model name {clash[0]!r}")
+        temperatures, signature = sweep_temperatures, sweep.get("sacrebleu_signature")
+        merged.update(models)
     out = Path(args.out)
-    write_json_atomic(out / "sweep.json", {"temperatures": temperatures, "n_bins": N_BINS,
-                                           "sacrebleu_signature": signature, "models": merged})
+    write_json_atomic(out / "sweep.json", sweep_document(temperatures, merged, signature))
     text = table3_markdown({name: r["table3"] for name, r in merged.items()})
-    (out / "table3.md").write_text(text, encoding="utf-8")
+    _write_text(out / "table3.md", text)
     figure5(temperatures, merged, out / "figure5.png")
     print(text)
     return merged
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
     p = sub.add_parser("run", help="sweep checkpoints: curves, Table 3 rows, Figure 5")
     p.add_argument("--data", required=True, help="fairseq-preprocess output folder")
     p.add_argument("--checkpoints", nargs="+", required=True, help="NAME=checkpoint.pt ...")
-    p.add_argument("--temperatures", default="0.5,0.6,0.7,0.8,0.9,1,1.1,1.2,1.3,1.4,1.5")
+    p.add_argument("--temperatures", default="0.5,0.6,0.7,0.8,0.9,1,1.1,1.2,1.3,1.4,1.5",
+                   help="comma-separated; must contain 1 and should span the optimum")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--lenpen", type=float, default=1.0)
     p.add_argument("--max-len-a", type=float, default=0.0, help="as fairseq-generate: max length a * src + b")
@@ -311,6 +415,8 @@ def get_args_parser():
     p.add_argument("--max-tokens", type=int, default=8000)
     p.add_argument("--post-process", default=None, help="as fairseq-generate's --post-process (sentencepiece, ...)")
     p.add_argument("--references", nargs="*", help="valid=raw.de test=raw.de (default: the decoded targets)")
+    p.add_argument("--valid-bleu", action="store_true", help="also decode the validation split (BLEU curve)")
+    p.add_argument("--dataset", default="translation", help="dataset name recorded in results.json")
     p.add_argument("--out", required=True)
     p.add_argument("--cpu", action="store_true")
     p.set_defaults(func=run)
@@ -325,15 +431,15 @@ def get_args_parser():
     return parser
 
 
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+def _main(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}")
+    return args.func(args)
+
+
+def main(argv=None) -> int:
+    return cli.run_cli(get_args_parser(), _main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,11 +7,12 @@ and reverses the order, so a small Transformer learns it in a few hundred update
 
 from __future__ import annotations
 
-import argparse
 import random
 import subprocess
 import sys
 from pathlib import Path
+
+from focal_calibration import cli
 
 
 def write_corpus(folder, n_words: int = 40, seed: int = 0, sizes=(("train", 400), ("valid", 50), ("test", 100)),
@@ -40,14 +41,17 @@ def write_corpus(folder, n_words: int = 40, seed: int = 0, sizes=(("train", 400)
     return folder / "bin"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def get_args_parser():
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--words", type=int, default=40)
+    p.add_argument("--words", type=cli.positive_int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    print(write_corpus(args.out, args.words, args.seed))
+    return p
+
+
+def main(argv=None) -> int:
+    return cli.run_cli(get_args_parser(), lambda args: print(write_corpus(args.out, args.words, args.seed)), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

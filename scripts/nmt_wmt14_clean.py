@@ -10,9 +10,11 @@ too (``--dedup``). Streams line by line: the 4.5M-pair corpus never sits in memo
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
+import sys
+
+from focal_calibration import cli
 
 
 def keep_pair(src: str, tgt: str, max_len: int = 250, ratio: float = 1.5) -> bool:
@@ -38,8 +40,8 @@ def clean(src_lines, tgt_lines, max_len: int = 250, ratio: float = 1.5, dedup: b
         yield src, tgt
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def get_args_parser():
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--src", required=True)
     p.add_argument("--tgt", required=True)
     p.add_argument("--out-src", required=True)
@@ -47,9 +49,15 @@ def main(argv=None):
     p.add_argument("--max-len", type=int, default=250)
     p.add_argument("--ratio", type=float, default=1.5)
     p.add_argument("--no-dedup", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def clean_files(args) -> int:
     if args.max_len < 1 or args.ratio < 1:
-        raise SystemExit(f"error: --max-len must be >= 1 and --ratio >= 1, got {args.max_len}, {args.ratio}")
+        raise ValueError(f"--max-len must be >= 1 and --ratio >= 1, got {args.max_len}, {args.ratio}")
+    for path in (args.src, args.tgt):
+        if not os.path.isfile(path):
+            raise cli.DataNotFoundError(f"input file {path!r} does not exist")
     kept = 0
     with open(args.src, encoding="utf-8") as fs, open(args.tgt, encoding="utf-8") as ft, \
             open(args.out_src + ".tmp", "w", encoding="utf-8") as gs, \
@@ -60,11 +68,16 @@ def main(argv=None):
                 gt.write(tgt + "\n")
                 kept += 1
         except ValueError:
-            raise SystemExit(f"error: {args.src} and {args.tgt} have different numbers of lines") from None
+            raise ValueError(f"{args.src} and {args.tgt} have different numbers of lines") from None
     os.replace(args.out_src + ".tmp", args.out_src)
     os.replace(args.out_tgt + ".tmp", args.out_tgt)
     print(f"kept {kept} pairs")
+    return kept
+
+
+def main(argv=None) -> int:
+    return cli.run_cli(get_args_parser(), clean_files, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

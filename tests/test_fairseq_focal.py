@@ -431,8 +431,7 @@ def test_sweep_script_curves_against_independent_references(corpus, generations,
     # Table 3: T* by ECE over the grid, as the core's temperature fit chooses it
     row = nmt_sweep.table3_row(TEMPERATURES, curves, curves)
     assert row["temperature"] == fit_temperature(logits, labels, "ece", temperatures=list(TEMPERATURES)).temperature
-    scores = nmt_sweep.main(["score", "--sweep-output", str(sweep_file), "--reference",
-                             str(corpus["folder"] / "test.tgt")])
+    scores = nmt_sweep.score_file(sweep_file, corpus["folder"] / "test.tgt")["bleu"]
     assert [scores[t] for t in TEMPERATURES] == pytest.approx(curves["bleu"], abs=1e-9)
 
 
@@ -445,10 +444,19 @@ def test_sweep_run_writes_table_and_figure(corpus, tmp_path):
     nmt_sweep.main(["run", "--data", str(corpus["data"]), "--checkpoints", f"FL1={corpus['checkpoint']}",
                     "--temperatures", "0.5,1,2", "--beam", "2", "--out", str(out), "--cpu"])
     result = json.loads((out / "sweep.json").read_text())
-    assert result["temperatures"] == [0.5, 1.0, 2.0]
+    assert result["temperatures"] == [0.5, 1.0, 2.0] and result["suite"] == "nmt"
     model = result["models"]["FL1"]
-    assert all(len(model[split][c]) == 3 for split in ("valid", "test") for c in ("bleu", "ece", "adaece", "nll"))
+    assert all(len(model[split][c]) == 3 for split in ("valid", "test") for c in ("ece", "adaece", "nll"))
+    assert len(model["test"]["bleu"]) == 3 and model["valid"]["bleu"] is None  # valid: teacher forcing only
     assert model["table3"]["temperature"] in (0.5, 1.0, 2.0)
+    # the shared result layout, read by scripts/results_table.py like image and text runs
+    from focal_calibration.evaluation import read_results
+
+    (record,) = read_results([out])
+    assert (record["suite"], record["loss"], record["seed"]) == ("nmt", "fl-1", 1)
+    k = result["temperatures"].index(model["table3"]["temperature"])
+    assert record["evaluation"]["post"]["ece"] == pytest.approx(model["test"]["ece"][k])
+    assert record["evaluation"]["pre"]["bleu"] == pytest.approx(model["test"]["bleu"][1])
     assert "ECE% Pre T / Post T / T" in (out / "table3.md").read_text()
     assert (out / "figure5.png").stat().st_size > 10_000
 
@@ -476,9 +484,18 @@ def test_checkpoint_from_another_dictionary(corpus, tmp_path):
     other = write_corpus(tmp_path, n_words=60, seed=1, env=ENV)
     with pytest.raises(ValueError, match="trained with another dictionary"):
         nmt_sweep.load_model(corpus["checkpoint"], other, "cpu")
-    with pytest.raises(SystemExit, match="--temperatures must contain 1"):
-        nmt_sweep.main(["run", "--data", str(corpus["data"]), "--checkpoints", f"a={corpus['checkpoint']}",
-                        "--temperatures", "0.5,2", "--out", str(tmp_path / "x")])
+    command = [sys.executable, str(ROOT / "scripts" / "nmt_sweep.py"), "run", "--data", str(corpus["data"]),
+               "--checkpoints", f"a={corpus['checkpoint']}", "--out", str(tmp_path / "x")]
+    for extra, message in ((["--temperatures", "0.5,2"], "--temperatures must contain 1"),
+                           (["--temperatures", "1,x"], "temperatures must be comma-separated numbers, got '1,x'"),
+                           (["--beam", "0"], "--beam must be >= 1, got 0"),
+                           (["--references", "dev=x.de"], "--references takes valid=PATH and test=PATH, got 'dev'")):
+        result = subprocess.run(command + extra, capture_output=True, text=True, env=ENV)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"nmt_sweep.py: error: {message}")
+    result = subprocess.run(command[:6] + [f"a={tmp_path / 'missing.pt'}", "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True, env=ENV)
+    assert result.returncode == 2 and "error: checkpoint" in result.stderr and "does not exist" in result.stderr
 
 
 class _LogitsModel(torch.nn.Module):
