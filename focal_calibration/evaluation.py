@@ -179,10 +179,14 @@ def save_reliability_diagrams(test_logits, test_labels, temperature: float, out_
 # ----------------------------------------------------------------------------------------------------------------
 # Results files
 
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a result table is the old one or the new one, never half."""
+    return atomic_write(path, lambda handle: handle.write(text), binary=False)
+
+
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    text = json.dumps(json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    return atomic_write(path, lambda handle: handle.write(text), binary=False)
+    return write_text_atomic(path, json.dumps(json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def make_run_record(*, suite: str, dataset: str, model: str, loss: str, seed, args: Mapping, evaluation: Mapping,

@@ -28,7 +28,7 @@ from classification.datasets import load_dataset
 from classification.figures import plot_runs
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, run_cells, study_markdown
 from focal_calibration import cli
-from focal_calibration.evaluation import write_json_atomic
+from focal_calibration.evaluation import write_json_atomic, write_text_atomic
 from focal_calibration.losses import build_loss
 
 # Chosen by the criterion in the README ("The main job") from CE runs alone (`scripts/regime_study.py --losses ce`,
@@ -107,9 +107,9 @@ def main(args: argparse.Namespace) -> dict:
               "main": main_claims, "contrast": contrast}
     write_json_atomic(out / "claims.json", claims)
     claim_text = claims_markdown(main_claims, contrast)
-    (out / "claims.md").write_text(claim_text)
+    write_text_atomic(out / "claims.md", claim_text)
     table = study_markdown({"recipe": study["recipe"], "runs": records})
-    (out / "table.md").write_text(table)
+    write_text_atomic(out / "table.md", table)
     first_seed = [out / "runs" / Cell(1, args.size, loss).name for loss in args.losses]
     figures = plot_runs(first_seed, out / "figures")
 

@@ -43,8 +43,7 @@ import torch
 import fairseq_focal  # noqa: F401  (registers the criterion / tasks and applies the compat fixes)
 from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures
 from focal_calibration import cli
-from focal_calibration.checkpoint import atomic_write
-from focal_calibration.evaluation import make_run_record, write_json_atomic
+from focal_calibration.evaluation import make_run_record, write_json_atomic, write_text_atomic
 from focal_calibration.metrics import CalibrationAccumulator
 
 N_BINS = 15
@@ -277,10 +276,6 @@ def sweep_document(temperatures, results, signature, **extra) -> dict:
             "n_bins": N_BINS, "sacrebleu_signature": signature, **extra, "models": results}
 
 
-def _write_text(path, text):
-    atomic_write(path, lambda handle: handle.write(text), binary=False)
-
-
 def run(args):
     temperatures = parse_temperatures(args.temperatures)
     if 1.0 not in temperatures:
@@ -318,7 +313,7 @@ def run(args):
                   f"{time.perf_counter() - start:.1f}s", flush=True)
             if split == "test":
                 at_1 = temperatures.index(1.0)
-                _write_text(out / name / "test.hyp.T1.txt",
+                write_text_atomic(out / name / "test.hyp.T1.txt",
                             "".join(hypotheses[at_1][i] + "\n" for i in range(curves["n_sentences"])))
         result["table3"] = table3_row(temperatures, result["valid"], result["test"])
         results[name] = result
@@ -329,7 +324,7 @@ def run(args):
             print(f"  T={t:<4g} test BLEU {bleu:6.2f}   valid ECE {100 * ece:6.2f}%")
     table = table3_markdown({name: r["table3"] for name, r in results.items()})
     write_json_atomic(out / "sweep.json", sweep_document(temperatures, results, signature, beam=args.beam))
-    _write_text(out / "table3.md", table)
+    write_text_atomic(out / "table3.md", table)
     figure5(list(temperatures), results, out / "figure5.png")
     print(f"sacrebleu signature: {signature}")
     print(table)
@@ -393,7 +388,7 @@ def table(args):
     out = Path(args.out)
     write_json_atomic(out / "sweep.json", sweep_document(temperatures, merged, signature))
     text = table3_markdown({name: r["table3"] for name, r in merged.items()})
-    _write_text(out / "table3.md", text)
+    write_text_atomic(out / "table3.md", text)
     figure5(temperatures, merged, out / "figure5.png")
     print(text)
     return merged

@@ -23,6 +23,7 @@ from pathlib import Path
 from classification.datasets import load_dataset
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, plot_study, run_cells, study_markdown
 from focal_calibration import cli
+from focal_calibration.evaluation import write_text_atomic
 from focal_calibration.losses import build_loss
 
 DEFAULT_SIZES = (2500, 5000, 10000, 20000, 55000)
@@ -69,7 +70,7 @@ def main(args: argparse.Namespace) -> dict:
     study = run_cells(cells, recipe, out, jobs=args.jobs, data_dir=args.data_dir, limit_eval=args.limit_eval,
                       log=lambda line: print(line, flush=True))
     table = study_markdown(study)
-    (out / "study.md").write_text(table)
+    write_text_atomic(out / "study.md", table)
     figures = plot_study(study, out)
     print("\n" + table)
     print("figures: " + ", ".join(str(f) for f in figures))

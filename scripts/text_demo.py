@@ -27,7 +27,7 @@ from pathlib import Path
 
 from classification.claims import CLAIMS, claims_markdown, compute_claims
 from focal_calibration import bootstrap_samples, cli
-from focal_calibration.evaluation import write_json_atomic
+from focal_calibration.evaluation import write_json_atomic, write_text_atomic
 from treelstm.experiments import read_log, regime_of, run_all, summary_cell
 
 # The README's candidates, in the order they are tried (the first whose CE runs all meet the criterion is used).
@@ -112,11 +112,11 @@ def main(args) -> dict:
                                       n_resamples=max(args.bootstrap, 1), claims=TEXT_CLAIMS))
     write_json_atomic(out / "claims.json", summary)
     table = runs_markdown(records)
-    (out / "runs.md").write_text(table)
+    write_text_atomic(out / "runs.md", table)
     print("\n" + table)
     if "claims" in summary:
         text = claims_markdown(summary).replace("training images", "training questions (GP-CNN on TREC)")
-        (out / "claims.md").write_text(text)
+        write_text_atomic(out / "claims.md", text)
         print(text)
     regime = [r["regime_criterion_met"] for r in records if r["loss"] == "ce"]
     print(f"CE in the §3 regime at the reported epoch: {sum(regime)}/{len(regime)} seeds; "

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from focal_calibration import cli
-from focal_calibration.evaluation import write_json_atomic
+from focal_calibration.evaluation import write_json_atomic, write_text_atomic
 from focal_calibration.evidence import claim_result
 from treelstm.experiments import epoch_view, focal_optimum_temperature, read_log, run_all, summary_cell
 
@@ -158,7 +158,7 @@ def main(args) -> dict:
              "seconds": time.time() - started}
     write_json_atomic(out / "study.json", study)
     text = study_markdown(study)
-    (out / "study.md").write_text(text)
+    write_text_atomic(out / "study.md", text)
     print(text + f"\n{out / 'study.json'}, {out / 'study.md'}; {time.time() - started:.0f}s", flush=True)
     return study
 

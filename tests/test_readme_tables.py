@@ -25,3 +25,24 @@ def test_blocks_are_refilled_from_their_files(tmp_path):
     assert fill(filled, tmp_path, keep_missing=True)[0] == filled  # idempotent
     with pytest.raises(ValueError, match="needs 'out/missing.md' \\(made by `make study`\\)"):
         fill(TEXT, tmp_path)
+
+
+def test_publish_copies_the_named_result_files(tmp_path):
+    from scripts.readme_tables import publish
+    (tmp_path / "results" / "demo").mkdir(parents=True)
+    (tmp_path / "results" / "demo" / "claims.md").write_text("| claim |\n")
+    (tmp_path / "results" / "demo" / "fig.png").write_bytes(b"\x89PNG")
+    readme = ("<!-- generated from docs/results/demo/claims.md by `make demo` -->\n<!-- end generated -->\n"
+              "![figure](docs/results/demo/fig.png) and docs/results/demo/absent.md\n")
+    assert publish(readme, tmp_path) == ["docs/results/demo/claims.md", "docs/results/demo/fig.png"]
+    assert (tmp_path / "docs/results/demo/claims.md").read_text() == "| claim |\n"
+    assert (tmp_path / "docs/results/demo/fig.png").read_bytes() == b"\x89PNG"
+    assert not (tmp_path / "docs/results/demo/absent.md").exists()
+
+
+def test_the_readme_shows_the_committed_result_files():
+    # every generated block of the README equals the file it names (no typed or stale result numbers)
+    from scripts.readme_tables import ROOT
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    filled, read = fill(text, ROOT)
+    assert filled == text, "README blocks differ from their files: run scripts/readme_tables.py"
