@@ -91,3 +91,16 @@ def test_dynamics_figures_from_two_logs(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
     with pytest.raises(ValueError, match="no log.jsonl"):
         plot_runs([tmp_path / "figures"], tmp_path / "x")
+
+
+def test_one_table_reads_image_text_and_nmt_runs(tmp_path):
+    # the three suites write one result layout; a suite is a field, not a format
+    for name, suite, dataset, model, loss, ece in (("img", "image", "fashion-mnist", "mlp", "ce", 0.0838),
+                                                   ("txt", "text", "trec-offline", "gpcnn", "flsd-53", 0.1664),
+                                                   ("nmt", "nmt", "libreoffice-en-de", "transformer", "fl1", 0.0312)):
+        record = _record(loss, ece, ece / 2, 1.5, 0.1, dataset=dataset, model=model)
+        write_json_atomic(tmp_path / name / "results.json", dict(record, suite=suite))
+    text = table_main([str(tmp_path), "--metric", "ece"])
+    assert "| fashion-mnist | mlp | 8.38 / 4.19 (1.5) | - | - |" in text
+    assert "| trec-offline | gpcnn | - | 16.64 / 8.32 (1.5) | - |" in text
+    assert "| libreoffice-en-de | transformer | - | - | 3.12 / 1.56 (1.5) |" in text
