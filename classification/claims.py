@@ -17,7 +17,7 @@ import torch
 
 from focal_calibration.evidence import REGIME_NLL_RISE_MIN, REGIME_TRAIN_ERROR_MAX, claim_result
 
-__all__ = ["CLAIMS", "versus_ce_claims", "compute_claims", "claims_markdown"]
+__all__ = ["CLAIMS", "versus_ce_claims", "compute_claims", "claims_markdown", "verdicts_by_size_markdown"]
 
 # (id, text, compared loss, statistic, region, bootstrap metric, scaled by T for the bootstrap)
 #   statistic: ("diff", key) = record[key] of the loss minus CE's; ("value", key) = the loss's own record[key]
@@ -152,3 +152,29 @@ def claims_markdown(main: dict, contrast: dict | None = None) -> str:
                          f"| **{c['verdict']}** |")
         lines.append("")
     return "\n".join(lines)
+
+
+def verdicts_by_size_markdown(blocks: Sequence[dict]) -> str:
+    """The regime study's ``verdicts.md``: one row per claim, one column per training-set size (``compute_claims``
+    blocks), each cell the mean over seeds and the computed verdict; the first row says whether CE was in the §3
+    regime there, so the verdicts can be read against the regime."""
+    sizes = [block["size"] for block in blocks]
+    lines = ["Each cell: mean over seeds of the statistic (Δ = loss minus CE, paired by seed) and the verdict from its "
+             "95% intervals over seeds and over test-set resamples (as the demo's claims table).", "",
+             "| claim | statistic | " + " | ".join(f"{size:,} images" for size in sizes) + " |",
+             "|---|---|" + "---|" * len(sizes)]
+    regimes = []
+    for block in blocks:
+        met = sum(block["regime"]["ce_meets_per_seed"])
+        regimes.append(f"{'**yes**' if block['regime']['criterion_held'] else 'no'} "
+                       f"({met}/{len(block['regime']['ce_meets_per_seed'])} seeds)")
+    lines.append("| CE in the §3 regime (every seed) | | " + " | ".join(regimes) + " |")
+    rows: dict = {}
+    for column, block in enumerate(blocks):
+        for c in block["claims"]:
+            rows.setdefault((c["id"], c["claim"], c["statistic"]), [None] * len(blocks))[column] = c
+    for (_, text, statistic), cells in rows.items():
+        label, percent = _LABELS.get(statistic.split()[-1], (statistic, False))
+        shown = ["-" if c is None else f"{_fmt(c['mean'], percent)} {c['verdict']}" for c in cells]
+        lines.append(f"| {text} | {label} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from classification.datasets import load_dataset
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, plot_study, run_cells, study_markdown
-from focal_calibration import cli
-from focal_calibration.evaluation import write_text_atomic
+from classification.claims import compute_claims, verdicts_by_size_markdown
+from focal_calibration import bootstrap_samples, cli
+from focal_calibration.evaluation import write_json_atomic, write_text_atomic
 from focal_calibration.losses import build_loss
 
 DEFAULT_SIZES = (2500, 5000, 10000, 20000, 55000)
@@ -44,6 +45,8 @@ def get_args_parser() -> cli.ArgumentParser:
                         help="passes over the full 55,000-image set; every size gets that many updates")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="runs trained at once, one CPU thread each (default: the number of cores)")
+    parser.add_argument("--n-resamples", type=int, default=1000,
+                        help="test-set bootstrap resamples of the per-size verdicts (0: seed intervals only)")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
     parser.add_argument("--limit-eval", type=int, default=None, help="evaluate on the first N val / test images "
                         "only (smoke tests)")
@@ -55,6 +58,8 @@ def main(args: argparse.Namespace) -> dict:
     bad_sizes = [s for s in args.sizes if not 1 <= s <= FULL_TRAIN_SIZE]
     if bad_sizes:
         raise ValueError(f"--sizes must lie in [1, {FULL_TRAIN_SIZE}], got {bad_sizes[0]}")
+    if args.n_resamples < 0:
+        raise ValueError(f"--n-resamples must be >= 0, got {args.n_resamples}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     for loss in args.losses:
@@ -72,7 +77,13 @@ def main(args: argparse.Namespace) -> dict:
     table = study_markdown(study)
     write_text_atomic(out / "study.md", table)
     figures = plot_study(study, out)
-    print("\n" + table)
+    # the paper's claims at every size where CE ran: the verdict read against the regime (verdicts.md)
+    bootstrap = bootstrap_samples if args.n_resamples else None
+    blocks = [compute_claims(study["runs"], size, bootstrap=bootstrap, n_resamples=args.n_resamples)
+              for size in sorted({r["size"] for r in study["runs"] if r["loss"] == "ce"})]
+    write_json_atomic(out / "verdicts.json", {"n_resamples": args.n_resamples, "sizes": blocks})
+    write_text_atomic(out / "verdicts.md", verdicts_by_size_markdown(blocks))
+    print("\n" + table + "\n" + verdicts_by_size_markdown(blocks))
     print("figures: " + ", ".join(str(f) for f in figures))
     print(f"study time {time.perf_counter() - start:.0f}s")
     return study

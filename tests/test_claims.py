@@ -106,3 +106,24 @@ def test_every_claim_names_a_region_and_a_statistic():
     for claim_id, text, loss, (kind, key), region, metric, scaled in CLAIMS:
         assert kind in ("diff", "value") and len(region) == 1 and text and loss
         assert math.isfinite(next(iter(region.values()))[0] if "inside" in region else next(iter(region.values())))
+
+
+def test_verdicts_by_size_put_each_claim_against_the_regime(tmp_path):
+    # size 1000: CE in the regime, FLSD-53 clearly better calibrated; size 2000: CE not in the regime, FLSD-53 worse
+    from classification.claims import verdicts_by_size_markdown
+    labels = torch.zeros(10, dtype=torch.long)
+    records = []
+    for size, delta, in_regime in ((1000, -0.05, True), (2000, +0.05, False)):
+        for seed, jitter in zip((1, 2, 3), (0.0, 0.002, -0.002)):
+            common = dict(size=size, ece_post=0.01, error=0.1, adaece_pre=0.1)
+            (tmp_path / f"{size}").mkdir(exist_ok=True)
+            records.append(_record(tmp_path / f"{size}", "ce", seed, torch.zeros(10, 3), labels, ece_pre=0.1,
+                                   temperature=2.0, regime_criterion_met=in_regime, **common))
+            records.append(_record(tmp_path / f"{size}", "flsd-53", seed, torch.zeros(10, 3), labels,
+                                   ece_pre=0.1 + delta + jitter, temperature=1.0, **common))
+    blocks = [compute_claims(records, size, bootstrap=None) for size in (1000, 2000)]
+    lines = verdicts_by_size_markdown(blocks).splitlines()
+    assert lines[2] == "| claim | statistic | 1,000 images | 2,000 images |"
+    assert lines[4] == "| CE in the §3 regime (every seed) | | **yes** (3/3 seeds) | no (0/3 seeds) |"
+    row = next(line for line in lines if line.startswith("| FLSD-53 has a lower test ECE than CE before"))
+    assert row.endswith("| Δ ECE, points | -5.00 holds | +5.00 does not hold |")
