@@ -1,6 +1,6 @@
 """One prepared GPU check (issue 11): every CUDA path of the project, one summary table, non-zero exit on a failure.
 
-    bash scripts/gpu_check.sh [--dry-run] [--fashion-mnist DIR] [--out DIR] [--only NAME,...] [--strict]
+    bash scripts/gpu_check.sh [--dry-run] [--fashion-mnist DIR] [--output-dir DIR] [--only NAME,...] [--strict]
 
 Start it through scripts/gpu_check.sh, which finds a Python with torch (see there). Checks, each in a subprocess:
 
@@ -330,7 +330,7 @@ class Context:
     def __init__(self, args):
         self.dry_run = args.dry_run
         self.device = "cpu" if args.dry_run else "cuda"
-        self.out = Path(args.out).resolve()
+        self.out = Path(args.output_dir).resolve()
         self.fashion_mnist = args.fashion_mnist
         self.data_note = ""
         self.corpus = None
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same entry points on the CPU, tiny sizes")
     parser.add_argument("--fashion-mnist", default=None, help="folder with the four Fashion-MNIST IDX files, used "
                         f"when {FASHION_MNIST_SYSTEM_DIR} has none")
-    parser.add_argument("--out", default="results/gpu_check",
+    parser.add_argument("--output-dir", default="results/gpu_check",
                         help="logs, benchmark JSON and summary go here (default %(default)s)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(CHECKS)}")
     parser.add_argument("--strict", action="store_true", help="a SKIPped check counts as a failure")
@@ -407,8 +407,8 @@ def main(argv=None) -> int:
         seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
         print(f"| {row['check']} | {row['status']} | {seconds} | {row['detail']} |")
     failed = [row["check"] for row in rows if row["status"] == "FAIL" or (args.strict and row["status"] == "SKIP")]
-    (ctx.out / "summary.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows},
-                                                     indent=1))
+    from focal_calibration.evaluation import write_json_atomic
+    write_json_atomic(ctx.out / "summary.json", {"device": device, "torch": torch.__version__, "rows": rows})
     print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (logs in {ctx.out})")
     return 1 if failed else 0
 

@@ -4,7 +4,7 @@
 # and metrics / temperature scaling on CUDA tensors; one summary table; exit 1 if a check fails (see
 # scripts/gpu_check.py for the checks and their criteria). About 5 minutes on one GPU once the Python is there.
 #
-#   bash scripts/gpu_check.sh [--dry-run] [--fashion-mnist DIR] [--out DIR] [--only NAME,...] [--strict]
+#   bash scripts/gpu_check.sh [--dry-run] [--fashion-mnist DIR] [--output-dir DIR] [--only NAME,...] [--strict]
 #
 # Its Python, in this order:
 #   1. $PY, if set (PY=/path/to/python bash scripts/gpu_check.sh);

@@ -144,8 +144,8 @@ def prepare_corpus(data_dir: Path) -> Path:
             f"no LibreOffice help pages under {str(help_root(data_dir))!r}: run `make demo-nmt` (it fetches them), or "
             f"`cd {data_dir} && apt-get download libreoffice-help-en-us libreoffice-help-de && for f in "
             f"libreoffice-help-*.deb; do dpkg-deb -x \"$f\" lo_help; done`")
-    run_tool([sys.executable, HERE / "nmt_prepare_libreoffice.py", "--help-root", help_root(data_dir), "--out", corpus,
-              "--vocab-size", 4000], what="nmt_prepare_libreoffice.py")
+    run_tool([sys.executable, HERE / "nmt_prepare_libreoffice.py", "--help-root", help_root(data_dir),
+              "--output-dir", corpus, "--vocab-size", 4000], what="nmt_prepare_libreoffice.py")
     tmp = corpus / "bin.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     run_tool([BIN / "fairseq-preprocess", "--source-lang", "en", "--target-lang", "de",
@@ -593,7 +593,7 @@ def main(args) -> dict:
             ",".join(f"{t:g}" for t in temperatures), "--beam", str(args.beam), "--max-tokens", "6000",
             "--max-len-a", "1.2", "--max-len-b", "10", "--limit", str(args.limit), "--post-process", "sentencepiece",
             "--references", f"valid={corpus / 'valid.de'}", f"test={corpus / 'test.de'}", "--dataset", DATASET,
-            "--cpu", "--out", str(run_dir / "sweep")], run_dir / "sweep.txt"))
+            "--cpu", "--output-dir", str(run_dir / "sweep")], run_dir / "sweep.txt"))
     sweep_times = run_jobs(sweep_jobs, parallel=args.jobs, threads=args.threads)
     for (model, seed), run_dir in runs.items():
         sweep_results = run_dir / "sweep" / f"{model}-s{seed}" / "results.json"

@@ -18,7 +18,7 @@ Get the data (no ``apt-get install``: that pulls in libreoffice-common):
 
     apt-get download libreoffice-help-en-us libreoffice-help-de
     for f in libreoffice-help-*.deb; do dpkg-deb -x "$f" lo_help; done
-    python scripts/nmt_prepare_libreoffice.py --help-root lo_help/usr/share/libreoffice/help --out data/lo_ende
+    python scripts/nmt_prepare_libreoffice.py --help-root lo_help/usr/share/libreoffice/help --output-dir data/lo_ende
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from focal_calibration import cli
+from focal_calibration.evaluation import write_json_atomic
 
 PARAGRAPH_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6"}
 ID_PATTERN = re.compile(r"^(par|hd)_id\w+$")
@@ -150,7 +151,7 @@ def _write_lines(path: Path, lines) -> None:
 def get_args_parser():
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--help-root", required=True, type=Path, help="…/usr/share/libreoffice/help (has en-US/ and de/)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--valid-fraction", type=float, default=0.035)
     p.add_argument("--test-fraction", type=float, default=0.035)
     p.add_argument("--max-words", type=int, default=80, help="drop pairs longer than this on either side")
@@ -169,19 +170,20 @@ def main(args):
     if args.max_words < 1 or args.vocab_size < 0:
         raise ValueError(f"--max-words must be >= 1 and --vocab-size >= 0, got {args.max_words} and "
                          f"{args.vocab_size}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     pairs = extract_pairs(args.help_root)
     splits = split_pairs(pairs, args.valid_fraction, args.test_fraction, args.max_words)
     for name, items in splits.items():
-        _write_lines(args.out / f"{name}.en", (s for s, _ in items))
-        _write_lines(args.out / f"{name}.de", (t for _, t in items))
+        _write_lines(args.output_dir / f"{name}.en", (s for s, _ in items))
+        _write_lines(args.output_dir / f"{name}.de", (t for _, t in items))
     stats = {"aligned_paragraphs": len(pairs), **{name: len(items) for name, items in splits.items()},
              "train_en_words_per_pair": round(sum(len(s.split()) for s, _ in splits["train"])
                                               / max(1, len(splits["train"])), 2)}
     if args.vocab_size:
-        train_sentencepiece([args.out / "train.en", args.out / "train.de"], args.out / "spm", args.vocab_size)
-        encode_files(args.out / "spm.model", args.out, ("en", "de"))
-    (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        out = args.output_dir
+        train_sentencepiece([out / "train.en", out / "train.de"], out / "spm", args.vocab_size)
+        encode_files(args.output_dir / "spm.model", args.output_dir, ("en", "de"))
+    write_json_atomic(args.output_dir / "stats.json", stats)
     print(json.dumps(stats))
 
 

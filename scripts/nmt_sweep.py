@@ -17,11 +17,11 @@ Table 3 protocol: T* = the temperature of the list with the lowest VALIDATION EC
 
     python scripts/nmt_sweep.py run --data DATA-BIN --checkpoints CE=ce/checkpoint_last.pt FL1=fl1/checkpoint_last.pt \\
         --temperatures 0.5,0.6,...,1.5 --beam 4 --post-process sentencepiece \\
-        --references valid=valid.de test=test.de --out results/nmt
+        --references valid=valid.de test=test.de --output-dir results/nmt
     python scripts/nmt_sweep.py score --sweep-output sweep.tsv --reference test.de   # fairseq-generate's sweep file
-    python scripts/nmt_sweep.py table ce/sweep.json fl1/sweep.json --out results/nmt   # merge separate runs
+    python scripts/nmt_sweep.py table ce/sweep.json fl1/sweep.json --output-dir results/nmt   # merge separate runs
 
-Outputs in --out: sweep.json (all curves, the Table 3 rows, the sacrebleu signature; ``"suite": "nmt"``),
+Outputs in --output-dir: sweep.json (all curves, the Table 3 rows, the sacrebleu signature; ``"suite": "nmt"``),
 table3.md, figure5.png, and per checkpoint NAME/results.json in the shared result layout
 (:func:`focal_calibration.evaluation.make_run_record`: suite ``nmt``, dataset, model, loss, seed read from the
 checkpoint, ``evaluation = {temperature, pre, post}`` with test ``ece`` / ``adaece`` / ``nll`` / ``error`` as
@@ -294,7 +294,7 @@ def run(args):
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    out = Path(args.out)
+    out = Path(args.output_dir)
     results, signature = {}, None
     for name, checkpoint in checkpoints.items():
         model, task, cfg = load_model(checkpoint, args.data, device, return_cfg=True)
@@ -385,7 +385,7 @@ def table(args):
             raise ValueError(f"{path} repeats the model name {clash[0]!r}")
         temperatures, signature = sweep_temperatures, sweep.get("sacrebleu_signature")
         merged.update(models)
-    out = Path(args.out)
+    out = Path(args.output_dir)
     write_json_atomic(out / "sweep.json", sweep_document(temperatures, merged, signature))
     text = table3_markdown({name: r["table3"] for name, r in merged.items()})
     write_text_atomic(out / "table3.md", text)
@@ -412,7 +412,7 @@ def get_args_parser():
     p.add_argument("--references", nargs="*", help="valid=raw.de test=raw.de (default: the decoded targets)")
     p.add_argument("--valid-bleu", action="store_true", help="also decode the validation split (BLEU curve)")
     p.add_argument("--dataset", default="translation", help="dataset name recorded in results.json")
-    p.add_argument("--out", required=True)
+    p.add_argument("--output-dir", required=True)
     p.add_argument("--cpu", action="store_true")
     p.set_defaults(func=run)
     s = sub.add_parser("score", help="BLEU per temperature of a fairseq-generate --sweep-output file")
@@ -421,7 +421,7 @@ def get_args_parser():
     s.set_defaults(func=score)
     t = sub.add_parser("table", help="merge sweep.json files of separate runs into one Table 3 / Figure 5")
     t.add_argument("sweeps", nargs="+")
-    t.add_argument("--out", required=True)
+    t.add_argument("--output-dir", required=True)
     t.set_defaults(func=table)
     return parser
 

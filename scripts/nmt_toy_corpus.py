@@ -43,14 +43,15 @@ def write_corpus(folder, n_words: int = 40, seed: int = 0, sizes=(("train", 400)
 
 def get_args_parser():
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True)
+    p.add_argument("--output-dir", required=True)
     p.add_argument("--words", type=cli.positive_int, default=40)
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
 def main(argv=None) -> int:
-    return cli.run_cli(get_args_parser(), lambda args: print(write_corpus(args.out, args.words, args.seed)), argv)
+    return cli.run_cli(get_args_parser(), lambda args: print(write_corpus(args.output_dir, args.words, args.seed)),
+                       argv)
 
 
 if __name__ == "__main__":

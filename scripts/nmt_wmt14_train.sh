@@ -34,4 +34,4 @@ done
 "$PY" "$HERE/scripts/nmt_sweep.py" run --data "$DATA/bin" \
     --checkpoints CE="$OUT/CE/checkpoint_last.pt" LS="$OUT/LS/checkpoint_last.pt" FL1="$OUT/FL1/checkpoint_last.pt" \
     --temperatures 0.5,0.6,0.7,0.8,0.9,1,1.1,1.2,1.3,1.4,1.5,1.6,1.8,2 --beam 4 --lenpen 0.6 --max-tokens 8000 \
-    --post-process sentencepiece --references valid="$DATA/valid.de" test="$DATA/test.de" --out "$OUT/sweep"
+    --post-process sentencepiece --references valid="$DATA/valid.de" test="$DATA/test.de" --output-dir "$OUT/sweep"

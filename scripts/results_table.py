@@ -24,7 +24,7 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("paths", nargs="+", help="results.json files or folders searched recursively")
     parser.add_argument("--metric", nargs="+", default=["ece", "adaece"], choices=tuple(METRICS))
     parser.add_argument("--format", nargs="+", default=["markdown"], choices=("markdown", "latex"))
-    parser.add_argument("--out", default=None, help="also write the tables to this file")
+    parser.add_argument("--output", default=None, help="also write the tables to this file")
     return parser
 
 
@@ -35,8 +35,8 @@ def main(args) -> str:
     parts = [(to_markdown if fmt == "markdown" else to_latex)(records, metric)
              for fmt in args.format for metric in args.metric]
     text = "\n".join(parts)
-    if args.out:
-        atomic_write(Path(args.out), lambda handle: handle.write(text), binary=False)
+    if args.output:
+        atomic_write(Path(args.output), lambda handle: handle.write(text), binary=False)
     print(text, end="")
     return text
 

@@ -442,7 +442,7 @@ def test_sweep_run_writes_table_and_figure(corpus, tmp_path):
 
     out = tmp_path / "out"
     nmt_sweep.main(["run", "--data", str(corpus["data"]), "--checkpoints", f"FL1={corpus['checkpoint']}",
-                    "--temperatures", "0.5,1,2", "--beam", "2", "--out", str(out), "--cpu"])
+                    "--temperatures", "0.5,1,2", "--beam", "2", "--output-dir", str(out), "--cpu"])
     result = json.loads((out / "sweep.json").read_text())
     assert result["temperatures"] == [0.5, 1.0, 2.0] and result["suite"] == "nmt"
     model = result["models"]["FL1"]
@@ -485,7 +485,7 @@ def test_checkpoint_from_another_dictionary(corpus, tmp_path):
     with pytest.raises(ValueError, match="trained with another dictionary"):
         nmt_sweep.load_model(corpus["checkpoint"], other, "cpu")
     command = [sys.executable, str(ROOT / "scripts" / "nmt_sweep.py"), "run", "--data", str(corpus["data"]),
-               "--checkpoints", f"a={corpus['checkpoint']}", "--out", str(tmp_path / "x")]
+               "--checkpoints", f"a={corpus['checkpoint']}", "--output-dir", str(tmp_path / "x")]
     for extra, message in ((["--temperatures", "0.5,2"], "--temperatures must contain 1"),
                            (["--temperatures", "1,x"], "temperatures must be comma-separated numbers, got '1,x'"),
                            (["--beam", "0"], "--beam must be >= 1, got 0"),
@@ -493,7 +493,7 @@ def test_checkpoint_from_another_dictionary(corpus, tmp_path):
         result = subprocess.run(command + extra, capture_output=True, text=True, env=ENV)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith(f"nmt_sweep.py: error: {message}")
-    result = subprocess.run(command[:6] + [f"a={tmp_path / 'missing.pt'}", "--out", str(tmp_path / "x")],
+    result = subprocess.run(command[:6] + [f"a={tmp_path / 'missing.pt'}", "--output-dir", str(tmp_path / "x")],
                             capture_output=True, text=True, env=ENV)
     assert result.returncode == 2 and "error: checkpoint" in result.stderr and "does not exist" in result.stderr
 

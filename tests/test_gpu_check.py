@@ -31,7 +31,7 @@ def test_shell_syntax():
 
 def test_unknown_check_is_an_error(driver, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        driver.main(["--dry-run", "--only", "metrics,bench", "--out", str(tmp_path)])
+        driver.main(["--dry-run", "--only", "metrics,bench", "--output-dir", str(tmp_path)])
     assert stop.value.code == 2
     assert "error: unknown check(s) bench; choose from cuda-tests" in capsys.readouterr().err
 
@@ -39,13 +39,13 @@ def test_unknown_check_is_an_error(driver, tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gets")
 def test_without_cuda_it_asks_for_dry_run(driver, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        driver.main(["--out", str(tmp_path)])
+        driver.main(["--output-dir", str(tmp_path)])
     assert stop.value.code == 2 and "sees no CUDA device; use --dry-run" in capsys.readouterr().err
 
 
 def test_dry_run_of_one_check_through_the_wrapper(tmp_path):
     env = dict(os.environ, PY=sys.executable)
-    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", "metrics", "--out", str(tmp_path)],
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", "metrics", "--output-dir", str(tmp_path)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"gpu_check: python {sys.executable} (PY)" in result.stdout
