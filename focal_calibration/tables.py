@@ -3,17 +3,23 @@ loss in the paper's order (CE, Brier, MMCE, LS-0.05, FL-1/2/3, FLSc, FLSD; other
 "pre / post (T)" in % with T chosen on validation ECE (§5.1). Runs that share dataset, model and loss (several seeds)
 are summarised as mean ± std over the runs (sample std, ddof = 1) and the cell says how many (``n=3``). Metrics that
 temperature scaling cannot change (error, top-5 error) get one number per cell. Records come from
-:func:`focal_calibration.evaluation.read_results`.
+:func:`focal_calibration.evaluation.read_results`; the metrics beyond the paper (smECE, KS, ECE-sweep, debiased
+L2-ECE), which the trainers do not compute, are added from each run's saved test logits by :func:`with_extra_metrics`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
+
+import torch
 
 from focal_calibration.evidence import seed_summary
+from focal_calibration.metrics import calibration_metrics
+from focal_calibration.metrics_extra import EXTRA_METRICS
 
-__all__ = ["PAPER_ORDER", "LOSS_TITLES", "METRICS", "build_table", "to_markdown", "to_latex"]
+__all__ = ["PAPER_ORDER", "LOSS_TITLES", "METRICS", "build_table", "to_markdown", "to_latex", "with_extra_metrics"]
 
 PAPER_ORDER = ("ce", "brier", "mmce-2", "ls-0.05", "fl-1", "fl-2", "fl-3", "flsc-531", "flsc-532", "flsd-532",
                "flsd-53")
@@ -25,7 +31,34 @@ METRICS = {  # name -> (title, scaled by temperature?)
     "classwise_ece": ("Classwise ECE (%)", True), "nll": ("NLL (x100)", True), "brier": ("Brier (x100)", True),
     "error": ("Error (%)", False), "top5_error": ("Top-5 error (%)", False), "s99": ("|S99| (%)", True),
     "s99_accuracy": ("S99 accuracy (%)", True),
+    # beyond the paper: from the saved test logits (with_extra_metrics)
+    "smece": ("smECE (%)", True), "ks": ("KS error (%)", True), "ece_sweep": ("ECE-sweep (%)", True),
+    "debiased_l2_ece": ("Debiased L2-ECE (%)", True),
 }
+
+
+def with_extra_metrics(records: list[dict], metrics) -> list[dict]:
+    """Add the requested metrics beyond the paper to each record's test ``pre`` / ``post`` (logits / T) metrics,
+    computed from the run's ``logits.pt`` (beside its results file, as both trainers write it). A record that already
+    has them keeps its values; one without saved logits (e.g. NMT sweeps, token-level) is left without them, so its
+    cell shows "-"."""
+    extra = tuple(m for m in metrics if m in EXTRA_METRICS)
+    if not extra:
+        return records
+    for record in records:
+        evaluation = record["evaluation"]
+        if all(m in evaluation["pre"] and m in evaluation["post"] for m in extra):
+            continue
+        path = record.get("paths", {}).get("logits") or Path(record["path"]).parent / "logits.pt"
+        if not Path(path).is_file():
+            continue
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        logits, labels = saved["test_logits"], saved["test_labels"]
+        n_bins = evaluation.get("n_bins", 15)
+        for key, scaled in (("pre", logits), ("post", logits / evaluation["temperature"])):
+            values = calibration_metrics(labels, logits=scaled, n_bins=n_bins, extra=extra)
+            evaluation[key].update({m: values[m] for m in extra})
+    return records
 
 
 def _summary(values, scale: float = 1.0):

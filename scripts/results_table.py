@@ -6,6 +6,8 @@ One row per (dataset, model), one column per loss (the paper's order: CE, Brier,
 FLSD; other specs after them), cells "pre / post (T)" in % with T chosen on validation ECE (§5.1). Runs that share
 dataset, model and loss (several seeds) are summarised as mean ± std over the runs (sample std, ddof = 1) and the cell
 says how many (``n=3``). Metrics that temperature scaling cannot change (error, top-5 error) get one number per cell.
+The metrics beyond the paper (``--metric smece ks ece_sweep debiased_l2_ece``) are computed from each run's saved
+test logits (``logits.pt``); runs without them (NMT sweeps) show "-".
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from focal_calibration import cli
 from focal_calibration.checkpoint import atomic_write
 from focal_calibration.evaluation import read_results
-from focal_calibration.tables import METRICS, to_latex, to_markdown
+from focal_calibration.tables import METRICS, to_latex, to_markdown, with_extra_metrics
 
 
 def get_args_parser() -> cli.ArgumentParser:
@@ -32,6 +34,7 @@ def main(args) -> str:
     records = read_results(args.paths)
     if not records:
         raise ValueError(f"no results.json found under {', '.join(args.paths)}")
+    records = with_extra_metrics(records, args.metric)  # smece, ks, ...: from each run's saved test logits
     parts = [(to_markdown if fmt == "markdown" else to_latex)(records, metric)
              for fmt in args.format for metric in args.metric]
     text = "\n".join(parts)

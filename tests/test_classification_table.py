@@ -104,3 +104,28 @@ def test_one_table_reads_image_text_and_nmt_runs(tmp_path):
     assert "| fashion-mnist | mlp | 8.38 / 4.19 (1.5) | - | - |" in text
     assert "| trec-offline | gpcnn | - | 16.64 / 8.32 (1.5) | - |" in text
     assert "| libreoffice-en-de | transformer | - | - | 3.12 / 1.56 (1.5) |" in text
+
+
+def _ks_by_hand(logits, labels):
+    # Gupta et al. (ICLR 2021): sort by top-1 confidence; KS = max_i |(1/N) sum_{j<=i} (conf_j - correct_j)|
+    import numpy as np
+    probs = torch.softmax(logits.double(), -1).numpy()
+    conf, pred = probs.max(1), probs.argmax(1)
+    order = np.argsort(conf, kind="stable")
+    gaps = np.cumsum(conf[order] - (pred[order] == labels.numpy()[order])) / len(conf)
+    return float(np.abs(gaps).max())
+
+
+def test_metrics_beyond_the_paper_come_from_the_saved_logits(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 5, generator=generator) * 3
+    labels = torch.randint(0, 5, (400,), generator=generator)
+    run = tmp_path / "run"
+    torch.save({"test_logits": logits, "test_labels": labels}, run.mkdir() or run / "logits.pt")
+    write_json_atomic(run / "results.json", _record("ce", 0.1, 0.05, 2.0, 0.8))
+    nmt = _record("fl1", 0.1, 0.05, 1.5, 0.5, dataset="libreoffice-en-de", model="transformer")
+    write_json_atomic(tmp_path / "nmt" / "results.json", dict(nmt, suite="nmt"))  # no logits.pt: no KS
+    text = table_main([str(tmp_path), "--metric", "ks"])
+    pre, post = 100 * _ks_by_hand(logits, labels), 100 * _ks_by_hand(logits / 2.0, labels)
+    assert f"| cifar10 | resnet50 | {pre:.2f} / {post:.2f} (2.0) | - |" in text
+    assert "| libreoffice-en-de | transformer | - | - / - (1.5) |" in text
