@@ -30,7 +30,8 @@ from focal_calibration.scaling import fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.temperature import fit_temperature
 
 __all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diagrams", "write_json_atomic",
-           "write_text_atomic", "read_results", "make_run_record", "RESULTS_FORMAT_VERSION", "MATRIX_SCALING_COST_LIMIT"]
+           "write_text_atomic", "read_results", "make_run_record", "RESULTS_FORMAT_VERSION",
+           "MATRIX_SCALING_COST_LIMIT"]
 
 RESULTS_FORMAT_VERSION = 1
 MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")
