@@ -3,8 +3,8 @@ outside it, with seeds, intervals and computed verdicts.
 
     python scripts/fashion_mnist_demo.py --output-dir results/demo
 
-Configuration (README, "Evidence: when focal loss calibrates"): the regime study's recipe (classification/study.py: `mlp`, the paper's SGD,
-3,440 updates for every training-set size) on the training-set size chosen by the §3 criterion from CE runs alone —
+Configuration (README, "Evidence: when focal loss calibrates"): the regime study's recipe (classification/study.py:
+`mlp`, the paper's SGD, 3,440 updates for every training-set size) on the training-set size chosen by the §3 criterion from CE runs alone —
 CE reaches <= 0.5% training error and its test NLL on misclassified samples rises — with five losses (CE, Brier,
 LS-0.05, FL-3, FLSD-53) x 3 seeds; plus a contrast: CE and FLSD-53 x 3 seeds on all 55,000 training images, where
 CE does not reach the regime.
