@@ -4,10 +4,10 @@ outside it, with seeds, intervals and computed verdicts.
     python scripts/fashion_mnist_demo.py --output-dir results/demo
 
 Configuration (README, "Evidence: when focal loss calibrates"): the regime study's recipe (classification/study.py:
-`mlp`, the paper's SGD, 3,440 updates for every training-set size) on the training-set size chosen by the §3 criterion from CE runs alone —
-CE reaches <= 0.5% training error and its test NLL on misclassified samples rises — with five losses (CE, Brier,
-LS-0.05, FL-3, FLSD-53) x 3 seeds; plus a contrast: CE and FLSD-53 x 3 seeds on all 55,000 training images, where
-CE does not reach the regime.
+`mlp`, the paper's SGD, 3,440 updates for every training-set size) on the training-set size chosen by the §3
+criterion from CE runs alone — CE reaches <= 0.5% training error and its test NLL on misclassified samples rises —
+with five losses (CE, Brier, LS-0.05, FL-3, FLSD-53) x 3 seeds; plus a contrast: CE and FLSD-53 x 3 seeds on all
+55,000 training images, where CE does not reach the regime.
 
 Writes under --output-dir: study.json (one record per run; re-running skips finished runs), table.md (mean ± std per
 loss and size), claims.md and claims.json (each claim: mean ± std over seeds, 95% intervals over seeds and over test-set
