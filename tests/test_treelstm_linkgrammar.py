@@ -84,36 +84,34 @@ def test_an_expired_timer_or_a_missing_block_is_an_error_not_a_fallback():
         lg._parse_output("\n".join(VERBOSE), ["a b", "x y", "e f"])
 
 
-def test_an_expired_timer_of_the_real_parser_is_an_error(tmp_path, monkeypatch):
+@pytest.fixture
+def stand_in_parser(tmp_path, monkeypatch):
+    """Put a shell script named link-parser first on PATH: it answers --version, then runs the given body."""
+    def install(body: str):
+        fake = tmp_path / "link-parser"
+        fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Version: link-grammar-5.12.0'; exit 0; fi\n"
+                        + body)
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+        lg.link_grammar_version.cache_clear()
+    yield install
+    lg.link_grammar_version.cache_clear()
+
+
+def test_an_expired_timer_of_the_real_parser_is_an_error(stand_in_parser):
     # Whether a sentence outlasts link-parser's CPU timer depends on the machine, so the time-out itself is played by
     # a stand-in that prints what link-parser prints; the message it prints is the installed binary's own.
     import shutil
     assert lg._TIMEOUT.encode() in open(shutil.which("link-parser"), "rb").read()
-    fake = tmp_path / "link-parser"  # answers --version, then echoes the sentence and reports an expired timer
-    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Version: link-grammar-5.12.0'; exit 0; fi\n"
-                    "read line; echo \"$line\"; echo 'Timer is expired!'; echo 'No complete linkages found.'\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    lg.link_grammar_version.cache_clear()
-    try:
-        with pytest.raises(lg.LinkParserError, match="timer expired on the sentence 'a long sentence'"):
-            lg.run_link_parser([["a", "long", "sentence"]], timeout=1)
-    finally:
-        lg.link_grammar_version.cache_clear()
+    stand_in_parser("read line; echo \"$line\"; echo 'Timer is expired!'; echo 'No complete linkages found.'\n")
+    with pytest.raises(lg.LinkParserError, match="timer expired on the sentence 'a long sentence'"):
+        lg.run_link_parser([["a", "long", "sentence"]], timeout=1)
 
 
-def test_a_parser_failure_is_an_error(tmp_path, monkeypatch):
-    fake = tmp_path / "link-parser"  # answers --version, then fails like a crashed parser
-    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Version: link-grammar-5.12.0'; exit 0; fi\n"
-                    "echo 'Segmentation fault' >&2\nexit 139\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    lg.link_grammar_version.cache_clear()
-    try:
-        with pytest.raises(lg.LinkParserError, match="exited with status 139: 'Segmentation fault'"):
-            lg.parse_sentences([["the", "film", "is", "good"]], tmp_path / "cache.jsonl", workers=1)
-    finally:
-        lg.link_grammar_version.cache_clear()
+def test_a_parser_failure_is_an_error(tmp_path, stand_in_parser):
+    stand_in_parser("echo 'Segmentation fault' >&2\nexit 139\n")  # fails like a crashed parser
+    with pytest.raises(lg.LinkParserError, match="exited with status 139: 'Segmentation fault'"):
+        lg.parse_sentences([["the", "film", "is", "good"]], tmp_path / "cache.jsonl", workers=1)
     assert not (tmp_path / "cache.jsonl").exists()
 
 
