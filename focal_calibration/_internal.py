@@ -69,6 +69,13 @@ def parse_finite_number(text: str) -> float:
     return value
 
 
+def check_choice(value, choices, name: str):
+    """``value`` if it is one of ``choices``; else a ValueError naming the option, the choices and the value."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def check_reduction(reduction: str) -> str:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

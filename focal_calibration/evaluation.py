@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from focal_calibration._internal import as_tensor, check_n_bins, json_ready
+from focal_calibration._internal import as_tensor, check_choice, check_n_bins, json_ready
 from focal_calibration.checkpoint import atomic_write
 from focal_calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.scaling import fit_matrix_scaling, fit_vector_scaling
@@ -51,8 +51,7 @@ def matrix_scaling_plan(n: int, k: int, mode: str = "auto", *, labels_cover_clas
     cross-validation (Kull et al.); skipped when N · K² > ``MATRIX_SCALING_COST_LIMIT``. ``"plain"`` / ``"odir"``
     force one fit, ``"off"`` skips.
     """
-    if mode not in MATRIX_SCALING_MODES:
-        raise ValueError(f"matrix_scaling must be one of {MATRIX_SCALING_MODES}, got {mode!r}")
+    check_choice(mode, MATRIX_SCALING_MODES, "matrix_scaling")
     if mode == "off":
         return "skip", "matrix_scaling='off'"
     if mode != "auto":
@@ -99,8 +98,7 @@ def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_
         raise ValueError(f"val_logits and test_logits must have the same number of classes, got "
                          f"{val_logits.shape[-1]} and {test_logits.shape[-1]}")
     val_labels, test_labels = as_tensor(val_labels, "val_labels"), as_tensor(test_labels, "test_labels")
-    if matrix_scaling not in MATRIX_SCALING_MODES:
-        raise ValueError(f"matrix_scaling must be one of {MATRIX_SCALING_MODES}, got {matrix_scaling!r}")
+    check_choice(matrix_scaling, MATRIX_SCALING_MODES, "matrix_scaling")
 
     fit_ece = fit_temperature(val_logits, val_labels, objective="ece", n_bins=n_bins)
     fit_nll = fit_temperature(val_logits, val_labels, objective="nll", method="lbfgs", n_bins=n_bins)

@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from focal_calibration._internal import (check_finite, check_labels_in_range, check_n_bins, check_nonnegative_number,
-                                         check_reduction, compute_dtype, flatten_scores_and_labels,
-                                         parse_finite_number, value_checks_enabled)
+from focal_calibration._internal import (check_choice, check_finite, check_labels_in_range, check_n_bins,
+                                         check_nonnegative_number, check_reduction, compute_dtype,
+                                         flatten_scores_and_labels, parse_finite_number, value_checks_enabled)
 from focal_calibration.adafocal import adafocal_update, bin_calibration_gaps, bin_of, equal_mass_edges
 from focal_calibration.focal import focal_loss, fused_row_loss
 from focal_calibration.gamma import GAMMA_POLICY_FORMS, FixedGamma, GammaPolicy, parse_gamma_policy
@@ -442,9 +442,7 @@ class DualFocalLoss(CalibrationLoss):
     def __init__(self, gamma: float, pj: str = "below-target", reduction: str = "mean", ignore_index: int = -100):
         super().__init__(reduction, ignore_index)
         self.gamma = check_nonnegative_number(gamma, "gamma")
-        if pj not in self.PJ_CHOICES:
-            raise ValueError(f"pj must be one of {self.PJ_CHOICES}, got {pj!r}")
-        self.pj = pj
+        self.pj = check_choice(pj, self.PJ_CHOICES, "pj")
 
     def forward(self, logits, target):
         z, y, valid = self._prepare(logits, target)
@@ -485,9 +483,7 @@ class MarginLabelSmoothingLoss(CalibrationLoss):
         super().__init__(reduction, ignore_index)
         self.margin = check_nonnegative_number(margin, "margin")
         self.lam = check_nonnegative_number(lam, "lambda")
-        if normalization not in self.NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {self.NORMALIZATIONS}, got {normalization!r}")
-        self.normalization = normalization
+        self.normalization = check_choice(normalization, self.NORMALIZATIONS, "normalization")
 
     def forward(self, logits, target):
         z, y, valid = self._prepare(logits, target)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from focal_calibration._internal import check_finite, check_n_bins, compute_dtype, prepare_scores
+from focal_calibration._internal import check_choice, check_finite, check_n_bins, compute_dtype, prepare_scores
 from focal_calibration.metrics import adaptive_ece, ece_from_sums, equal_width_sums
 
 __all__ = ["fit_temperature", "TemperatureFit", "DEFAULT_TEMPERATURES"]
@@ -166,10 +166,8 @@ def fit_temperature(logits, labels, objective: str = "ece", *, method: str = "gr
         ignore_index: rows with this label are dropped.
         max_chunk_elements: bound on the ``[chunk_T, rows, K]`` blocks (memory ~ 4-8 bytes each).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice(objective, OBJECTIVES, "objective")
+    check_choice(method, METHODS, "method")
     if method == "lbfgs" and objective != "nll":
         raise ValueError(f"method='lbfgs' fits the NLL only; got objective={objective!r} (use method='grid')")
     n_bins = check_n_bins(n_bins)
