@@ -78,6 +78,8 @@ def get_args_parser() -> cli.ArgumentParser:
 
 def main(args) -> int:
     readme = Path(args.readme)
+    if not readme.is_file():
+        raise ValueError(f"--readme {str(readme)!r} is not a file")
     text = readme.read_text(encoding="utf-8")
     if args.publish:
         copied = publish(text, ROOT)

@@ -46,3 +46,11 @@ def test_the_readme_shows_the_committed_result_files():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     filled, read = fill(text, ROOT)
     assert filled == text, "README blocks differ from their files: run scripts/readme_tables.py"
+
+
+def test_a_missing_readme_is_one_error_line(tmp_path, capsys):
+    from focal_calibration import cli
+    from scripts.readme_tables import get_args_parser, main
+    with pytest.raises(SystemExit) as info:
+        cli.run_cli(get_args_parser(), main, ["--readme", str(tmp_path / "absent.md")])
+    assert info.value.code == 2 and "error: --readme" in capsys.readouterr().err
