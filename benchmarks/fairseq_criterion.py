@@ -6,13 +6,12 @@ Two measurements, best (min) of --repeats, criteria interleaved so drift in mach
   loss:  criterion forward + backward on fixed logits (the part the criteria differ in)
 
 Model: a fairseq Transformer (--layers, --dim) with a --vocab-sized joint dictionary, built on the synthetic corpus
-of scripts/nmt_toy_corpus.py; one batch of --max-tokens target tokens.
+of fairseq_focal/toy_corpus.py; one batch of --max-tokens target tokens.
 
     python benchmarks/fairseq_criterion.py [--vocab 8000 --dim 256 --layers 2 --max-tokens 4096]
 """
 
 import argparse
-import runpy
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 import fairseq_focal  # noqa: E402,F401
+from fairseq_focal.toy_corpus import write_corpus  # noqa: E402
 from fairseq_focal.criterions.focal_loss import FocalLossCriterion  # noqa: E402
 
-# the toy corpus generator is a script (scripts/nmt_toy_corpus.py), not a module of an installed package
-write_corpus = runpy.run_path(str(ROOT / "scripts" / "nmt_toy_corpus.py"))["write_corpus"]
 
 
 def build(data, dim, layers, max_tokens, device):

@@ -6,13 +6,12 @@
       vs K fairseq SequenceGenerator(temperature=T) passes                      (reported)
 
 Hypotheses are checked to be identical in both comparisons. Model and data: a small Transformer trained for a few
-epochs on the synthetic corpus of scripts/nmt_toy_corpus.py, or --data/--checkpoint of your own.
+epochs on the synthetic corpus of fairseq_focal/toy_corpus.py, or --data/--checkpoint of your own.
 
     python benchmarks/fairseq_sweep.py [--data BIN --checkpoint ckpt.pt] [--beam 4]
 """
 
 import argparse
-import runpy
 import subprocess
 import sys
 import tempfile
@@ -24,10 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 import fairseq_focal  # noqa: E402,F401
+from fairseq_focal.toy_corpus import write_corpus  # noqa: E402
 from fairseq_focal.sweep_generator import TemperatureSweepGenerator  # noqa: E402
 
-# the toy corpus generator is a script (scripts/nmt_toy_corpus.py), not a module of an installed package
-write_corpus = runpy.run_path(str(ROOT / "scripts" / "nmt_toy_corpus.py"))["write_corpus"]
 
 BIN = Path(sys.executable).parent
 TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)

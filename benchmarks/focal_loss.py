@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from common import add_device_and_threads, apply_threads
-from focal_calibration import build_loss, focal_loss
-from focal_calibration import focal as focal_module
-from focal_calibration.evaluation import write_json_atomic
+from focal_calibration import build_loss, focal_loss, constants
+from focal_calibration.files import write_json_atomic
 
 DEFAULT_SHAPES = "128x10,128x100,20000x100,4096x32000"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -260,13 +259,14 @@ def report(data: dict) -> None:
 
 
 def with_small_batch_elements(threshold, fn):
-    """fn run with focal.SMALL_BATCH_ELEMENTS set to `threshold` (0: the fused path; 2**40: the small-batch path)."""
+    """fn run with constants.SMALL_BATCH_ELEMENTS set to `threshold` (0: the fused path; 2**40: the small-batch
+    path)."""
     def run(z, y):
-        saved, focal_module.SMALL_BATCH_ELEMENTS = focal_module.SMALL_BATCH_ELEMENTS, threshold
+        saved, constants.SMALL_BATCH_ELEMENTS = constants.SMALL_BATCH_ELEMENTS, threshold
         try:
             return fn(z, y)
         finally:
-            focal_module.SMALL_BATCH_ELEMENTS = saved
+            constants.SMALL_BATCH_ELEMENTS = saved
     return run
 
 
@@ -292,7 +292,7 @@ def crossover(args):
         still_faster = still_faster and all(r <= 1.0 for r in ratios)
         threshold = 2 ** power if still_faster else threshold
         print(f"| 2^{power} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |", flush=True)
-    print(f"criterion met up to N·K = {threshold} (SMALL_BATCH_ELEMENTS is {focal_module.SMALL_BATCH_ELEMENTS})")
+    print(f"criterion met up to N·K = {threshold} (SMALL_BATCH_ELEMENTS is {constants.SMALL_BATCH_ELEMENTS})")
     results["threshold"] = threshold
     return results
 

@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 from common import add_device_and_threads, apply_threads, timed
-import focal_calibration.metrics as metrics_module
-from focal_calibration import bootstrap_ci
-from focal_calibration.metrics import calibration_metrics
+from focal_calibration import constants, bootstrap_ci
+from focal_calibration.calibration.metrics import calibration_metrics
 
 
 def loop_reference(logits, labels, n_bins):
@@ -70,11 +69,11 @@ def loop_reference(logits, labels, n_bins):
 
 
 def plain_path(labels, logits, n_bins):
-    metrics_module._FAST_PATH = False
+    constants.METRICS_CPU_FAST_PATH = False
     try:
         return calibration_metrics(labels, logits=logits, n_bins=n_bins)
     finally:
-        metrics_module._FAST_PATH = True
+        constants.METRICS_CPU_FAST_PATH = True
 
 
 def torchmetrics_module(logits, labels, n_bins):

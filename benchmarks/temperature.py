@@ -11,7 +11,8 @@ torch's thread count is left at its default (on a busy shared machine see the no
 * per-T loop: the paper's style, for each T softmax(z / T) and an ECE with a Python loop and .item() per bin. Written
   here for the comparison only. On inputs above 10^7 scores it runs on the first 5 temperatures, scaled by 20, and
   every variant is timed over at most 2 rounds.
-* post-hoc maps (focal_calibration.scaling): vector scaling (2K parameters), and, while rows * K^2 <= 2^30, matrix
+* post-hoc maps (focal_calibration.calibration.scaling): vector scaling (2K parameters), and, while rows * K^2 <=
+2^30, matrix
   scaling and Dirichlet calibration with ODIR λ = μ = 1 (K^2 + K parameters: more than 5,000 rows for K = 100, so
   unregularised matrix scaling is refused there) and matrix scaling with λ = μ chosen by 3-fold cross-validation
   over 7 values (evaluate_calibration's choice for such K). All are L-BFGS fits of the NLL from the identity map.
@@ -26,8 +27,8 @@ import statistics
 import torch
 
 from common import add_device_and_threads, apply_threads, timed
-from focal_calibration.scaling import fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
-from focal_calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature
+from focal_calibration.calibration.scaling import fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
+from focal_calibration.calibration.temperature import DEFAULT_TEMPERATURES, fit_temperature
 
 MATRIX_MAPS_MAX_COST = 2 ** 30  # rows * K^2 above which the K x K maps are not timed (minutes per fit on a CPU)
 

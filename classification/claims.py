@@ -1,7 +1,8 @@
 """The paper's §5.1 claims, checked on a set of runs with seeds, intervals and computed verdicts (``make demo``).
 
 Each claim compares FLSD-53 (or another loss) with cross-entropy at one training-set size. Its statistic is computed
-per seed (runs with the same training seed are paired); :func:`focal_calibration.evidence.claim_result` gives
+per seed (runs with the same training seed are paired); :func:`focal_calibration.experiments.evidence.claim_result`
+gives
 mean ± std over seeds, a Student-t 95% interval over seeds and, for test-set metrics, a paired bootstrap 95% interval
 over test-set resamples (every run is evaluated on the same 10,000 test images, so each replicate resamples the same
 rows for every run), and the verdict: ``holds`` only if both intervals lie inside the claim's region.
@@ -15,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from focal_calibration.evidence import REGIME_NLL_RISE_MIN, REGIME_TRAIN_ERROR_MAX, claim_result
+from focal_calibration.experiments.evidence import REGIME_NLL_RISE_MIN, REGIME_TRAIN_ERROR_MAX, claim_result
 
 __all__ = ["CLAIMS", "versus_ce_claims", "compute_claims", "claims_markdown", "verdicts_by_size_markdown"]
 

@@ -30,7 +30,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from focal_calibration.cli import DataNotFoundError, require_extra
+from focal_calibration.experiments.cli import DataNotFoundError, require_extra
+from focal_calibration.validation import check_int
 
 __all__ = ["ImageSplit", "DatasetSplits", "load_dataset", "DATASET_NAMES", "DATASET_INFO", "DatasetNotFoundError"]
 
@@ -95,8 +96,7 @@ class DatasetSplits:
 
 def _holdout(labels: torch.Tensor, val_size: int, seed: int, per_class: bool):
     """Seeded split of training rows into (train_rows, val_rows): ``val_size`` in total, or per class."""
-    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
-        raise ValueError(f"--val-size must be an integer >= 1, got {val_size!r}")
+    check_int(val_size, "--val-size", 1)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(labels), generator=generator)
     if not per_class:

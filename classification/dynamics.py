@@ -4,7 +4,8 @@
   penultimate-feature norm are *running* statistics over the epoch's training batches (the model as it trains, on
   augmented images), kept as a few sums on the device: no host sync per step, so they are cheap enough to leave on.
   The core's CalibrationAccumulator is not used here because it validates every batch with a host sync.
-* Test statistics come from the core's :func:`~focal_calibration.metrics.calibration_metrics` on the test logits,
+* Test statistics come from the core's :func:`~focal_calibration.calibration.metrics.calibration_metrics` on the test
+logits,
   once for all samples and once each for the correctly / incorrectly classified ones.
 * Last-layer gradient norms (Fig. 4b-d) use Proposition 1's setting: for a per-sample loss l_i and the last layer
   z = W h + b, dl_i/dW = δ_i h_iᵀ with δ_i = dl_i/dz_i, so ||(dl_i/dW, dl_i/db)|| = ||δ_i|| · sqrt(||h_i||² + 1)
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from focal_calibration.metrics import calibration_metrics
+from focal_calibration.calibration.metrics import calibration_metrics
 
 __all__ = ["RunningTrainStats", "test_statistics", "last_layer_gradient_norms"]
 

@@ -10,9 +10,9 @@ import torch.distributed as dist
 
 from classification.batches import Normalize, iterate_batches, shard_for_eval
 from classification.datasets import ImageSplit
-from focal_calibration.cli import RunFolder
-from focal_calibration.evaluation import evaluate_calibration, make_run_record, save_reliability_diagrams
-from focal_calibration.metrics import calibration_metrics
+from focal_calibration.experiments.cli import RunFolder
+from focal_calibration.experiments.records import evaluate_calibration, make_run_record, save_reliability_diagrams
+from focal_calibration.calibration.metrics import calibration_metrics
 
 __all__ = ["DistributedContext", "setup_distributed", "autocast", "collect_logits", "write_final_report"]
 

@@ -19,7 +19,7 @@ from classification.batches import Normalize
 from classification.datasets import load_dataset
 from classification.engine import collect_logits, format_summary, setup_distributed, write_final_report
 from classification.models import build_model
-from focal_calibration import cli
+from focal_calibration.experiments import cli
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from focal_calibration.validation import check_int
 
 __all__ = ["FeatureClassifier", "build_model", "MODEL_NAMES"]
 
@@ -143,10 +144,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
     (``image_size`` matters only for ``mlp``; the conv nets pool adaptively)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
+    check_int(num_classes, "num_classes", 2)
+    check_int(in_channels, "in_channels", 1)
     if name == "mlp":
         return mlp(num_classes, in_channels, image_size)
     return _BUILDERS[name](num_classes, in_channels)

@@ -36,8 +36,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from focal_calibration.evaluation import write_json_atomic
-from focal_calibration.evidence import regime_check, seed_summary
+from focal_calibration.files import write_json_atomic
+from focal_calibration.experiments.evidence import regime_check, seed_summary
+from focal_calibration.validation import check_int
 
 __all__ = ["Recipe", "Cell", "FULL_TRAIN_SIZE", "run_cells", "read_study", "run_record", "summarise", "study_markdown",
            "plot_study", "STUDY_FORMAT_VERSION"]
@@ -63,9 +64,7 @@ class Recipe:
 
     def __post_init__(self):
         for name in ("updates", "batch_size", "eval_points"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be an integer >= 1, got {value!r}")
+            check_int(getattr(self, name), name.replace('_', ' '), 1)
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -74,15 +73,13 @@ class Recipe:
     @classmethod
     def from_epochs(cls, epochs: int, **options) -> "Recipe":
         """The recipe whose every run takes as many updates as ``epochs`` passes over all 55,000 images."""
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"--epochs must be an integer >= 1, got {epochs!r}")
+        check_int(epochs, "--epochs", 1)
         batch_size = options.get("batch_size", cls.batch_size)
         return cls(updates=epochs * math.ceil(FULL_TRAIN_SIZE / batch_size), **options)
 
     def schedule(self, size: int) -> dict:
         """Epochs, lr milestones (1-based epochs after which lr drops) and test-evaluation interval for ``size``."""
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= FULL_TRAIN_SIZE:
-            raise ValueError(f"training-set size must be an integer in [1, {FULL_TRAIN_SIZE}], got {size!r}")
+        check_int(size, "training-set size", 1, FULL_TRAIN_SIZE)
         steps = math.ceil(size / self.batch_size)
         epochs = max(1, round(self.updates / steps))
         milestones = sorted({min(max(1, round(epochs * f)), epochs) for f in MILESTONE_FRACTIONS})
@@ -182,8 +179,7 @@ def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, jobs: int = 2
     """Train every cell not yet in ``out/study.json``, ``jobs`` at a time (one CPU thread each), adding each finished
     run's record to the study file as soon as it ends. Returns the study; raises ``RuntimeError`` listing failed runs
     (their ``train.out`` says why) after every other run has finished."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    check_int(jobs, "--jobs", 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     study_path = out / "study.json"

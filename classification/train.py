@@ -31,8 +31,9 @@ from classification.dynamics import RunningTrainStats, last_layer_gradient_norms
 from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, setup_distributed,
                                    write_final_report)
 from classification.models import MODEL_NAMES, build_model
-from focal_calibration import cli
-from focal_calibration.checkpoint import atomic_write, capture_rng_state, restore_rng_state
+from focal_calibration.experiments import cli
+from focal_calibration.files import atomic_write
+from focal_calibration.experiments.checkpoint import capture_rng_state, restore_rng_state
 from focal_calibration.losses import MMCELoss, build_loss
 
 SUITE = "image"

@@ -69,7 +69,8 @@ def reliability_diagram(bins, *, title: Optional[str] = None, path: Optional[Pat
     ECE / MCE in %. Bottom panel: % of samples per bin (sums to 100 when there is any sample).
 
     Args:
-        bins: a :class:`focal_calibration.metrics.ReliabilityBins` (or any object with ``edges`` [M+1], ``counts``
+        bins: a :class:`focal_calibration.calibration.metrics.ReliabilityBins` (or any object with ``edges`` [M+1],
+        ``counts``
             [M], ``confidence`` [M], ``accuracy`` [M] (NaN where empty), and optionally ``ece`` / ``mce``).
             Empty bins get no bar.
         title: figure title (optional).
@@ -144,7 +145,7 @@ def g_curves(gammas: Sequence[float] = (1, 2, 3, 4, 5, 6, 7), *, p=None, path: O
         p: the p grid (default 501 points evenly spaced on [0, 1]; g(0, γ) = 1 and g(1, γ) = 0 for γ > 0).
         path: where to save the figure (optional).
     """
-    from focal_calibration.focal import g
+    from focal_calibration.losses.math import g
 
     p = np.linspace(0.0, 1.0, 501) if p is None else np.asarray(p, dtype=np.float64).reshape(-1)
     fig = _new_figure((5.5, 4.2))
@@ -176,7 +177,7 @@ def optimal_confidence_curves(gammas: Sequence[float] = (0, 1, 2, 3, 4, 5), *, q
         q: the q grid (default 201 points evenly spaced on [0, 1]).
         path: where to save the figure (optional).
     """
-    from focal_calibration.focal import optimal_confidence
+    from focal_calibration.losses.math import optimal_confidence
 
     q = np.linspace(0.0, 1.0, 201) if q is None else np.asarray(q, dtype=np.float64).reshape(-1)
     fig = _new_figure((5.0, 4.6))
@@ -201,7 +202,8 @@ def optimal_confidence_curves(gammas: Sequence[float] = (0, 1, 2, 3, 4, 5), *, q
 
 def temperature_curves(fit, *, title: Optional[str] = None, logx: bool = True,
                        path: Optional[PathLike] = None) -> Figure:
-    """ECE and AdaECE (left axis, %) and NLL (right axis) of a :class:`focal_calibration.temperature.TemperatureFit`
+    """ECE and AdaECE (left axis, %) and NLL (right axis) of a
+    :class:`focal_calibration.calibration.temperature.TemperatureFit`
     against the temperature T, with the chosen T marked by a vertical line.
 
     Args:

@@ -12,7 +12,8 @@ exactly 10% of the labels of each split (chosen uniformly without replacement) a
 fresh noise and label flips), used only to choose the temperature.
 
 Model. f(x) = σ(w1 x1 + w2 x2), written as the 2-class logits [0, w·x]. Cross-entropy (torch's F.cross_entropy) and
-focal loss γ = 1 (focal_calibration.focal.focal_loss, reduction="mean") are trained by full-batch gradient descent in
+focal loss γ = 1 (focal_calibration.losses.fused.focal_loss, reduction="mean") are trained by full-batch gradient
+descent in
 float64 from the same initial w (drawn from N(0, 0.1^2 I) with the seed), same learning rate, same number of steps.
 Every ``--record-every`` steps we record ||w||_2, the logit norm = mean over the training set of |w·x| (the one
 non-zero logit, i.e. the logit margin), and the training loss (Fig. 7).
@@ -37,12 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from focal_calibration import cli, plots
-from focal_calibration.checkpoint import atomic_write
-from focal_calibration.evaluation import write_json_atomic
-from focal_calibration.focal import focal_loss
-from focal_calibration.metrics import calibration_metrics, reliability_bins
-from focal_calibration.temperature import fit_temperature
+from focal_calibration import plots
+from focal_calibration.experiments import cli
+from focal_calibration.files import atomic_write, write_json_atomic
+from focal_calibration.losses.fused import focal_loss
+from focal_calibration.calibration.metrics import calibration_metrics, reliability_bins
+from focal_calibration.calibration.temperature import fit_temperature
 
 CLUSTER_MEANS = np.array([[2.0, 2.0], [2.0, -2.0], [-2.0, 2.0], [-2.0, -2.0]])
 CLUSTER_LABELS = np.array([1, 1, 0, 0])
@@ -327,7 +328,7 @@ def _run(args: argparse.Namespace) -> dict:
             "initial_w": w0.tolist(),
         },
         "losses": {"ce": "torch.nn.functional.cross_entropy",
-                   "fl": f"focal_calibration.focal.focal_loss(gamma={args.gamma:g}, reduction='mean')"},
+                   "fl": f"focal_calibration.losses.fused.focal_loss(gamma={args.gamma:g}, reduction='mean')"},
         "results": {k: {"history": r["history"], **r["summary"]} for k, r in results.items()},
         "comparison": comparison,
         "figures": figures,

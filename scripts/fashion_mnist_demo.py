@@ -27,8 +27,8 @@ from classification.claims import CLAIMS, claims_markdown, compute_claims, versu
 from classification.datasets import load_dataset
 from classification.figures import plot_runs
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, run_cells, study_markdown
-from focal_calibration import cli
-from focal_calibration.evaluation import write_json_atomic, write_text_atomic
+from focal_calibration.experiments import cli
+from focal_calibration.files import write_json_atomic, write_text_atomic
 from focal_calibration.losses import build_loss
 
 # Chosen by the criterion in the README ("The main job") from CE runs alone (`scripts/regime_study.py --losses ce`,

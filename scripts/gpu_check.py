@@ -42,8 +42,9 @@ import sys
 import time
 from pathlib import Path
 
+from classification.datasets import FASHION_MNIST_SYSTEM_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                        "t10k-labels-idx1-ubyte")
 BENCH_TARGET = "8192x32000"
@@ -171,8 +172,7 @@ def check_trainer(ctx, amp: str) -> str:
 def fairseq_corpus(ctx) -> Path:
     require("fairseq")
     if ctx.corpus is None:
-        sys.path.insert(0, str(REPO / "scripts"))
-        from nmt_toy_corpus import write_corpus
+        from fairseq_focal.toy_corpus import write_corpus
 
         shutil.rmtree(ctx.out / "nmt", ignore_errors=True)  # fairseq-preprocess refuses to overwrite
         ctx.corpus = write_corpus(ctx.out / "nmt", n_words=40, seed=0,
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
         seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
         print(f"| {row['check']} | {row['status']} | {seconds} | {row['detail']} |")
     failed = [row["check"] for row in rows if row["status"] == "FAIL" or (args.strict and row["status"] == "SKIP")]
-    from focal_calibration.evaluation import write_json_atomic
+    from focal_calibration.files import write_json_atomic
     write_json_atomic(ctx.out / "summary.json", {"device": device, "torch": torch.__version__, "rows": rows})
     print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} (logs in {ctx.out})")
     return 1 if failed else 0

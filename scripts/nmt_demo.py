@@ -21,9 +21,11 @@ fairseq's own resume; a run folder holding another configuration is refused):
 3. sweep every run (``scripts/nmt_sweep.py run``): validation ECE over the temperatures (T* = lowest), test ECE /
    AdaECE / NLL at T = 1 and T*, test BLEU at every temperature (beam 4) on the first ``--limit`` sentences
    (``runs/NAME/results.json`` in the shared layout, suite ``nmt``);
-4. the regime of every CE run (:func:`focal_calibration.evidence.regime_check`, training-error bound 1%, plus
+4. the regime of every CE run (:func:`focal_calibration.experiments.evidence.regime_check`, training-error bound 1%,
+plus
    validation NLL >= 10 x training NLL), the claims of §5.2 over seeds
-   (:func:`~focal_calibration.evidence.claim_result`: mean ± std, Student-t 95% interval over seeds, computed
+   (:func:`~focal_calibration.experiments.evidence.claim_result`: mean ± std, Student-t 95% interval over seeds,
+   computed
    verdict), ``table3.md`` (mean ± std per model),
    ``figure5.png`` (mean over seeds, band = min..max), ``dynamics.png``, ``claims.json`` / ``claims.md``.
 
@@ -47,10 +49,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from focal_calibration import cli
-from focal_calibration.checkpoint import atomic_write
-from focal_calibration.evaluation import write_json_atomic
-from focal_calibration.evidence import claim_result, regime_check
+from focal_calibration.experiments import cli
+from focal_calibration.files import atomic_write, write_json_atomic
+from focal_calibration.experiments.evidence import REGIME_TOKEN_ERROR_MAX, claim_result, regime_check
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -96,7 +97,6 @@ CONFIGS = {
 MODELS = {"ce": ["--gamma", "0"], "fl1": ["--gamma", "1"], "ls": ["--gamma", "0", "--label-smoothing", "0.1"]}
 LOSS_NAMES = {"ce": "ce", "fl1": "fl-1", "ls": "ls-0.1"}
 TITLES = {"ce": "CE", "fl1": "FL γ=1", "ls": "LS α=0.1"}
-REGIME_TRAIN_ERROR_MAX = 0.01  # tokens, teacher forcing, eval mode (README: written before any focal result)
 REGIME_NLL_RATIO_MIN = 10.0  # final validation NLL >= 10 x final training NLL
 BLEU_MARGIN = 0.5  # "BLEU not worse": FL's BLEU minus CE's above -0.5 (non-inferiority margin, fixed in advance)
 
@@ -294,7 +294,7 @@ def regime_of(records: Sequence[Mapping]) -> dict:
     if not evaluated:
         raise ValueError("no evaluated epochs in the log: the run did not validate")
     check = regime_check([{"train_error": r["train_error"], "test_nll_incorrect": r["valid_nll_incorrect"]}
-                          for r in evaluated], train_error_max=REGIME_TRAIN_ERROR_MAX)
+                          for r in evaluated], train_error_max=REGIME_TOKEN_ERROR_MAX)
     last = evaluated[-1]
     ratio = last["valid_nll"] / last["train_nll"] if last["train_nll"] > 0 else float("inf")
     check.update(final_epoch=last["epoch"], nll_ratio=ratio, nll_ratio_min=REGIME_NLL_RATIO_MIN,
@@ -431,7 +431,7 @@ def claims_markdown(block: Mapping, contrast: Mapping | None = None) -> str:
                        f"their optimum, so their T* and post-T numbers are bounds.**")
         lines += [f"**{title}: `{b['config']}`** ({b['description']}) — CE per seed: final training token error "
                   f"{errors}; validation / training NLL {ratios}; validation NLL of mispredicted tokens vs its "
-                  f"minimum {rises}. §3 criterion (<= {100 * REGIME_TRAIN_ERROR_MAX:g}%, ratio >= "
+                  f"minimum {rises}. §3 criterion (<= {100 * REGIME_TOKEN_ERROR_MAX:g}%, ratio >= "
                   f"{REGIME_NLL_RATIO_MIN:g}, rise >= 5%) "
                   f"{'held in every seed' if regime['criterion_held'] else 'did NOT hold in every seed'}.{budget}",
                   "",
@@ -628,7 +628,7 @@ def main(args) -> dict:
                         "ce_nll_incorrect_rise_per_seed": [r["nll_misclassified_rise"] for r in ce_regimes],
                         "ce_meets_per_seed": [r["meets"] for r in ce_regimes],
                         "criterion_held": bool(ce_regimes) and all(r["meets"] for r in ce_regimes),
-                        "train_error_max": REGIME_TRAIN_ERROR_MAX, "nll_ratio_min": REGIME_NLL_RATIO_MIN},
+                        "train_error_max": REGIME_TOKEN_ERROR_MAX, "nll_ratio_min": REGIME_NLL_RATIO_MIN},
              "temperature_at_grid_edge": sorted(f"{m}-s{s}" for m, rows in table_rows.items()
                                                 for s, row in rows.items()
                                                 if row["temperature"] in (min(temperatures), max(temperatures))),

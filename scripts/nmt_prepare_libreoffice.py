@@ -31,8 +31,8 @@ import re
 import sys
 from pathlib import Path
 
-from focal_calibration import cli
-from focal_calibration.evaluation import write_json_atomic
+from focal_calibration.experiments import cli
+from focal_calibration.files import write_json_atomic
 
 PARAGRAPH_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6"}
 ID_PATTERN = re.compile(r"^(par|hd)_id\w+$")

@@ -9,10 +9,11 @@ For every checkpoint and split (valid, test), ONE pass over the data computes, f
   (Table 3 and Figure 5 use test BLEU; ``--valid-bleu`` decodes the validation split too);
 * token-level ECE (eq. 1, 15 bins), AdaECE (eq. 3), NLL and accuracy of the model on the references under teacher
   forcing at T: top-1 confidence of softmax(z / T) against the reference token, padding ignored, streamed over the
-  set with the core's :class:`~focal_calibration.metrics.CalibrationAccumulator` (one per T).
+  set with the core's :class:`~focal_calibration.calibration.metrics.CalibrationAccumulator` (one per T).
 
 Table 3 protocol: T* = the temperature of the list with the lowest VALIDATION ECE (ties -> the smallest T, as
-:func:`focal_calibration.temperature.fit_temperature`); report test ECE and BLEU at T = 1 ("pre T") and at T*
+:func:`focal_calibration.calibration.temperature.fit_temperature`); report test ECE and BLEU at T = 1 ("pre T") and at
+T*
 ("post T"). The list must contain 1 and span the optimum (the paper's T* were 1.0-1.2).
 
     python scripts/nmt_sweep.py run --data DATA-BIN --checkpoints CE=ce/checkpoint_last.pt FL1=fl1/checkpoint_last.pt \\
@@ -23,7 +24,7 @@ Table 3 protocol: T* = the temperature of the list with the lowest VALIDATION EC
 
 Outputs in --output-dir: sweep.json (all curves, the Table 3 rows, the sacrebleu signature; ``"suite": "nmt"``),
 table3.md, figure5.png, and per checkpoint NAME/results.json in the shared result layout
-(:func:`focal_calibration.evaluation.make_run_record`: suite ``nmt``, dataset, model, loss, seed read from the
+(:func:`focal_calibration.experiments.records.make_run_record`: suite ``nmt``, dataset, model, loss, seed read from the
 checkpoint, ``evaluation = {temperature, pre, post}`` with test ``ece`` / ``adaece`` / ``nll`` / ``error`` as
 fractions and ``bleu``), so ``scripts/results_table.py`` reads NMT runs like image and text runs. Bad input: one
 ``error:`` line, exit status 2.
@@ -42,9 +43,10 @@ import torch
 
 import fairseq_focal  # noqa: F401  (registers the criterion / tasks and applies the compat fixes)
 from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures
-from focal_calibration import cli
-from focal_calibration.evaluation import make_run_record, write_json_atomic, write_text_atomic
-from focal_calibration.metrics import CalibrationAccumulator
+from focal_calibration.experiments import cli
+from focal_calibration.experiments.records import make_run_record
+from focal_calibration.files import write_json_atomic, write_text_atomic
+from focal_calibration.calibration.metrics import CalibrationAccumulator
 
 N_BINS = 15
 CURVES = ("bleu", "ece", "adaece", "nll", "accuracy")

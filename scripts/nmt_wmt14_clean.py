@@ -14,7 +14,7 @@ import hashlib
 import os
 import sys
 
-from focal_calibration import cli
+from focal_calibration.experiments import cli
 
 
 def keep_pair(src: str, tgt: str, max_len: int = 250, ratio: float = 1.5) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from classification.figures import plot_runs
-from focal_calibration import cli
+from focal_calibration.experiments import cli
 
 
 def get_args_parser() -> cli.ArgumentParser:

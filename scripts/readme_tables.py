@@ -25,8 +25,8 @@ import re
 import sys
 from pathlib import Path
 
-from focal_calibration import cli
-from focal_calibration.checkpoint import atomic_write
+from focal_calibration.experiments import cli
+from focal_calibration.files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- generated from (?P<path>\S+) by `(?P<command>[^`]+)` -->\n)(?P<body>.*?)"

@@ -24,7 +24,7 @@ from classification.datasets import load_dataset
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, plot_study, run_cells, study_markdown
 from classification.claims import compute_claims, verdicts_by_size_markdown
 from focal_calibration import bootstrap_samples, cli
-from focal_calibration.evaluation import write_json_atomic, write_text_atomic
+from focal_calibration.files import write_json_atomic, write_text_atomic
 from focal_calibration.losses import build_loss
 
 DEFAULT_SIZES = (2500, 5000, 10000, 20000, 55000)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from focal_calibration import cli
-from focal_calibration.checkpoint import atomic_write
-from focal_calibration.evaluation import read_results
-from focal_calibration.tables import METRICS, to_latex, to_markdown, with_extra_metrics
+from focal_calibration.experiments import cli
+from focal_calibration.files import atomic_write
+from focal_calibration.experiments.records import read_results
+from focal_calibration.experiments.tables import METRICS, to_latex, to_markdown, with_extra_metrics
 
 
 def get_args_parser() -> cli.ArgumentParser:

@@ -7,7 +7,8 @@ Trains the GP-CNN (``treelstm/train.py --model gpcnn``) on the offline TREC ques
 single-threaded process per run, ``--jobs`` at a time (a killed demo resumes: finished runs are skipped, unfinished
 ones continue from their checkpoints). Then, from the runs' ``results.json`` / ``log.jsonl`` / ``logits.pt``:
 
-* the §3 regime of every CE run (:func:`focal_calibration.evidence.regime_check` on the log up to the reported
+* the §3 regime of every CE run (:func:`focal_calibration.experiments.evidence.regime_check` on the log up to the
+reported
   epoch: training error <= 0.5 % and the test NLL of misclassified samples risen >= 5 % above its minimum);
 * the claims, FLSD-53 against CE paired by seed (:func:`classification.claims.compute_claims`): mean ± std over
   seeds, a Student-t 95 % interval over seeds, a paired test-set bootstrap 95 % interval, a computed verdict.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from classification.claims import CLAIMS, claims_markdown, compute_claims
 from focal_calibration import bootstrap_samples, cli
-from focal_calibration.evaluation import write_json_atomic, write_text_atomic
+from focal_calibration.files import write_json_atomic, write_text_atomic
 from treelstm.experiments import read_log, regime_of, run_all, summary_cell
 
 # The README's candidates, in the order they are tried (the first whose CE runs all meet the criterion is used).

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from focal_calibration import cli
+from focal_calibration.experiments import cli
 from treelstm.data import DEFAULT_SPLIT_SEED, load_rotten_tomatoes_trees
 from treelstm.linkgrammar import DEFAULT_TIMEOUT, link_grammar_version
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from focal_calibration import cli
-from focal_calibration.evaluation import write_json_atomic, write_text_atomic
-from focal_calibration.evidence import claim_result
+from focal_calibration.experiments import cli
+from focal_calibration.files import write_json_atomic, write_text_atomic
+from focal_calibration.experiments.evidence import claim_result
 from treelstm.experiments import epoch_view, focal_optimum_temperature, read_log, run_all, summary_cell
 
 VARIANTS = {"recipe": [], "frozen": ["--no-tune-embeddings"]}
@@ -42,7 +42,8 @@ COLUMNS = (("temperature", "T (ECE grid)", 1), ("temperature_nll", "T (NLL fit)"
 
 
 # Each hypothesis as a statement about one loss's reported model, with its region; the verdict is computed from the
-# Student-t 95 % interval over seeds (focal_calibration.evidence.claim_result). (id, statement, loss, view, value)
+# Student-t 95 % interval over seeds (focal_calibration.experiments.evidence.claim_result). (id, statement, loss,
+# view, value)
 BEST_25, BEST_10, LAST_25 = "25 epochs, best val", "10 epochs, best val", "25 epochs, last"
 FINDINGS = (
     ("flsd_t_10_below", "FLSD-53's T is below 0.9 after 10 epochs (best val; the earlier demo)", "flsd-53", BEST_10,

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import focal_calibration.bootstrap as bootstrap_module
-from focal_calibration import bootstrap_ci, bootstrap_samples, calibration_metrics
+from focal_calibration import constants, bootstrap_ci, bootstrap_samples, calibration_metrics
 
 
 def contract_indices(seed, n_rows, n_resamples):
@@ -164,7 +163,7 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
 def test_chunking_and_prefix_do_not_change_resamples(monkeypatch):
     logits, labels = random_logits(64, 5, seed=4)
     whole = bootstrap_samples(labels, logits=logits, n_resamples=30, seed=5)
-    monkeypatch.setattr(bootstrap_module, "_CHUNK_ELEMENTS", 3 * 75)  # 3 resamples a chunk (K * M = 75 is widest)
+    monkeypatch.setattr(constants, "BOOTSTRAP_CHUNK_ELEMENTS", 3 * 75)  # 3 resamples a chunk (K * M = 75 is widest)
     chunked = bootstrap_samples(labels, logits=logits, n_resamples=30, seed=5)
     prefix = bootstrap_samples(labels, logits=logits, n_resamples=7, seed=5)
     for key in whole:  # same resamples; sums over them may round differently with another number of columns

@@ -1,4 +1,5 @@
-"""focal_calibration.checkpoint: atomic writes, clear errors for bad files, exact RNG round trips, resume checks."""
+"""focal_calibration.experiments.checkpoint: atomic writes, clear errors for bad files, exact RNG round trips, resume
+checks."""
 
 import os
 import random
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from focal_calibration.checkpoint import (capture_rng_state, check_resume_compatible, load_checkpoint,
-                                          restore_rng_state, save_checkpoint)
+from focal_calibration.experiments.checkpoint import (capture_rng_state, check_resume_compatible, load_checkpoint,
+                                                      restore_rng_state, save_checkpoint)
 
 
 def _state():

@@ -1,4 +1,5 @@
-"""focal_calibration.tables + scripts/results_table.py (Table 1 / 2 layout) and classification.figures (the dynamics
+"""focal_calibration.experiments.tables + scripts/results_table.py (Table 1 / 2 layout) and classification.figures
+(the dynamics
 figures) on hand-written run files."""
 
 import json
@@ -7,9 +8,9 @@ import pytest
 import torch
 
 from classification.figures import plot_runs
-from focal_calibration.evaluation import write_json_atomic
-from focal_calibration.tables import to_latex, to_markdown
-from focal_calibration import cli
+from focal_calibration.files import write_json_atomic
+from focal_calibration.experiments.tables import to_latex, to_markdown
+from focal_calibration.experiments import cli
 from scripts.results_table import get_args_parser, main
 
 
@@ -50,7 +51,7 @@ def test_markdown_table_has_the_papers_layout(two_runs, capsys):
 
 def test_latex_table_and_seed_averaging(two_runs):
     write_json_atomic(two_runs / "c" / "results.json", _record("ce", 0.0465, 0.0115, 2.3, 0.0505, seed=2))
-    from focal_calibration.evaluation import read_results
+    from focal_calibration.experiments.records import read_results
     records = read_results([two_runs])
     # mean ± sample std of two seeds, by hand: ECE 4.35, 4.65 -> 4.50 ± 0.21; post 1.35, 1.15 -> 1.25 ± 0.14;
     # T 2.5, 2.3 -> 2.4 ± 0.1

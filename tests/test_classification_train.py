@@ -13,10 +13,10 @@ import torch
 
 from classification import evaluate as evaluate_script
 from classification import train as train_script
-from focal_calibration.checkpoint import load_checkpoint
+from focal_calibration.experiments.checkpoint import load_checkpoint
 from focal_calibration.losses import PAPER_LOSS_SPECS
-from focal_calibration.metrics import calibration_metrics
-from focal_calibration.temperature import fit_temperature
+from focal_calibration.calibration.metrics import calibration_metrics
+from focal_calibration.calibration.temperature import fit_temperature
 from test_classification_data import make_fashion_mnist, make_image_tree
 
 REPO = Path(__file__).resolve().parent.parent

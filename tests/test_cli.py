@@ -1,4 +1,5 @@
-"""focal_calibration.cli: one error line and status 2, defaults printed once, the derived resume check, checkpoint
+"""focal_calibration.experiments.cli: one error line and status 2, defaults printed once, the derived resume check,
+checkpoint
 format versions, the run-folder files, seeding."""
 
 import argparse
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from focal_calibration import cli
+from focal_calibration.experiments import cli
 
 
 def _run_python(code, *argv):
@@ -22,7 +23,7 @@ def _run_python(code, *argv):
 
 TOOL = """
     import sys
-    from focal_calibration import cli
+    from focal_calibration.experiments import cli
 
     def main(args):
         if args.what == "value":
@@ -200,7 +201,7 @@ def test_run_folder_files(tmp_path):
     records = [{"epoch": e, "loss": 1.0 / e} for e in (1, 2, 3)]
     for record in records:
         folder.append_log(record)
-    with pytest.raises(ValueError, match="1-based integer 'epoch', got 0"):
+    with pytest.raises(ValueError, match="1-based 'epoch' must be an integer >= 1, got 0"):
         folder.append_log({"epoch": 0})
     with open(folder.log, "a") as handle:  # a killed run's torn last line
         handle.write('{"epoch": 4, "lo')

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from focal_calibration import build_loss, calibration_metrics, fit_temperature, focal_loss, set_value_checks
-from focal_calibration._internal import resolve_backend
+from focal_calibration.losses.backend import resolve_backend
 from focal_reference import IGNORE, assert_cases_passed, batch, run_kernel_cases, value_and_grad
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

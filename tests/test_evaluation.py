@@ -1,4 +1,5 @@
-"""focal_calibration.evaluation against independent NumPy / SciPy references (eq. 1 ECE, §5.1 temperature choice)."""
+"""focal_calibration.experiments.records against independent NumPy / SciPy references (eq. 1 ECE, §5.1 temperature
+choice)."""
 
 import json
 
@@ -8,11 +9,11 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from focal_calibration.evaluation import (MATRIX_SCALING_COST_LIMIT, evaluate_calibration, make_run_record,
-                                          matrix_scaling_plan, read_results, save_reliability_diagrams,
-                                          write_json_atomic)
-from focal_calibration.metrics import calibration_metrics
-from focal_calibration.scaling import fit_matrix_scaling, fit_vector_scaling
+from focal_calibration.experiments.records import (MATRIX_SCALING_COST_LIMIT, evaluate_calibration, make_run_record,
+                                                   matrix_scaling_plan, read_results, save_reliability_diagrams)
+from focal_calibration.files import write_json_atomic
+from focal_calibration.calibration.metrics import calibration_metrics
+from focal_calibration.calibration.scaling import fit_matrix_scaling, fit_vector_scaling
 
 
 def _reference_ece(logits, labels, n_bins=15):

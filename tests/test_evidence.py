@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from focal_calibration.evidence import claim_result, regime_check, seed_summary, verdict
+from focal_calibration.experiments.evidence import claim_result, regime_check, seed_summary, verdict
 
 # Student-t quantile with 2 degrees of freedom in closed form: t_p = (2p - 1) / sqrt(2 p (1 - p))
 T_975_DF2 = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)

@@ -22,7 +22,7 @@ pytest.importorskip("fairseq", reason="the [fairseq] extra is not installed")
 import fairseq_focal  # noqa: E402,F401  (registers focal_loss / translation_temperature_sweep, applies the compat fixes)
 from fairseq_focal.criterions.focal_loss import FocalLossCriterion  # noqa: E402
 from fairseq_focal.sweep_generator import parse_temperatures  # noqa: E402
-from scripts.nmt_toy_corpus import write_corpus  # noqa: E402
+from fairseq_focal.toy_corpus import write_corpus  # noqa: E402
 
 TINY_MODEL = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
               "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
@@ -403,7 +403,7 @@ def test_sweep_script_curves_against_independent_references(corpus, generations,
     from scripts import nmt_sweep
     from sacrebleu.metrics import BLEU
 
-    from focal_calibration.temperature import fit_temperature
+    from focal_calibration.calibration.temperature import fit_temperature
 
     separate, _, sweep_file = generations
     model, task = nmt_sweep.load_model(corpus["checkpoint"], corpus["data"], "cpu")
@@ -450,7 +450,7 @@ def test_sweep_run_writes_table_and_figure(corpus, tmp_path):
     assert len(model["test"]["bleu"]) == 3 and model["valid"]["bleu"] is None  # valid: teacher forcing only
     assert model["table3"]["temperature"] in (0.5, 1.0, 2.0)
     # the shared result layout, read by scripts/results_table.py like image and text runs
-    from focal_calibration.evaluation import read_results
+    from focal_calibration.experiments.records import read_results
 
     (record,) = read_results([out])
     assert (record["suite"], record["loss"], record["seed"]) == ("nmt", "fl-1", 1)

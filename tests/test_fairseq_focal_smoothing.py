@@ -1,12 +1,12 @@
-"""focal_calibration.focal_smoothing: focal loss against a label-smoothed target, checked against a naive formula
+"""focal_calibration.losses.fused_smoothed: focal loss against a label-smoothed target, checked against a naive formula
 (autograd), torch's gradcheck, the core focal loss (α = 0) and fairseq's label_smoothed_nll_loss (γ = 0)."""
 
 import pytest
 import torch
 
-from focal_calibration.focal import focal_loss
-from focal_calibration.focal_smoothing import focal_label_smoothed_loss
-from focal_calibration.gamma import SampleDependentGamma
+from focal_calibration.losses.fused import focal_loss
+from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss
+from focal_calibration.losses.gamma import SampleDependentGamma
 
 IGNORE = -100
 

@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 from fairseq_focal import compat  # noqa: E402  (importing the package registers the tasks)
 from fairseq_focal.criterions.focal_loss import FocalLossCriterionConfig  # noqa: E402
 from fairseq_focal.tasks.nll_dynamics import token_nll_sums  # noqa: E402
-from scripts.nmt_toy_corpus import write_corpus  # noqa: E402
+from fairseq_focal.toy_corpus import write_corpus  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 TINY_MODEL = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",

@@ -8,14 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focal_calibration import focal as focal_module
-from focal_calibration import focal_loss, g, gamma_star, optimal_confidence
+from focal_calibration import constants, focal_loss, g, gamma_star, optimal_confidence
 
 
 @pytest.fixture(params=["fused", "small-batch"])
 def torch_path(request, monkeypatch):
     """Run a test through both PyTorch paths of focal_loss: the fused autograd Function and the small-batch path."""
-    monkeypatch.setattr(focal_module, "SMALL_BATCH_ELEMENTS", 0 if request.param == "fused" else 2 ** 40)
+    monkeypatch.setattr(constants, "SMALL_BATCH_ELEMENTS", 0 if request.param == "fused" else 2 ** 40)
     return request.param
 
 
@@ -203,7 +202,7 @@ def test_half_precision_is_computed_in_float32(dtype, torch_path):
 
 
 def test_second_backward_through_reused_buffer_is_refused_but_recompute_mode_allows_it(monkeypatch):
-    monkeypatch.setattr(focal_module, "SMALL_BATCH_ELEMENTS", 0)  # the fused path, which reuses its softmax buffer
+    monkeypatch.setattr(constants, "SMALL_BATCH_ELEMENTS", 0)  # the fused path, which reuses its softmax buffer
     logits = torch.randn(4, 3, requires_grad=True)
     target = torch.tensor([0, 1, 2, 0])
     loss = focal_loss(logits, target, 1.0)
@@ -241,7 +240,7 @@ def test_bad_inputs_raise_clear_errors(kwargs, message, torch_path):
 
 
 def test_small_batch_path_allows_a_second_backward(monkeypatch):
-    monkeypatch.setattr(focal_module, "SMALL_BATCH_ELEMENTS", 2 ** 40)
+    monkeypatch.setattr(constants, "SMALL_BATCH_ELEMENTS", 2 ** 40)
     logits = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, -100, 1])
     loss = focal_loss(logits, target, 2.0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from focal_calibration import (PAPER_LOSS_SPECS, BrierLoss, CrossEntropyLoss, EpochScheduledGamma, FocalLoss,
                                LabelSmoothingLoss, MMCELoss, SampleDependentGamma, build_loss, gamma_star,
                                mmce_weighted, prop2_gamma_policy)
-from focal_calibration.gamma import parse_gamma_policy
+from focal_calibration.losses.gamma import parse_gamma_policy
 from focal_calibration.losses import BEYOND_PAPER_LOSS_SPECS
 
 
@@ -166,7 +166,7 @@ def test_flsc_without_the_run_length_or_with_milestones_beyond_it_is_refused():
         build_loss("flsc-531")
     with pytest.raises(ValueError, match=r"milestones \[100, 250\] do not fit a run of 30 epochs"):
         build_loss("flsc-531", milestones=(100, 250), epochs=30)
-    with pytest.raises(ValueError, match=r"needs a run of at least 3 epochs, got epochs=2"):
+    with pytest.raises(ValueError, match=r"needs a run of at least 3\) must be an integer >= 3, got 2"):
         build_loss("flsc-531", epochs=2)
 
 

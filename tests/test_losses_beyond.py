@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from focal_calibration.losses import (BEYOND_PAPER_LOSS_SPECS, AdaFocalLoss, DualFocalLoss, InverseFocalLoss,
-                                      MarginLabelSmoothingLoss, PolyLoss, build_loss)
+                                              MarginLabelSmoothingLoss, PolyLoss)
+from focal_calibration.losses import build_loss
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 

@@ -1,4 +1,4 @@
-"""Tests of focal_calibration.metrics against independent references.
+"""Tests of focal_calibration.calibration.metrics against independent references.
 
 The reference below is deliberately plain: float64 numpy, a Python loop over bins / classes / tie groups, and bin
 membership decided with exact rational arithmetic (fractions.Fraction), so it shares no code with the implementation.
@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from focal_calibration.metrics import (CalibrationAccumulator, ReliabilityBins, bin_index, calibration_metrics,
-                                       reliability_bins)
+from focal_calibration import constants
+from focal_calibration.calibration.metrics import (CalibrationAccumulator, ReliabilityBins, bin_index,
+                                                   calibration_metrics, reliability_bins)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Plain reference (loops over bins, small N)
@@ -513,10 +514,9 @@ def test_failed_update_leaves_state_unchanged():
 
 @pytest.fixture
 def plain_path(monkeypatch):
-    import focal_calibration.metrics as metrics_module
 
-    monkeypatch.setattr(metrics_module, "_FAST_PATH", False)
-    monkeypatch.setattr(metrics_module, "_CHUNK_ELEMENTS", 64)  # several row chunks even for small inputs
+    monkeypatch.setattr(constants, "METRICS_CPU_FAST_PATH", False)
+    monkeypatch.setattr(constants, "METRICS_CHUNK_ELEMENTS", 64)  # several row chunks even for small inputs
 
 
 @pytest.mark.parametrize("n_bins, k", [(1, 3), (15, 7), (10, 12)])
@@ -549,11 +549,10 @@ def test_plain_path_ties_float32_and_streaming(plain_path):
 
 
 def test_plain_and_fast_paths_agree(monkeypatch):
-    import focal_calibration.metrics as metrics_module
 
     logits, labels = random_problem(3000, 20, seed=8, dtype=torch.float32, scale=4.0)
     fast = calibration_metrics(labels, logits=logits)
-    monkeypatch.setattr(metrics_module, "_FAST_PATH", False)
+    monkeypatch.setattr(constants, "METRICS_CPU_FAST_PATH", False)
     assert_metrics_close(calibration_metrics(labels, logits=logits), fast, rel=1e-9, abs_=1e-12)
 
 

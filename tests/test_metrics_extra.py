@@ -1,4 +1,4 @@
-"""Metrics beyond the paper (focal_calibration.metrics_extra) against independent references:
+"""Metrics beyond the paper (focal_calibration.calibration.extra_metrics) against independent references:
 KS against hand-computed cases and a plain sort-and-cumsum reference (Gupta et al.'s definition); ECE-sweep against a
 plain loop over bin counts (Roelofs et al.'s procedure); debiased L2 against the `uncertainty-calibration` package
 (Kumar et al.'s code) and a hand-computed case; smooth ECE against a direct evaluation of the paper's integral and
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from focal_calibration import CalibrationAccumulator, bootstrap_samples, calibration_metrics
-from focal_calibration.metrics_extra import smece_grid_sums, smooth_ece_from_grid
+from focal_calibration.calibration.extra_metrics import smece_grid_sums, smooth_ece_from_grid
 
 ALL = ("smece", "ks", "ece_sweep", "debiased_l2_ece")
 

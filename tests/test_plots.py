@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from focal_calibration import metrics, plots
+from focal_calibration import plots
+from focal_calibration.calibration import metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -206,7 +207,7 @@ def test_temperature_curves_hand_made(tmp_path):
 
 
 def test_temperature_curves_of_real_fit():
-    temperature = pytest.importorskip("focal_calibration.temperature")
+    temperature = pytest.importorskip("focal_calibration.calibration.temperature")
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, size=500)
     logits = rng.normal(size=(500, 4)) * 3 + 3 * np.eye(4)[labels]

@@ -1,6 +1,8 @@
-"""The package exports exactly the API modules' public names, every module declares its public names, and the
-README's API tour runs as written."""
+"""The package's architecture: the top level exports exactly the user's API, every module declares its public
+names, the layers import only downwards (no cycle, lazy imports included), nothing outside a package imports its
+private names, and the README's API tour runs as written."""
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -11,48 +13,159 @@ import torch
 
 import focal_calibration
 
-# re-exported by the package
-API_MODULES = ("focal", "gamma", "losses", "metrics", "bootstrap", "temperature", "scaling", "evidence")
-# constants used through their modules (focal_calibration.temperature.DEFAULT_TEMPERATURES, ...)
-NOT_EXPORTED = {"DEFAULT_TEMPERATURES", "DEFAULT_ODIR_GRID", "VERDICTS",
-                "REGIME_TRAIN_ERROR_MAX", "REGIME_NLL_RISE_MIN"}
-PUBLIC_MODULES = sorted(m.name for m in pkgutil.iter_modules(focal_calibration.__path__) if not m.name.startswith("_"))
-# Public helpers their modules do not declare yet (owners: focal.py -> losses / perf, metrics.py and bootstrap.py ->
-# metrics): each should join its module's __all__ or become private. A new undeclared public name fails the test.
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "focal_calibration"
+# the subpackages whose __all__ the top level re-exports
+API_PACKAGES = ("losses", "calibration")
+# Public helpers their modules do not declare yet: each should join its module's __all__ or become private. A new
+# undeclared public name fails the test.
 UNDECLARED = {
-    "focal": {"focal_terms"},
-    "metrics": {"SampleStatistics", "adaptive_ece", "bin_index", "ece_from_sums", "equal_width_sums", "probabilities",
-                "sample_statistics"},
-    "bootstrap": {"count_weights", "percentile_interval", "resample_indices", "weighted_bin_sums"},
+    "calibration.metrics": {"SampleStatistics", "adaptive_ece", "bin_index", "probabilities", "sample_statistics"},
+    "calibration.bootstrap": {"count_weights", "percentile_interval", "resample_indices", "weighted_bin_sums"},
+}
+# Which top-level parts of the package each part may import (the layers, bottom up). "files", "validation" and
+# "constants" are the foundation; losses and calibration never import each other or the tooling above them.
+ALLOWED = {
+    "constants": set(), "validation": set(), "files": set(),
+    "losses": {"constants", "validation", "files"},
+    "calibration": {"constants", "validation", "files"},
+    "plots": {"constants", "validation", "files", "losses", "calibration"},
+    "experiments": {"constants", "validation", "files", "losses", "calibration", "plots"},
+    "__init__": {"constants", "validation", "files", "losses", "calibration"},
 }
 
 
-def _module(name):
-    return importlib.import_module(f"focal_calibration.{name}")
+def _module_names():
+    names = []
+    for info in pkgutil.walk_packages(focal_calibration.__path__, "focal_calibration."):
+        if info.name.endswith("triton_kernels"):
+            continue  # imports triton (walked by the import-graph test from its source)
+        names.append(info.name)
+    return names
 
 
-def test_the_package_exports_exactly_the_api_modules_names():
-    declared = {name: module for module in API_MODULES for name in _module(module).__all__}
-    expected = (set(declared) - NOT_EXPORTED) | {"set_value_checks"}
+def _imports(path: Path):
+    """Every focal_calibration module a file imports, at the top or inside a function: (module, names, lineno)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("focal_calibration"):
+            found.append((node.module, [a.name for a in node.names], node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("focal_calibration")]
+    return found
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(dotted: str) -> bool:
+    base = ROOT / Path(*dotted.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def _graph():
+    """module -> set of package modules it imports (``from pkg import name`` counts as pkg.name when that is a
+    module, else as pkg)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        deps = set()
+        for module, names, _ in _imports(path):
+            for name in names or [None]:
+                target = f"{module}.{name}" if name and _is_module(f"{module}.{name}") else module
+                deps.add(target)
+        graph[_module_of(path)] = deps
+    return graph
+
+
+def test_the_package_exports_exactly_the_api_packages_names():
+    expected = {"set_value_checks"}
+    for package in API_PACKAGES:
+        sub = importlib.import_module(f"focal_calibration.{package}")
+        for name in sub.__all__:
+            expected.add(name)
+            assert getattr(focal_calibration, name) is getattr(sub, name), name
     assert sorted(focal_calibration.__all__) == sorted(expected)
-    for name in expected - {"set_value_checks"}:
-        assert getattr(focal_calibration, name) is getattr(_module(declared[name]), name), name
     namespace = {}
     exec("from focal_calibration import *", namespace)
     assert set(namespace) - {"__builtins__"} == set(focal_calibration.__all__)
 
 
 def test_every_module_declares_its_public_names():
-    for name in PUBLIC_MODULES:
-        module = _module(name)
+    for name in _module_names():
+        module = importlib.import_module(name)
+        short = name[len("focal_calibration."):] if "." in name else ""
+        if not hasattr(module, "__all__"):
+            assert name.count(".") == 1 and (PACKAGE / short / "__init__.py").exists(), f"{name} has no __all__"
+            continue
         assert [n for n in module.__all__ if not hasattr(module, n)] == [], name
         defined = {n for n, obj in vars(module).items() if not n.startswith("_")
                    and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__}
-        assert sorted(defined - set(module.__all__) - UNDECLARED.get(name, set())) == [], name
+        assert sorted(defined - set(module.__all__) - UNDECLARED.get(short, set())) == [], name
+
+
+def test_no_import_cycle_lazy_imports_included():
+    graph = _graph()
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in sorted(graph.get(node, ())):
+            if dep == node or dep not in graph:
+                continue
+            if state.get(dep) == "open":
+                cycle = stack[stack.index(dep):] + [dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = "done"
+
+    # a package's __init__ importing its own submodules is the usual re-export, not a layer violation
+    for node in sorted(graph):
+        graph[node] = {d for d in graph[node] if not node.startswith(d + ".") and not d == node.rsplit(".", 1)[0]
+                       or not (ROOT / Path(*d.split(".")) / "__init__.py").exists()}
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_layers_import_only_downwards():
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        part = parts[0]
+        for module, names, line in _imports(path):
+            targets = [module.split(".")[1]] if module.count(".") >= 1 else [n if _is_module(f"{module}.{n}")
+                                                                              else "__init__" for n in names]
+            for target in targets:
+                if target != part and target not in ALLOWED[part]:
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {module} ({target})")
+    assert bad == []
+
+
+def test_nothing_outside_a_package_imports_its_private_names():
+    """The suites, scripts, benchmarks and the fairseq criterion use public names only; inside the package, no
+    subpackage imports another's private names."""
+    bad = []
+    roots = [ROOT / d for d in ("classification", "treelstm", "fairseq_focal", "scripts", "benchmarks", "examples")]
+    files = [p for r in roots if r.exists() for p in r.rglob("*.py")] + list(PACKAGE.rglob("*.py"))
+    for path in files:
+        inside = PACKAGE in path.parents
+        own = path.relative_to(PACKAGE).parts[0] if inside else None
+        for module, names, line in _imports(path):
+            parts = module.split(".")
+            target = parts[1] if len(parts) > 1 else None
+            private_module = any(p.startswith("_") for p in parts)
+            private_names = [n for n in names if n.startswith("_")]
+            if (private_module or private_names) and not (inside and target == own):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module} {private_names}")
+    assert bad == []
 
 
 def test_readme_api_tour_runs():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     tour = re.search(r"## API tour\s+```python\n(.*?)```", readme, re.S).group(1)
     torch.manual_seed(0)
     scores = torch.randn(3000, 10) * 3

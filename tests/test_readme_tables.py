@@ -49,7 +49,7 @@ def test_the_readme_shows_the_committed_result_files():
 
 
 def test_a_missing_readme_is_one_error_line(tmp_path, capsys):
-    from focal_calibration import cli
+    from focal_calibration.experiments import cli
     from scripts.readme_tables import get_args_parser, main
     with pytest.raises(SystemExit) as info:
         cli.run_cli(get_args_parser(), main, ["--readme", str(tmp_path / "absent.md")])

@@ -1,4 +1,5 @@
-"""focal_calibration.scaling against independent references: hand-derived optima (saturated models reproduce the
+"""focal_calibration.calibration.scaling against independent references: hand-derived optima (saturated models
+reproduce the
 empirical class frequencies), known generating maps, autograd of the naive objective, temperature scaling as a special
 case of vector scaling, and the ``dirichletcal`` package (Kull et al.'s code) on the same inputs."""
 
@@ -7,10 +8,10 @@ import pytest
 import torch
 from scipy.special import expit, log_softmax, logit
 
-from focal_calibration import scaling
-from focal_calibration.metrics import calibration_metrics
-from focal_calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
-from focal_calibration.temperature import fit_temperature
+from focal_calibration.calibration import scaling
+from focal_calibration.calibration.metrics import calibration_metrics
+from focal_calibration.calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
+from focal_calibration.calibration.temperature import fit_temperature
 
 
 def sampled_labels(scores, seed):

@@ -1,4 +1,5 @@
-"""Tests of focal_calibration.temperature against independent references (per-T loops, a known temperature)."""
+"""Tests of focal_calibration.calibration.temperature against independent references (per-T loops, a known
+temperature)."""
 
 import math
 from decimal import Decimal
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from focal_calibration.temperature import DEFAULT_TEMPERATURES, TemperatureFit, fit_temperature
+from focal_calibration.calibration.temperature import DEFAULT_TEMPERATURES, TemperatureFit, fit_temperature
 from test_metrics import ref_metrics, ref_softmax
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import torch
 
-from focal_calibration.evidence import regime_check
+from focal_calibration.experiments.evidence import regime_check
 from treelstm.train import cli_main, get_args_parser, main
 
 POSITIVE, NEGATIVE = ["good", "great", "nice", "wonderful"], ["bad", "awful", "poor", "boring"]

@@ -1,4 +1,5 @@
-"""The fused Triton kernels (focal_calibration.focal_triton): values and gradients against the PyTorch path (itself
+"""The fused Triton kernels (focal_calibration.losses.triton_kernels): values and gradients against the PyTorch path
+(itself
 tested against autograd of the naive formula) and, for the plain loss, against autograd of the naive formula in
 float64. Tiles of 16 columns, so rows span several tiles and the last one is ragged; ignored rows; extreme logits;
 γ < 1 with p -> 1; every γ mode; label smoothing; float16 and bfloat16 inputs.
@@ -24,9 +25,9 @@ import torch  # noqa: E402
 triton = pytest.importorskip("triton")
 
 from focal_calibration import build_loss, focal_loss  # noqa: E402
-from focal_calibration import focal_triton  # noqa: E402
-from focal_calibration.focal_smoothing import focal_label_smoothed_loss  # noqa: E402
-from focal_calibration.gamma import SampleDependentGamma, prop2_gamma_policy  # noqa: E402
+from focal_calibration.losses import triton_kernels  # noqa: E402
+from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss  # noqa: E402
+from focal_calibration.losses.gamma import SampleDependentGamma, prop2_gamma_policy  # noqa: E402
 from focal_reference import IGNORE, IGNORED_ROWS, batch, naive_focal, value_and_grad  # noqa: E402
 
 VALUE_TOL, GRAD_TOL = {"cpu": (dict(rtol=1e-6, atol=1e-6), dict(rtol=1e-5, atol=1e-7)),
@@ -35,14 +36,14 @@ VALUE_TOL, GRAD_TOL = {"cpu": (dict(rtol=1e-6, atol=1e-6), dict(rtol=1e-5, atol=
 
 @pytest.fixture(scope="module", autouse=True)
 def small_tiles():
-    if DEVICE == "cpu" and not focal_triton.INTERPRETER:
+    if DEVICE == "cpu" and not triton_kernels.INTERPRETER:
         pytest.fail("TRITON_INTERPRET=1 must be set before triton is imported (run this file in a fresh process)")
     if DEVICE == "cuda" and not torch.cuda.is_available():
         pytest.fail("FOCAL_KERNEL_DEVICE=cuda, but torch sees no CUDA device")
-    saved = focal_triton.MAX_BLOCK_COLS
-    focal_triton.MAX_BLOCK_COLS = 16  # K = 50: four tiles per row, the last one 2 columns wide
+    saved = triton_kernels.MAX_BLOCK_COLS
+    triton_kernels.MAX_BLOCK_COLS = 16  # K = 50: four tiles per row, the last one 2 columns wide
     yield
-    focal_triton.MAX_BLOCK_COLS = saved
+    triton_kernels.MAX_BLOCK_COLS = saved
 
 
 def on_device(*tensors):
@@ -156,7 +157,7 @@ def test_label_smoothed_kernel_matches_torch_path(name, dtype):
 @pytest.mark.skipif(DEVICE != "cuda", reason="a full-size row: too slow for the interpreter")
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_default_tiles_on_a_32k_vocabulary(smoothing, monkeypatch):
-    monkeypatch.setattr(focal_triton, "MAX_BLOCK_COLS", 8192)  # [64 x 32003]: three full tiles and a ragged one
+    monkeypatch.setattr(triton_kernels, "MAX_BLOCK_COLS", 8192)  # [64 x 32003]: three full tiles and a ragged one
     logits, target, upstream = batch(64, 32003, seed=6)
     policy = build_loss("flsd-53").policy
     naive = (lambda x: naive_focal(x, target, 3.0)) if smoothing == 0 else None
@@ -171,7 +172,7 @@ def test_value_checks_and_bad_inputs(monkeypatch):
     bad = logits.clone()
     bad[1, 2] = float("nan")
     labels = torch.tensor([0, 1, 2, 3], device=DEVICE)
-    monkeypatch.setattr("focal_calibration._internal._VALUE_CHECKS_ON_ACCELERATORS", True)  # CUDA: checks on
+    monkeypatch.setattr("focal_calibration.validation._VALUE_CHECKS_ON_ACCELERATORS", True)  # CUDA: checks on
     with pytest.raises(ValueError, match="logits must be finite"):
         focal_loss(bad, labels, 2.0, backend="triton")
     with pytest.raises(ValueError, match="logits must be finite"):  # NaN in an ignored row is named too
@@ -183,7 +184,7 @@ def test_value_checks_and_bad_inputs(monkeypatch):
         focal_loss(logits.double(), labels, 2.0, backend="triton")
     with pytest.raises(ValueError, match="backend must be 'auto', 'torch' or 'triton', got 'cuda'"):
         focal_loss(logits, labels, 2.0, backend="cuda")
-    monkeypatch.setattr(focal_triton, "INTERPRETER", False)
+    monkeypatch.setattr(triton_kernels, "INTERPRETER", False)
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors, got logits on cpu"):
         focal_loss(logits.cpu(), labels.cpu(), 2.0, backend="triton")
 

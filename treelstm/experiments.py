@@ -8,7 +8,8 @@
   fitted on that epoch's validation logits, i.e. what the final evaluation would report for that model. This is how
   one 25-epoch run also answers "what would 10 epochs have given?" (nothing in the recipes depends on the number of
   epochs) and "best validation accuracy or last epoch?".
-* :func:`regime_of` judges the §3 regime of a run at a reported epoch (:func:`focal_calibration.evidence.regime_check`
+* :func:`regime_of` judges the §3 regime of a run at a reported epoch
+(:func:`focal_calibration.experiments.evidence.regime_check`
   on the log up to that epoch).
 """
 
@@ -23,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from focal_calibration.evidence import regime_check, seed_summary
+from focal_calibration.experiments.evidence import regime_check, seed_summary
 
 __all__ = ["TRAIN_SCRIPT", "run_all", "read_log", "epoch_view", "regime_of", "summary_cell",
            "focal_optimum_temperature"]

@@ -23,7 +23,7 @@ random numbers).
 
 Cache: a JSON-lines file whose first line records how it was built (``{"parse_cache": 2, "link_grammar": <version>,
 "options": [...]}``), then ``{"sentence": "<tokens joined by spaces>", "tree": "<binary bracketed>", "source": ...}``
-per sentence; written atomically (:func:`focal_calibration.checkpoint.atomic_write`). :func:`parse_sentences` parses
+per sentence; written atomically (:func:`focal_calibration.files.atomic_write`). :func:`parse_sentences` parses
 only what the cache lacks, and refuses a cache built with another link-grammar version or other options.
 """
 
@@ -39,8 +39,9 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Sequence
 
-from focal_calibration.checkpoint import atomic_write
-from focal_calibration.cli import UserError
+from focal_calibration.files import atomic_write
+from focal_calibration.experiments.cli import UserError
+from focal_calibration.validation import check_int
 from treelstm.trees import Nested, balanced_tree, binarize, parse_bracketed
 
 __all__ = ["tokenize", "link_parser_available", "link_grammar_version", "parse_sentences", "tree_to_string",
@@ -184,8 +185,7 @@ def run_link_parser(sentences: Sequence[Sequence[str]], *, timeout: int = DEFAUL
                     language: str = "en") -> list:
     """Parse token lists with one ``link-parser`` process; the raw tree text per sentence, or None when link-grammar
     has no complete linkage. Raises :class:`LinkParserError` on a non-zero exit status or an expired timer."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
-        raise ValueError(f"timeout must be a whole number of seconds >= 1, got {timeout!r}")
+    check_int(timeout, "timeout (seconds)", 1)
     link_grammar_version()  # fails clearly when link-parser is missing
     lines = [" ".join(tokens) for tokens in sentences]
     command = ["link-parser", language, *PARSER_OPTIONS, f"-timeout={timeout}"]

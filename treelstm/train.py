@@ -14,7 +14,8 @@ over trees, model with the best validation (root) accuracy. GP-CNN -- Adam lr 1e
 best validation accuracy, frozen GloVe (as the official code), batches of 64 (not stated in the paper). Losses come
 from ``focal_calibration.build_loss``; T is cross-validated on the validation split.
 
-Run folder (``focal_calibration.cli.RunFolder``): ``args.json``, ``log.jsonl`` (one line per epoch, 1-based: training
+Run folder (``focal_calibration.experiments.cli.RunFolder``): ``args.json``, ``log.jsonl`` (one line per epoch,
+1-based: training
 loss and error, validation accuracy, and the §3 dynamics of the test set -- error, ECE, NLL of the correctly /
 incorrectly classified samples -- with the temperature fitted on that epoch's validation logits), ``checkpoint.pt``
 (every epoch, atomic, exact resume), ``results.json`` (suite ``text``), ``logits.pt``, reliability diagrams.
@@ -37,12 +38,12 @@ from typing import Callable
 
 import torch
 
-from focal_calibration import cli
-from focal_calibration.checkpoint import capture_rng_state, restore_rng_state
-from focal_calibration.evaluation import evaluate_calibration, make_run_record, save_reliability_diagrams
+from focal_calibration.experiments import cli
+from focal_calibration.experiments.checkpoint import capture_rng_state, restore_rng_state
+from focal_calibration.experiments.records import evaluate_calibration, make_run_record, save_reliability_diagrams
 from focal_calibration.losses import build_loss
-from focal_calibration.metrics import calibration_metrics
-from focal_calibration.temperature import fit_temperature
+from focal_calibration.calibration.metrics import calibration_metrics
+from focal_calibration.calibration.temperature import fit_temperature
 from treelstm import data
 from treelstm.engines import ENGINES, get_engine
 from treelstm.glove import PACKAGE_SOURCE, Vocabulary, embedding_matrix

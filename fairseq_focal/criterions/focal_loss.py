@@ -2,11 +2,12 @@
 
     fairseq-train DATA --user-dir fairseq_focal --criterion focal_loss --gamma 1 ...
 
-* Loss: the core's :func:`focal_calibration.focal.focal_loss` (analytic fused backward) on the decoder's logits, summed
+* Loss: the core's :func:`focal_calibration.losses.fused.focal_loss` (analytic fused backward) on the decoder's
+logits, summed
   over non-padding target tokens, divided by fairseq as usual (``sample_size`` = tokens, or sentences with
   ``--sentence-avg``). γ = 0 is fairseq's ``cross_entropy`` criterion exactly.
 * ``--label-smoothing α`` > 0: focal loss against the smoothed target (the true class 1-α, the others α/(V-1)),
-  :func:`focal_calibration.focal_smoothing.focal_label_smoothed_loss`; γ = 0 is ``label_smoothed_cross_entropy``.
+  :func:`focal_calibration.losses.fused_smoothed.focal_label_smoothed_loss`; γ = 0 is ``label_smoothed_cross_entropy``.
 * γ policies (``--gamma-policy``, the core's spec names): ``flsd-53`` (sample-dependent, §4), ``flsd-532``,
   ``flsd-prop2-0.2-0.25`` (Proposition 2), ``flsc-531`` (epoch-scheduled: the γ changes after 100/350 and 250/350 of
   ``--max-epoch``, or at ``--gamma-milestones``).
@@ -37,13 +38,13 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from focal_calibration._internal import check_nonnegative_number
-from focal_calibration.adafocal import bin_of
-from focal_calibration.focal import focal_loss
-from focal_calibration.focal_smoothing import focal_label_smoothed_loss
-from focal_calibration.gamma import FixedGamma, GammaPolicy, parse_gamma_policy
+from focal_calibration.validation import check_nonnegative_number
+from focal_calibration.losses.adafocal import bin_of
+from focal_calibration.losses.fused import focal_loss
+from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss
+from focal_calibration.losses.gamma import FixedGamma, GammaPolicy, parse_gamma_policy
 from focal_calibration.losses import BEYOND_PAPER_LOSS_SPECS, build_loss
-from focal_calibration.metrics import ece_from_sums, equal_width_sums
+from focal_calibration.calibration.metrics import ece_from_sums, equal_width_sums
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures
-from focal_calibration.checkpoint import atomic_write
+from focal_calibration.files import atomic_write
 
 logger = logging.getLogger(__name__)
 

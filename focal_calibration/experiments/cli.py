@@ -14,8 +14,8 @@
   :func:`save_run_checkpoint` / :func:`load_run_checkpoint` stamp and check a format version and the suite;
   :func:`load_state_dicts` refuses a list of optimiser / scheduler states of the wrong length.
 * :class:`RunFolder`: the one layout of a run folder -- ``args.json``, ``log.jsonl`` (one line per epoch, epochs
-  1-based), ``results.json`` (:func:`focal_calibration.evaluation.make_run_record`, with its ``suite``),
-  ``logits.pt``, ``checkpoint.pt`` -- every file written through :func:`focal_calibration.checkpoint.atomic_write`.
+  1-based), ``results.json`` (:func:`focal_calibration.experiments.records.make_run_record`, with its ``suite``),
+  ``logits.pt``, ``checkpoint.pt`` -- every file written through :func:`focal_calibration.files.atomic_write`.
 
 A trainer in this dialect (``classification/train.py`` is the worked example)::
 
@@ -63,9 +63,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from focal_calibration._internal import json_ready
-from focal_calibration.checkpoint import atomic_write, check_resume_compatible, load_checkpoint, save_checkpoint
-from focal_calibration.evaluation import write_json_atomic
+from focal_calibration.experiments.checkpoint import check_resume_compatible, load_checkpoint, save_checkpoint
+from focal_calibration.files import atomic_write, json_ready, write_json_atomic
+from focal_calibration.validation import check_int
 
 __all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "require_extra", "HelpFormatter", "ArgumentParser",
            "run_cli", "RUN_FLAGS", "add_run_arguments", "positive_int", "nonnegative_int", "seed_everything",
@@ -162,20 +162,21 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable, argv: Sequence[str]
 # ----------------------------------------------------------------------------------------------------------------
 # The common flags
 
+def _bounded_int(text: str, minimum: int) -> int:
+    try:
+        return check_int(int(text), "value", minimum)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+    return _bounded_int(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+    return _bounded_int(text, 0)
 
 
 RUN_FLAGS = ("data_dir", "output_dir", "resume", "limit_train", "limit_eval", "split_seed", "seed", "device",
@@ -222,8 +223,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, data_help: str = "fold
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    check_int(seed, "seed", 0, 2 ** 32 - 1)
     random.seed(int(seed))
     np.random.seed(int(seed))
     torch.manual_seed(int(seed))
@@ -233,8 +233,7 @@ def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads(threads)``; None keeps torch's choice."""
     if threads is None:
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"--threads must be an integer >= 1, got {threads!r}")
+    check_int(threads, "--threads", 1)
     torch.set_num_threads(threads)
 
 
@@ -356,8 +355,7 @@ class RunFolder:
         """Append one epoch's line (``record["epoch"]`` 1-based) and fsync it. Keep the records in the checkpoint
         too: :meth:`restore_log` rewrites the log from them on resume."""
         epoch = record.get("epoch")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-            raise ValueError(f"a log record needs a 1-based integer 'epoch', got {epoch!r}")
+        check_int(epoch, "a log record's 1-based 'epoch'", 1)
         line = json.dumps(json_ready(record), allow_nan=False) + "\n"
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a", encoding="utf-8") as handle:
@@ -377,7 +375,8 @@ class RunFolder:
         return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def write_results(self, record: Mapping) -> Path:
-        """``results.json``: a :func:`~focal_calibration.evaluation.make_run_record` record (it has ``suite``)."""
+        """``results.json``: a :func:`~focal_calibration.experiments.records.make_run_record` record (it has
+        ``suite``)."""
         if "suite" not in record or "evaluation" not in record:
             raise ValueError(f"a results record needs 'suite' and 'evaluation' (make_run_record), got keys "
                              f"{sorted(record)}")

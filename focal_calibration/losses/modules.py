@@ -37,7 +37,7 @@ Beyond the paper (options as keyword arguments of ``build_loss``):
 
 γ lists are single digits (``531``) or comma-separated (``5,3,1.5``). Losses that depend on the logits only through
 log p_y (focal, inverse focal, AdaFocal, Poly-1) share the fused analytic backward of
-:func:`focal_calibration.focal.fused_row_loss`; dual focal and MbLS use plain autograd over their formulas.
+:func:`focal_calibration.losses.fused.fused_row_loss`; dual focal and MbLS use plain autograd over their formulas.
 """
 
 from __future__ import annotations
@@ -48,21 +48,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from focal_calibration._internal import (check_choice, check_finite, check_labels_in_range, check_n_bins,
-                                         check_nonnegative_number, check_reduction, compute_dtype,
-                                         flatten_scores_and_labels, parse_finite_number, value_checks_enabled)
-from focal_calibration.adafocal import adafocal_update, bin_calibration_gaps, bin_of, equal_mass_edges
-from focal_calibration.focal import focal_loss, fused_row_loss
-from focal_calibration.gamma import GAMMA_POLICY_FORMS, FixedGamma, GammaPolicy, parse_gamma_policy
-from focal_calibration.row_terms import inverse_focal_terms, poly1_terms, signed_focal_terms
+from focal_calibration.losses.adafocal import adafocal_update, bin_calibration_gaps, bin_of, equal_mass_edges
+from focal_calibration.losses.fused import focal_loss, fused_row_loss
+from focal_calibration.losses.gamma import FixedGamma, GammaPolicy
+from focal_calibration.losses.math import inverse_focal_terms, poly1_terms, signed_focal_terms
+from focal_calibration.validation import (check_choice, check_finite, check_labels_in_range, check_n_bins,
+                                          check_nonnegative_number, check_number, check_reduction, compute_dtype,
+                                          flatten_scores_and_labels, value_checks_enabled)
 
 __all__ = ["CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss",
            "mmce_weighted", "InverseFocalLoss", "AdaFocalLoss", "DualFocalLoss", "PolyLoss",
-           "MarginLabelSmoothingLoss", "build_loss", "PAPER_LOSS_SPECS", "BEYOND_PAPER_LOSS_SPECS"]
+           "MarginLabelSmoothingLoss"]
 
-PAPER_LOSS_SPECS = ("ce", "ls-0.05", "brier", "mmce-2", "fl-1", "fl-2", "fl-3", "flsc-531", "flsc-532", "flsd-53",
-                    "flsd-532", "flsd-prop2-0.2-0.25")
-BEYOND_PAPER_LOSS_SPECS = ("adafocal", "inverse-focal-2", "dual-focal-5", "poly-1", "mbls-10-0.1")
 
 
 class CalibrationLoss(nn.Module):
@@ -300,7 +297,7 @@ class PolyLoss(_RowLoss):
 
     def __init__(self, epsilon: float, reduction: str = "mean", ignore_index: int = -100):
         super().__init__(reduction, ignore_index)
-        self.epsilon = _finite(epsilon, "epsilon")
+        self.epsilon = check_number(epsilon, "epsilon")
         if self.epsilon < -1:
             raise ValueError(f"epsilon must be a finite number >= -1, got {epsilon!r}")
 
@@ -313,7 +310,8 @@ class PolyLoss(_RowLoss):
 
 class AdaFocalLoss(_RowLoss):
     """AdaFocal (Ghosh, Schaaf & Gormley, NeurIPS 2022): focal loss with a signed γ per equal-mass confidence bin of
-    the validation set, inverse focal loss where γ < 0; see :mod:`focal_calibration.adafocal` for the update rule.
+    the validation set, inverse focal loss where γ < 0; see :mod:`focal_calibration.losses.adafocal` for the update
+    rule.
 
     Call :meth:`observe_validation` after every epoch (the trainers do); until the first call every bin has
     ``gamma_init`` and the bins are equal-width (as the released code). Defaults are the released code's: λ = 1,
@@ -330,7 +328,7 @@ class AdaFocalLoss(_RowLoss):
         super().__init__(reduction, ignore_index)
         self.lam = check_nonnegative_number(lam, "lam")
         self.switch_threshold = check_nonnegative_number(switch_threshold, "switch_threshold")
-        self.gamma_min, self.gamma_max, gamma_init = (_finite(v, name) for v, name in (
+        self.gamma_min, self.gamma_max, gamma_init = (check_number(v, name) for v, name in (
             (gamma_min, "gamma_min"), (gamma_max, "gamma_max"), (gamma_init, "gamma_init")))
         if not self.gamma_min <= -self.switch_threshold or not self.gamma_max >= self.switch_threshold:
             raise ValueError(f"need gamma_min <= -switch_threshold and gamma_max >= switch_threshold, got gamma_min="
@@ -414,16 +412,6 @@ class AdaFocalLoss(_RowLoss):
                 f"gamma_max={self.gamma_max:g}, n_bins={self.n_bins}, " + super().extra_repr())
 
 
-def _finite(value, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Beyond the paper: losses of the whole probability / logit vector (plain autograd over the formula)
 
@@ -504,91 +492,3 @@ class MarginLabelSmoothingLoss(CalibrationLoss):
     def extra_repr(self):
         return (f"margin={self.margin:g}, lam={self.lam:g}, normalization={self.normalization!r}, "
                 + super().extra_repr())
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The factory
-
-_SPEC_FORMS = ("ce", "ls-<alpha>", "ls-torch-<alpha>", "brier", "mmce-<lambda>") + GAMMA_POLICY_FORMS + (
-    "adafocal", "inverse-focal-<gamma>", "dual-focal-<gamma>", "poly-<epsilon>", "mbls-<margin>-<lambda>")
-# build_loss(**options) each spec accepts: the keyword arguments of its loss class
-_OPTIONS = {"adafocal": ("lam", "gamma_init", "switch_threshold", "gamma_min", "gamma_max", "n_bins"),
-            "dual-focal": ("pj",), "mbls": ("normalization",)}
-
-
-def _unknown(spec: str, why: str = "") -> ValueError:
-    return ValueError(f"unknown loss spec {spec!r}{': ' + why if why else ''}. Valid forms: {', '.join(_SPEC_FORMS)} "
-                      f"(the paper's: {', '.join(PAPER_LOSS_SPECS)})")
-
-
-def _number(text: str, spec: str) -> float:
-    try:
-        return parse_finite_number(text)
-    except ValueError as error:
-        raise _unknown(spec, str(error)) from None
-
-
-def _two_numbers(text: str, spec: str) -> tuple[float, float]:
-    """``"10-0.1"`` -> (10, 0.1); the split is the first '-' that leaves two numbers (``"10-1e-3"`` works)."""
-    for at in [i for i, char in enumerate(text) if char == "-"]:
-        try:
-            return parse_finite_number(text[:at]), parse_finite_number(text[at + 1:])
-        except ValueError:
-            continue
-    raise _unknown(spec, f"{text!r} is not two numbers <margin>-<lambda>")
-
-
-def _check_options(spec: str, family: str | None, options: dict) -> None:
-    allowed = _OPTIONS.get(family, ())
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        accepts = ", ".join(allowed) if allowed else "no options"
-        raise ValueError(f"build_loss({spec!r}) got unknown option(s) {unknown}; it accepts {accepts}")
-
-
-def build_loss(spec: str, *, reduction: str = "mean", ignore_index: int = -100, epochs: int | None = None,
-               milestones=None, thresholds=None, mmce_variant: str = "kumar", **options) -> CalibrationLoss:
-    """Build a loss module from a spec (see the module docstring), e.g. ``build_loss("flsd-53")``.
-
-    ``epochs``: the run's number of epochs. FLSc (``flsc-531``, ``flsc-532``) follows the run: without
-    ``milestones`` its γ changes after 100/350 and 250/350 of ``epochs`` (Appendix E's 100 and 250 of 350 epochs;
-    ``epochs=350`` gives exactly those), and a FLSc spec with neither ``epochs`` nor ``milestones`` is refused, since
-    the absolute (100, 250) silently turn FLSc-531 into FL-5 on any run shorter than 101 epochs. Explicit
-    ``milestones`` (0-based epochs) that do not fit below ``epochs`` are refused too. ``thresholds``
-    (probabilities) override FLSD's default (0.2,) / (0.2, 0.5); both are required for γ lists of other lengths.
-    ``mmce_variant``: ``"kumar"`` or ``"official"`` (see :class:`MMCELoss`). ``**options``: the keyword arguments
-    of the losses beyond the paper (``adafocal``: ``lam``, ``gamma_init``, ``switch_threshold``, ``gamma_min``,
-    ``gamma_max``, ``n_bins``; ``dual-focal-<γ>``: ``pj``; ``mbls-<m>-<λ>``: ``normalization``); an option the spec
-    does not take is refused.
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"loss spec must be a string, got {spec!r}")
-    name = spec.strip().lower()
-    common = dict(reduction=reduction, ignore_index=ignore_index)
-    family = next((f for f in _OPTIONS if name == f or name.startswith(f + "-")), None)
-    _check_options(spec, family, options)
-    if name == "ce":
-        return CrossEntropyLoss(**common)
-    if name == "brier":
-        return BrierLoss(**common)
-    if name == "adafocal":
-        return AdaFocalLoss(**options, **common)
-    if name.startswith("ls-torch-"):
-        return LabelSmoothingLoss(_number(name[len("ls-torch-"):], spec), form="torch", **common)
-    if name.startswith("ls-"):
-        return LabelSmoothingLoss(_number(name[3:], spec), form="paper", **common)
-    if name.startswith("mmce-"):
-        return MMCELoss(_number(name[5:], spec), variant=mmce_variant, **common)
-    if name.startswith("inverse-focal-"):
-        return InverseFocalLoss(_number(name[len("inverse-focal-"):], spec), **common)
-    if name.startswith("dual-focal-"):
-        return DualFocalLoss(_number(name[len("dual-focal-"):], spec), **options, **common)
-    if name.startswith("poly-"):
-        return PolyLoss(_number(name[5:], spec), **common)
-    if name.startswith("mbls-"):
-        margin, lam = _two_numbers(name[5:], spec)
-        return MarginLabelSmoothingLoss(margin, lam, **options, **common)
-    if name.startswith(("fl-", "flsc-", "flsd-")):
-        return FocalLoss(parse_gamma_policy(spec, milestones=milestones, thresholds=thresholds, epochs=epochs),
-                         **common)
-    raise _unknown(spec)

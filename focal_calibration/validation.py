@@ -1,4 +1,5 @@
-"""Internal helpers shared by the core modules: input validation, input preparation and the compute dtype.
+"""The one validation module: every check of the package's inputs, the input preparation built on them, and the
+compute dtype.
 
 Every check raises ``ValueError`` (or ``TypeError`` for wrong types) with a message that names the bad value, so a
 user never gets a NaN, a silently wrong number or an index error from deep inside torch.
@@ -11,14 +12,21 @@ and temperature scaling always check: they run once per evaluation, not per step
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 import os
-from typing import Mapping
 
 import numpy as np
 import torch
+
+__all__ = ["set_value_checks", "value_checks_enabled", "as_tensor", "check_int", "check_number",
+           "check_nonnegative_number", "check_probability_level", "check_grid", "parse_finite_number", "check_choice",
+           "check_reduction", "check_n_bins", "flatten_scores_and_labels", "check_labels_in_range", "check_finite",
+           "compute_dtype", "prepare_focal_inputs", "prepare_scores"]
+
+__all__ = ["set_value_checks", "value_checks_enabled", "as_tensor", "check_int", "check_number",
+           "check_nonnegative_number", "check_probability_level", "check_grid", "parse_finite_number", "check_choice",
+           "check_reduction", "check_n_bins", "flatten_scores_and_labels", "check_labels_in_range", "check_finite",
+           "compute_dtype", "prepare_focal_inputs", "prepare_scores"]
 
 _VALUE_CHECKS_ON_ACCELERATORS = os.environ.get("FOCAL_CALIBRATION_CHECKS", "0") not in ("", "0", "false", "False")
 
@@ -44,6 +52,52 @@ def as_tensor(x, name: str) -> torch.Tensor:
     if arr.dtype == object:
         raise TypeError(f"{name} must be numeric, got an object array")
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def check_int(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer (Python or NumPy, not bool) >= ``minimum`` (and <= ``maximum``); else a ValueError naming ``name``
+    and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
+            maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+    return int(value)
+
+
+def check_number(value, name: str) -> float:
+    """A finite real number (TypeError for a non-number, ValueError for NaN / inf), as a float."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
+def check_probability_level(value, name: str = "confidence") -> float:
+    """A level strictly between 0 and 1 (an interval's confidence, a probability threshold)."""
+    try:
+        level = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not 0 < level < 1:  # also rejects NaN
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return level
+
+
+def check_grid(values, name: str, *, default: np.ndarray, allow_zero: bool = False) -> np.ndarray:
+    """A non-empty grid of finite numbers > 0 (>= 0 with ``allow_zero``), sorted ascending without repeats;
+    ``default`` (copied) when ``values`` is None."""
+    if values is None:
+        return np.array(default, dtype=np.float64)
+    grid = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).reshape(-1)
+    if grid.size == 0:
+        raise ValueError(f"{name} must not be empty")
+    ok = np.isfinite(grid) & ((grid >= 0) if allow_zero else (grid > 0))
+    if not ok.all():
+        raise ValueError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {float(grid[~ok][0])}")
+    return np.unique(grid)
 
 
 def check_nonnegative_number(value, name: str) -> float:
@@ -77,15 +131,15 @@ def check_choice(value, choices, name: str):
 
 
 def check_reduction(reduction: str) -> str:
+    """``"mean"``, ``"sum"`` or ``"none"``, as ``nn.CrossEntropyLoss``'s ``reduction``."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     return reduction
 
 
 def check_n_bins(n_bins) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
-    return int(n_bins)
+    """The number of bins of a calibration metric: an integer >= 1."""
+    return check_int(n_bins, "n_bins", 1)
 
 
 def flatten_scores_and_labels(scores: torch.Tensor, labels: torch.Tensor, *, scores_name: str = "logits",
@@ -128,42 +182,6 @@ def check_finite(values: torch.Tensor, name: str):
     if not bool(finite.all()):
         bad = values[~finite][0]
         raise ValueError(f"{name} must be finite, got {float(bad)}")
-
-
-def ascending_order(values: torch.Tensor) -> torch.Tensor:
-    """Indices that sort each row of non-negative ``values [R, N]`` ascending (ties in any order).
-
-    FAST PATH on CPU, measured 15x faster than ``values.sort(dim=-1)`` for one row of 100,000 float32 values (2 ms vs
-    29 ms, 1 thread): non-negative floats order like their bit patterns and integer sorts are radix sorts; one 1-D
-    sort per row also beats a batched sort (0.8 s vs 2.7 s for 100 x 100,000). Elsewhere the plain float sort.
-    """
-    if values.device.type != "cpu":
-        return values.sort(dim=-1).indices
-    keys = values.contiguous().view(torch.int64 if values.dtype == torch.float64 else torch.int32)
-    return torch.stack([row.sort().indices for row in keys])
-
-
-BACKENDS = ("auto", "torch", "triton")
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """Whether the triton package can be imported (it ships with CUDA builds of torch); imports nothing."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def resolve_backend(backend: str, logits: torch.Tensor) -> str:
-    """``"auto"``: the fused Triton kernel for CUDA float32 / float16 / bfloat16 logits when triton is importable,
-    the PyTorch path otherwise. ``"torch"`` / ``"triton"``: that one (triton must be importable)."""
-    if backend == "auto":
-        use_triton = logits.is_cuda and logits.dtype in TRITON_DTYPES and triton_available()
-        return "triton" if use_triton else "torch"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "triton" and not triton_available():
-        raise ValueError("backend='triton' needs the triton package (pip install triton), which is not installed")
-    return backend
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -216,18 +234,3 @@ def prepare_scores(labels, logits, probs, ignore_index):
     return scores, labels.long(), logits is not None
 
 
-def json_ready(value):
-    """Paths -> str, tuples -> lists, tensors / numpy scalars -> Python numbers, non-finite floats -> None."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, torch.Tensor):
-        return json_ready(value.tolist())
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -20,7 +20,7 @@ Label-smoothed focal loss (``focal_label_smoothed_loss``), s = (1-α) onehot + �
 forward: a second read of the row for Σ_k f(p_k) and Σ_k g(p_k) (rows of small K come from cache); backward: one read,
 one write, g_j recomputed per element.
 
-Numerics as in :func:`focal_calibration.focal.focal_terms`: float32 math for float32 / float16 / bfloat16 logits,
+Numerics as in :func:`focal_calibration.losses.math.focal_terms`: float32 math for float32 / float16 / bfloat16 logits,
 1 - p as -expm1(log p), γ p (1-p)^(γ-1) log p as γ p (1-p)^γ · log p / (1-p) (finite as p -> 1). The per-row and
 per-class terms use libdevice's exp / log / expm1 / pow (Triton's tl.exp and tl.log are fast approximations; the
 softmax sums keep them). Ignored rows get 0 loss and an exact-0 gradient whatever their logits; a label outside
@@ -36,8 +36,10 @@ import torch
 import triton
 import triton.language as tl
 
-from focal_calibration._internal import TRITON_DTYPES, check_finite, value_checks_enabled
-from focal_calibration.focal import focal_terms
+from focal_calibration.losses.backend import TRITON_DTYPES
+from focal_calibration.losses.gamma import SampleDependentGamma
+from focal_calibration.losses.math import focal_terms
+from focal_calibration.validation import check_finite, value_checks_enabled
 
 __all__ = ["focal_loss_rows", "focal_smoothed_rows", "INTERPRETER"]
 
@@ -286,14 +288,13 @@ def _check_inputs(logits: torch.Tensor) -> torch.Tensor:
                          f"(use backend='torch')")
     if not logits.is_cuda and not INTERPRETER:
         raise ValueError(f"backend='triton' needs CUDA tensors, got logits on {logits.device} (set TRITON_INTERPRET=1 "
-                         f"before importing focal_calibration.focal_triton to run the kernels on the CPU for testing)")
+                         "before importing focal_calibration.losses.triton_kernels to run the kernels on the CPU for "
+                         "testing)")
     return logits if logits.stride(1) == 1 else logits.contiguous()
 
 
 def _gamma_arguments(gamma, like: torch.Tensor) -> dict:
     """Kernel arguments of a γ that is a number, a per-row tensor, or a SampleDependentGamma table."""
-    from focal_calibration.gamma import SampleDependentGamma  # gamma.py imports focal.py, which imports this lazily
-
     unused = like  # a pointer the kernel never reads for this γ mode
     if isinstance(gamma, SampleDependentGamma):
         thresholds, gammas = gamma.tables(like.device, torch.float32)
@@ -327,8 +328,6 @@ def _policy_gamma(logits, target, policy, ignore_index):
 
 
 def _resolve_gamma(logits, target, gamma, ignore_index):
-    from focal_calibration.gamma import SampleDependentGamma
-
     if callable(gamma) and not isinstance(gamma, SampleDependentGamma):
         return _policy_gamma(logits, target, gamma, ignore_index)
     return gamma
@@ -385,9 +384,7 @@ class _FocalPolicyTritonFunction(torch.autograd.Function):
 
 def focal_loss_rows(logits: torch.Tensor, target: torch.Tensor, gamma, ignore_index: int) -> torch.Tensor:
     """Per-row focal loss ``[N]`` (float32) of checked, flattened ``logits [N, K]`` / ``target [N]`` (the triton
-    backend of :func:`focal_calibration.focal.focal_loss`, which validates and reduces)."""
-    from focal_calibration.gamma import SampleDependentGamma
-
+    backend of :func:`focal_calibration.losses.fused.focal_loss`, which validates and reduces)."""
     logits = _check_inputs(logits)
     if callable(gamma) and not isinstance(gamma, SampleDependentGamma):
         return _FocalPolicyTritonFunction.apply(logits, target, gamma, ignore_index)
@@ -431,7 +428,7 @@ class _SmoothedTritonFunction(torch.autograd.Function):
 def focal_smoothed_rows(logits: torch.Tensor, target: torch.Tensor, gamma, alpha: float,
                         ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (loss, nll) ``[N]`` of the label-smoothed focal loss (the triton backend of
-    :func:`focal_calibration.focal_smoothing.focal_label_smoothed_loss`, which validates and reduces)."""
+    :func:`focal_calibration.losses.fused_smoothed.focal_label_smoothed_loss`, which validates and reduces)."""
     logits = _check_inputs(logits)
     gamma = _resolve_gamma(logits, target, gamma, ignore_index)
     return _SmoothedTritonFunction.apply(logits, target, gamma, alpha, ignore_index)

@@ -35,15 +35,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from focal_calibration._internal import (as_tensor, check_finite, check_n_bins, check_nonnegative_number, compute_dtype,
-                                         prepare_scores)
-from focal_calibration.metrics import CalibrationAccumulator
+from focal_calibration import constants
+from focal_calibration.calibration.metrics import CalibrationAccumulator
+from focal_calibration.validation import (as_tensor, check_finite, check_grid, check_int, check_n_bins,
+                                          check_nonnegative_number, compute_dtype, prepare_scores)
 
 __all__ = ["fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit", "DEFAULT_ODIR_GRID"]
 
 # λ = μ candidates of odir="cv": 10^-2 ... 10^4 (Kull et al.'s experiment scripts search 10^-5 or 10^-2 ... 10^6)
 DEFAULT_ODIR_GRID = 10.0 ** np.arange(-2, 5)
-_CPU_BLOCK = 2 ** 22  # rows x K elements per chunk on CPU (16 MB in fp32), so a chunk's passes mostly hit the cache
 
 
 @dataclass
@@ -201,34 +201,17 @@ def _check_odir(odir):
     return tuple(check_nonnegative_number(value, f"odir {name}") for name, value in zip(("lambda", "mu"), odir))
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_grid(grid) -> np.ndarray:
-    if grid is None:
-        return DEFAULT_ODIR_GRID.copy()
-    values = np.asarray(grid.cpu() if isinstance(grid, torch.Tensor) else grid, dtype=np.float64).reshape(-1)
-    if values.size == 0:
-        raise ValueError("odir_grid must not be empty")
-    bad = values[~(np.isfinite(values) & (values >= 0))]
-    if bad.size:
-        raise ValueError(f"odir_grid values must be finite and >= 0, got {float(bad[0])}")
-    return np.unique(values)
-
-
 def _prepare(logits, labels, ignore_index, max_chunk_elements):
     """Validated logits [N, K] and labels [N] (ignored rows dropped), and the row chunk size."""
-    max_chunk_elements = _check_int(max_chunk_elements, "max_chunk_elements", 1)
+    max_chunk_elements = check_int(max_chunk_elements, "max_chunk_elements", 1)
     logits, labels, _ = prepare_scores(labels, logits, None, ignore_index)
     if logits.shape[0] == 0:
         raise ValueError(f"empty input: every label is ignore_index={ignore_index}")
     k = logits.shape[1]
     if k < 2:
         raise ValueError(f"a calibration map needs K >= 2 classes, got logits of shape {tuple(logits.shape)}")
-    block = min(max_chunk_elements, _CPU_BLOCK) if logits.device.type == "cpu" else max_chunk_elements
+    on_cpu = logits.device.type == "cpu"
+    block = min(max_chunk_elements, constants.CPU_CACHE_BLOCK_ELEMENTS) if on_cpu else max_chunk_elements
     chunk_rows = max(1, block // k)
     for start in range(0, logits.shape[0], chunk_rows):  # chunked: no N x K mask
         check_finite(logits[start:start + chunk_rows], "logits")
@@ -276,13 +259,13 @@ def _cross_validate(x, labels, grid, folds, seed, max_iter, chunk_rows):
 def _fit(method, logits, labels, *, odir, odir_grid, cv_folds, seed, ignore_index, n_bins, max_iter,
          max_chunk_elements) -> ScalingFit:
     n_bins = check_n_bins(n_bins)
-    max_iter = _check_int(max_iter, "max_iter", 1)
+    max_iter = check_int(max_iter, "max_iter", 1)
     odir = _check_odir(odir)
     grid = None
     if odir == "cv":
-        grid = _check_grid(odir_grid)
-        cv_folds = _check_int(cv_folds, "cv_folds", 2)
-        seed = _check_int(seed, "seed", 0)
+        grid = check_grid(odir_grid, "odir_grid", default=DEFAULT_ODIR_GRID, allow_zero=True)
+        cv_folds = check_int(cv_folds, "cv_folds", 2)
+        seed = check_int(seed, "seed", 0)
     logits, labels, chunk_rows = _prepare(logits, labels, ignore_index, max_chunk_elements)
     n, k = logits.shape
     vector = method == "vector"

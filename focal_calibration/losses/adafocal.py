@@ -9,7 +9,7 @@ the mean top-1 confidence and the accuracy of the validation samples in bin b (c
 
 and a γ whose magnitude falls below S_th switches form: γ_b <- -S_th from focal, +S_th from inverse focal. γ is then
 clipped to [γ_min, γ_max]. A training sample uses the γ of the bin its true-class probability p_y falls in.
-:class:`focal_calibration.losses.AdaFocalLoss` holds the state and applies the loss.
+:class:`focal_calibration.losses.modules.AdaFocalLoss` holds the state and applies the loss.
 
 Bins (this package's convention, shared by the validation statistics and the training lookup): sort the N validation
 confidences; bin b (0-based, of B) starts at the confidence of rank ceil(b·N/B), the first rank that AdaECE's

@@ -1,7 +1,7 @@
 """Calibration metrics of Mukhoti et al. (NeurIPS 2020): ECE (eq. 1), MCE (eq. 2), AdaECE (eq. 3), classwise ECE,
 NLL, Brier score, predictive entropy, S99 (Appendix F) and top-1 / top-5 error.
 
-Conventions (shared with :mod:`focal_calibration.temperature` and the reliability diagrams):
+Conventions (shared with :mod:`focal_calibration.calibration.temperature` and the reliability diagrams):
 
 * Equal-width bins (ECE, MCE, classwise ECE): with ``M = n_bins``, bin ``i`` (1-based) is ``((i-1)/M, i/M]``, as in
   §2 of the paper. The bin of a value ``c`` is ``clamp(ceil(c * M) - 1, 0, M - 1)`` decided *exactly* for the stored
@@ -16,7 +16,8 @@ Conventions (shared with :mod:`focal_calibration.temperature` and the reliabilit
 
 Structure: :func:`sample_statistics` turns a batch of scores into per-sample statistics (confidence, correctness,
 p_y, log p_y, sum p log p, sum p^2, the label's rank and the few p_k > 1/M); every metric is a sum of these over
-samples (:class:`CalibrationAccumulator` sums them per batch, :mod:`focal_calibration.bootstrap` with resampling
+samples (:class:`CalibrationAccumulator` sums them per batch, :mod:`focal_calibration.calibration.bootstrap` with
+resampling
 weights). Its plain path is the readable definition; on CPU a labelled fast path (:func:`_sample_statistics_fast`)
 gives the same numbers several times faster. Everything is vectorised (sort / scatter_add / index_add; no Python
 loop over samples or bins) and works on row chunks, so the ``N x K`` probabilities are never materialised at once.
@@ -33,21 +34,20 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from focal_calibration._internal import ascending_order, check_finite, check_n_bins, compute_dtype, prepare_scores
-from focal_calibration.metrics_extra import (ORDER_BASED, check_extra, extra_metrics, smece_grid_sums,
-                                             smooth_ece_from_grid)
+from focal_calibration import constants
+from focal_calibration.calibration.extra_metrics import (ORDER_BASED, ascending_order, check_extra, extra_metrics,
+                                                         smece_grid_sums, smooth_ece_from_grid)
+from focal_calibration.validation import check_finite, check_n_bins, compute_dtype, prepare_scores
 
-__all__ = ["calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins"]
+__all__ = ["calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins", "equal_width_sums",
+           "ece_from_sums", "S99_THRESHOLD"]
 
 S99_THRESHOLD = 0.99  # Appendix F: confidence >= 0.99 (0.99 rounded to the computation dtype)
 _MAX_BINS = 2 ** 24  # keeps the exact edge arithmetic in _inner_edges exact
-_CHUNK_ELEMENTS = 2 ** 26  # scores per row chunk of the plain path (accelerators prefer few, large kernels)
-_CPU_CHUNK_ELEMENTS = 2 ** 19  # fast path: 2 MB of fp32 scores per chunk, so its scratch tensors stay in the CPU cache
-_FAST_PATH = True  # the CPU fast path of sample_statistics; tests switch it off to run the plain path on CPU
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Binning (also used by focal_calibration.temperature)
+# Binning (also used by focal_calibration.calibration.temperature)
 # ----------------------------------------------------------------------------------------------------------------
 
 def _exceeds(edge: np.ndarray, k: np.ndarray, n_bins: int) -> np.ndarray:
@@ -153,7 +153,7 @@ def adaptive_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -
 class SampleStatistics:
     """What every metric needs from each sample (row) of ``scores [N, K]``.
 
-    The accumulator sums these; :mod:`focal_calibration.bootstrap` sums them with resampling weights.
+    The accumulator sums these; :mod:`focal_calibration.calibration.bootstrap` sums them with resampling weights.
     Per-row tensors have shape ``[N]`` and the compute dtype unless noted.
     """
     confidence: torch.Tensor  # top-1 probability max_k p_k
@@ -215,10 +215,10 @@ def sample_statistics(scores: torch.Tensor, labels: torch.Tensor, from_logits: b
     row chunks of at most ``2**26`` scores (a few temporaries of that size at a time); on CPU the labelled fast path
     below gives the same results.
     """
-    if scores.device.type == "cpu" and _FAST_PATH:
+    if scores.device.type == "cpu" and constants.METRICS_CPU_FAST_PATH:
         return _sample_statistics_fast(scores, labels, from_logits, n_bins, classwise=classwise)
     num_classes = scores.shape[1]
-    rows = max(1, _CHUNK_ELEMENTS // num_classes)
+    rows = max(1, constants.METRICS_CHUNK_ELEMENTS // num_classes)
     parts = [_chunk_statistics(scores[start:start + rows], labels[start:start + rows], from_logits, n_bins,
                                classwise, start * num_classes) for start in range(0, scores.shape[0], rows)]
     return SampleStatistics.concatenate(parts)
@@ -325,7 +325,7 @@ def _sample_statistics_fast(scores: torch.Tensor, labels: torch.Tensor, from_log
     M = n_bins
     first_edge = _first_edge(M, dtype)
     tolerance = _probability_tolerance(scores.dtype)
-    chunk_rows = max(1, _CPU_CHUNK_ELEMENTS // num_classes)
+    chunk_rows = max(1, constants.METRICS_CPU_CHUNK_ELEMENTS // num_classes)
 
     # Chunk-sized scratch buffers, reused: fresh multi-MB tensors would be page-faulted in on every chunk.
     buffer_rows = min(chunk_rows, n_rows)
@@ -407,7 +407,8 @@ class CalibrationAccumulator:
 
     Equal-width quantities (ECE, MCE, classwise ECE, reliability bins) stream as per-bin sums; AdaECE keeps each
     sample's (confidence, correct) pair (5 bytes per sample for fp32 inputs) and sorts once in :meth:`compute`.
-    Of the ``extra`` metrics (:mod:`focal_calibration.metrics_extra`), ``smece`` streams exactly as sums on its grid;
+    Of the ``extra`` metrics (:mod:`focal_calibration.calibration.extra_metrics`), ``smece`` streams exactly as sums
+    on its grid;
     ``ks``, ``ece_sweep`` and ``debiased_l2_ece`` need the global order of the confidences, so they keep the same
     per-sample pairs as AdaECE. State lives on the device of the first batch.
     """
@@ -626,7 +627,7 @@ def calibration_metrics(labels, *, logits=None, probs=None, n_bins: int = 15,
             equal-mass bins of AdaECE (eq. 3).
         ignore_index: rows with this label are dropped.
         extra: names of metrics beyond the paper to add (``"smece", "ks", "ece_sweep", "debiased_l2_ece"``; see
-            :mod:`focal_calibration.metrics_extra`), in the order given.
+            :mod:`focal_calibration.calibration.extra_metrics`), in the order given.
 
     Returns:
         ``n, accuracy, error, top5_error`` (K >= 5), ``nll, brier, ece, adaece, mce, classwise_ece, s99,

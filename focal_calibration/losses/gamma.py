@@ -15,8 +15,8 @@ from typing import Sequence
 
 import torch
 
-from focal_calibration._internal import check_nonnegative_number, parse_finite_number
-from focal_calibration.focal import gamma_star
+from focal_calibration.losses.math import gamma_star
+from focal_calibration.validation import check_int, check_nonnegative_number, parse_finite_number
 
 __all__ = ["GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy",
            "parse_gamma_policy", "flsc_milestones"]
@@ -28,9 +28,7 @@ class GammaPolicy:
     sample_dependent = False
 
     def set_epoch(self, epoch: int) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-        self.epoch = epoch
+        self.epoch = check_int(epoch, "epoch", 0)
 
     def __call__(self, p_y: torch.Tensor):
         raise NotImplementedError
@@ -171,9 +169,7 @@ def flsc_milestones(epochs: int) -> tuple[int, int]:
     """FLSc's milestones for a run of ``epochs`` epochs: Appendix E's 100 and 250 of 350 epochs as fractions of the
     run (100/350 and 250/350 of ``epochs``, rounded half up), so ``epochs=350`` gives the paper's (100, 250) and a
     30-epoch run (9, 21). Needs at least 3 epochs (three distinct phases)."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 3:
-        raise ValueError(f"an epoch-scheduled γ with three phases needs a run of at least 3 epochs, got "
-                         f"epochs={epochs!r}")
+    check_int(epochs, "epochs (an epoch-scheduled γ with three phases needs a run of at least 3)", 3)
     half = _FLSC_RECIPE_EPOCHS // 2  # exact integer rounding: (epochs·k + 175) // 350
     return tuple((epochs * k + half) // _FLSC_RECIPE_EPOCHS for k in _FLSC_MILESTONE_EPOCHS)
 

@@ -8,14 +8,15 @@ metric is written as a weighted sum over the original rows:
 * accuracy, top-5, NLL, Brier, entropy, S99: ``w @ per-row value / N`` (one matrix product for all of them);
 * ECE (eq. 1) / MCE (eq. 2): per-bin sums ``sum_i w_i 1[bin_i = b] x_i`` (``index_add`` over the rows' bins);
 * classwise ECE: the label's (class, bin) counts and the listed ``p_k > 1/M`` as sparse scatters, the class totals
-  ``w @ P`` (the first bin is total minus upper bins, as in :mod:`focal_calibration.metrics`);
+  ``w @ P`` (the first bin is total minus upper bins, as in :mod:`focal_calibration.calibration.metrics`);
 * AdaECE (eq. 3): sort the confidences once. A row drawn ``w_i`` times is ``w_i`` consecutive ranks of the resample,
   so with tie groups (equal confidences, contiguous in sorted order) of weight ``W_g`` and gap
   ``G_g = sum_{i in g} w_i (correct_i - conf_i)``, the cumulative gap over the first ``x`` ranks is piecewise linear
   in ``x`` (each rank of group g adds ``G_g / W_g``: the tie convention of metrics.py, the group's mean correctness).
   Bin b holds ranks ``[ceil(bM/N)... )``, i.e. ranks r with ``floor(r M / N) = b``; its gap is the cumulative gap at its
   upper boundary minus that at its lower one (one batched ``searchsorted`` per chunk;
-  :class:`focal_calibration.metrics_extra.SortedGroups`, shared with KS, ECE-sweep and the debiased L2 error).
+  :class:`focal_calibration.calibration.extra_metrics.SortedGroups`, shared with KS, ECE-sweep and the debiased L2
+  error).
 
 These equal :func:`calibration_metrics` on the explicitly resampled rows up to float64 rounding (tested).
 
@@ -43,37 +44,15 @@ import math
 import numpy as np
 import torch
 
-from focal_calibration._internal import check_n_bins, compute_dtype, prepare_scores
-from focal_calibration.metrics import S99_THRESHOLD, bin_index, ece_from_sums, probabilities, sample_statistics
-from focal_calibration.metrics_extra import (SMECE_GRID, SortedGroups, adaptive_ece_weighted, check_extra,
-                                             extra_metrics)
+from focal_calibration import constants
+from focal_calibration.calibration.extra_metrics import (SMECE_GRID, SortedGroups, adaptive_ece_weighted, check_extra,
+                                                         extra_metrics)
+from focal_calibration.calibration.metrics import (S99_THRESHOLD, bin_index, ece_from_sums, probabilities,
+                                                   sample_statistics)
+from focal_calibration.validation import check_int, check_n_bins, check_probability_level, compute_dtype, prepare_scores
 
 __all__ = ["bootstrap_ci", "bootstrap_samples"]
 
-_CHUNK_ELEMENTS = 2 ** 21  # elements of each [N, chunk]-sized float64 array (16 MiB)
-_PROB_CHUNK_ELEMENTS = 2 ** 20  # rows of P converted to float64 at a time for w @ P
-
-
-def _check_n_resamples(n_resamples) -> int:
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
-    return int(n_resamples)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
-
-
-def _check_confidence(confidence) -> float:
-    try:
-        value = float(confidence)
-    except (TypeError, ValueError):
-        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}") from None
-    if not 0 < value < 1:  # also rejects NaN
-        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
-    return value
 
 
 def resample_indices(rng: np.random.Generator, n_resamples: int, n_rows: int) -> np.ndarray:
@@ -120,7 +99,7 @@ class _ClasswiseBins:
         label_count = weighted_bin_sums(weights, self.label_bin, None, K * M).view(K, M, -1)
         prob_sum = weighted_bin_sums(weights.index_select(0, self.upper_row), self.upper_bin, self.upper_value,
                                      K * M).view(K, M, -1)
-        rows_per_chunk = max(1, _PROB_CHUNK_ELEMENTS // K)
+        rows_per_chunk = max(1, constants.BOOTSTRAP_PROB_CHUNK_ELEMENTS // K)
         total = sum(self.probs[start:start + rows_per_chunk].to(torch.float64).t()
                     @ weights[start:start + rows_per_chunk] for start in range(0, self.n, rows_per_chunk))
         prob_sum[:, 0] = total - prob_sum[:, 1:].sum(1)  # first bin = class total - upper bins
@@ -130,7 +109,7 @@ class _ClasswiseBins:
 def _probabilities_of(scores: torch.Tensor, from_logits: bool) -> torch.Tensor:
     """The ``N x K`` probabilities as calibration_metrics computes them (compute dtype), in row chunks."""
     dtype = compute_dtype(scores.dtype)
-    rows = max(1, _PROB_CHUNK_ELEMENTS // scores.shape[1])
+    rows = max(1, constants.BOOTSTRAP_PROB_CHUNK_ELEMENTS // scores.shape[1])
     return torch.cat([probabilities(scores[start:start + rows].to(dtype), from_logits)[0]
                       for start in range(0, scores.shape[0], rows)])
 
@@ -160,8 +139,8 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
     """
     M = check_n_bins(n_bins)
     extra = check_extra(extra)
-    n_resamples = _check_n_resamples(n_resamples)
-    seed = _check_seed(seed)
+    n_resamples = check_int(n_resamples, "n_resamples", 1)
+    seed = check_int(seed, "seed", 0)
     scores, labels, from_logits = prepare_scores(labels, logits, probs, None)
     stats = sample_statistics(scores, labels, from_logits, M, classwise=True)  # validates the scores
     n, num_classes = scores.shape
@@ -192,7 +171,7 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
     classwise = _ClasswiseBins(stats, labels, _probabilities_of(scores, from_logits), M)
 
     widest = max(n, stats.upper_value.numel(), num_classes * M, 4 * SMECE_GRID if "smece" in extra else 0)
-    chunk = max(1, _CHUNK_ELEMENTS // widest)
+    chunk = max(1, constants.BOOTSTRAP_CHUNK_ELEMENTS // widest)
     rng = np.random.Generator(np.random.PCG64(seed))
     parts = []
     for start in range(0, n_resamples, chunk):
@@ -246,7 +225,7 @@ def bootstrap_ci(labels, *, logits=None, probs=None, n_bins: int = 15, n_resampl
     interpolation) of its :func:`bootstrap_samples` replicates with the same arguments, computed over the replicates
     where it is defined; None when it is defined in none (``s99_accuracy`` when no resample has an S99 sample).
     """
-    confidence = _check_confidence(confidence)
+    confidence = check_probability_level(confidence)
     samples = bootstrap_samples(labels, logits=logits, probs=probs, n_bins=n_bins, n_resamples=n_resamples,
                                 seed=seed, extra=extra)
     return {key: percentile_interval(values, confidence) for key, values in samples.items()}

@@ -1,4 +1,4 @@
-"""Focal loss with an analytic backward, Proposition 1's g(p, γ), Proposition 2's γ*, and eq. 5.
+"""Focal loss with an analytic backward: the fused path for logits with classes on the last dimension.
 
 Mukhoti et al. (NeurIPS 2020), §4:  L_f = -(1 - p_y)^γ log p_y.
 
@@ -16,37 +16,22 @@ Numerics: log-softmax form, 1 - p = -expm1(log p) (exact as p -> 1), γ p (1-p)^
 
 from __future__ import annotations
 
-from typing import Callable, Union
-
 import math
+from typing import Callable, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import lambertw
 
-from focal_calibration._internal import (check_finite, check_labels_in_range, check_nonnegative_number,
-                                         check_reduction, compute_dtype, prepare_focal_inputs, resolve_backend,
-                                         value_checks_enabled)
+from focal_calibration import constants
+from focal_calibration.losses.backend import resolve_backend
+from focal_calibration.losses.math import focal_terms
+from focal_calibration.validation import (check_finite, check_labels_in_range, check_reduction, compute_dtype,
+                                          prepare_focal_inputs, value_checks_enabled)
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
-__all__ = ["focal_loss", "fused_row_loss", "g", "gamma_star", "optimal_confidence"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Per-row terms shared by the forward, the backward and g()
-
-def focal_terms(log_p: torch.Tensor, gamma) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (loss, g) elementwise from log p_y <= 0: loss = -(1-p)^γ log p, g = g(p, γ) of Proposition 1."""
-    one_minus_p = -torch.expm1(log_p)
-    weight = one_minus_p.pow(gamma)  # 0^0 = 1, so γ = 0 is cross-entropy exactly
-    loss = -weight * log_p
-    # p · log p / (1 - p) is 0/0 at p == 1 and 0·(-inf) at p == 0 (log p = -inf); both become 0. At p == 0 that is the
-    # limit; at p == 1 the limit is -1, but there weight = 0^γ is 0 (γ > 0) or γ is 0, so g is the same exactly.
-    # One nan_to_num instead of two where()s: 12 small ops instead of 17 (it runs once per batch on small batches).
-    p_ratio = torch.nan_to_num(torch.exp(log_p) * (log_p / one_minus_p), nan=0.0)
-    return loss, weight * (1.0 - gamma * p_ratio)
+__all__ = ["focal_loss", "fused_row_loss", "Gamma"]
 
 
 class _FocalLossFunction(torch.autograd.Function):
@@ -112,12 +97,6 @@ class _FocalLossFunction(torch.autograd.Function):
         grad.mul_(coef)  # softmax · coef
         grad.scatter_add_(1, safe_target[:, None], -coef)
         return (grad.to(ctx.logits_dtype),) + (None,) * (len(ctx.needs_input_grad) - 1)
-
-
-# Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
-# than its N·K arithmetic: the largest N·K = 2^p at which that path was at least as fast as the fused one for K = 10,
-# 100 and 1000 and every smaller 2^p (benchmarks/focal_loss.py --crossover --threads 1; README, Benchmarks).
-SMALL_BATCH_ELEMENTS = 2 ** 16
 
 
 def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, ignore_index: int,
@@ -190,8 +169,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
         keep_softmax: keep the forward's softmax and turn it into the gradient in place (fastest; the graph can be
             backpropagated once). ``False`` keeps one number per row instead and recomputes the softmax in the
             backward (least memory between forward and backward; allows ``retain_graph``). Batches of at most
-            ``SMALL_BATCH_ELEMENTS`` logits take the small-batch path, where neither restriction applies.
-        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.focal_triton` for CUDA float32 /
+            ``constants.SMALL_BATCH_ELEMENTS`` logits take the small-batch path, where neither restriction applies.
+        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
+        float32 /
             float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
             ``"triton"``.
 
@@ -201,15 +181,15 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
     """
     check_reduction(reduction)
     backend = resolve_backend(backend, logits)
-    small = backend == "torch" and logits.numel() <= SMALL_BATCH_ELEMENTS
+    small = backend == "torch" and logits.numel() <= constants.SMALL_BATCH_ELEMENTS
     logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss",
                                                       check_labels=not (small and logits.is_cpu))
     if small:
         loss = _focal_loss_small_batch(logits2d, target1d, gamma, ignore_index, reduction)
         return loss.reshape(target.shape) if reduction == "none" else loss
     if backend == "triton":
-        from focal_calibration import focal_triton  # imports triton: only when asked for
-        loss = focal_triton.focal_loss_rows(logits2d, target1d, gamma, ignore_index)
+        from focal_calibration.losses import triton_kernels  # imports triton: only when asked for
+        loss = triton_kernels.focal_loss_rows(logits2d, target1d, gamma, ignore_index)
     else:
         loss = _FocalLossFunction.apply(logits2d, target1d, gamma, ignore_index, keep_softmax)
     if reduction == "none":
@@ -228,82 +208,8 @@ def fused_row_loss(logits2d: torch.Tensor, target1d: torch.Tensor, row_terms, pa
 
     ``row_terms(log_p, θ) -> (loss, c)`` with c = -dL/d(log p_y), elementwise over the rows; ``param`` θ is a number,
     a per-row tensor or a callable of the detached p_y. Inputs are already flattened and checked (``logits2d [N, K]``,
-    ``target1d [N]``, as :class:`focal_calibration.losses.CalibrationLoss` does); ignored rows give 0.
+    ``target1d [N]``, as :class:`focal_calibration.losses.modules.CalibrationLoss` does); ignored rows give 0.
     """
     return _FocalLossFunction.apply(logits2d, target1d, param, ignore_index, keep_softmax, row_terms)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Proposition 1 and 2, eq. 5
-
-def g(p, gamma):
-    """g(p, γ) = (1-p)^γ - γ p (1-p)^(γ-1) log p  (Proposition 1): the factor by which focal loss scales the
-    cross-entropy gradient of a sample whose true-class probability is p. g(0, γ) = 1; g(1, γ) = 0 for γ > 0.
-
-    Accepts numbers, numpy arrays or torch tensors (returned in the same kind; numbers and numpy in float64).
-    """
-    is_tensor = isinstance(p, torch.Tensor)
-    p_t = p if is_tensor else torch.as_tensor(np.asarray(p, dtype=np.float64))
-    gamma_t = gamma if isinstance(gamma, torch.Tensor) else torch.as_tensor(np.asarray(gamma, dtype=np.float64))
-    if bool(((p_t < 0) | (p_t > 1) | torch.isnan(p_t)).any()):
-        raise ValueError(f"p must lie in [0, 1], got {p}")
-    if bool((gamma_t < 0).any()):
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    _, factor = focal_terms(torch.log(p_t), gamma_t.to(p_t.dtype))
-    if is_tensor:
-        return factor
-    return float(factor) if factor.dim() == 0 else factor.numpy()
-
-
-def gamma_star(p0):
-    """γ* of Proposition 2: the γ with g(p0, γ) = 1, so that g(p, γ*) < 1 for p > p0 and > 1 for p < p0.
-
-        γ* = a/b + W_{-1}(-a^(1 - a/b) log(a) / b) / log(a),   a = 1 - p0,  b = p0 log p0,
-
-    with W_{-1} the lower branch of the Lambert-W function. Defined for 0 < p0 < 0.5 (for p0 >= 0.5 there is no
-    positive solution). γ*(0.2) ≈ 4.85 and γ*(0.25) ≈ 3.07, the two γ of FLSD-53. Accepts a number or an array.
-    """
-    p0_arr = np.asarray(p0, dtype=np.float64)
-    bad = ~((p0_arr > 0) & (p0_arr < 0.5))
-    if bad.any():
-        raise ValueError(f"p0 must lie in the open interval (0, 0.5), got {float(p0_arr[bad].reshape(-1)[0])}")
-    a = 1.0 - p0_arr
-    b = p0_arr * np.log(p0_arr)
-    log_a = np.log(a)
-    w = lambertw(-np.power(a, 1.0 - a / b) * log_a / b, k=-1).real
-    out = a / b + w / log_a
-    return float(out) if out.ndim == 0 else out
-
-
-def optimal_confidence(q, gamma, *, tol: float = 1e-10):
-    """The minimiser p̂ of eq. 5, -(1-x)^γ q log x - x^γ (1-q) log(1-x) over x in [0, 1] (binary case, soft target q).
-
-    For γ = 0 (cross-entropy) p̂ = q; focal loss pulls p̂ towards 0.5 (Fig. 6). Vectorised over q: a grid search
-    brackets the minimum, then golden-section search refines all q at once to ``tol``.
-    """
-    gamma = check_nonnegative_number(gamma, "gamma")
-    q_arr = np.asarray(q, dtype=np.float64)
-    if ((q_arr < 0) | (q_arr > 1) | np.isnan(q_arr)).any():
-        raise ValueError(f"q must lie in [0, 1], got {q}")
-    q_col = q_arr.reshape(-1, 1)
-
-    def objective(x):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pos = np.where(q_col > 0, -(1 - x) ** gamma * q_col * np.log(x), 0.0)
-            neg = np.where(q_col < 1, -(x ** gamma) * (1 - q_col) * np.log1p(-x), 0.0)
-        return np.nan_to_num(pos + neg, nan=np.inf)
-
-    grid = np.linspace(0.0, 1.0, 2001)[None, :]
-    best = np.argmin(objective(grid), axis=1)
-    step = grid[0, 1]
-    lo = np.clip(grid[0, best] - step, 0.0, 1.0)[:, None]
-    hi = np.clip(grid[0, best] + step, 0.0, 1.0)[:, None]
-    inv_phi = (np.sqrt(5.0) - 1.0) / 2.0
-    while (hi - lo).max() > tol:
-        x1 = hi - inv_phi * (hi - lo)
-        x2 = lo + inv_phi * (hi - lo)
-        left_better = objective(x1) <= objective(x2)
-        hi = np.where(left_better, x2, hi)
-        lo = np.where(left_better, lo, x1)
-    out = ((lo + hi) / 2).reshape(q_arr.shape)
-    return float(out) if out.ndim == 0 else out

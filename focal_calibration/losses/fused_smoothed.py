@@ -6,7 +6,7 @@ The paper's focal loss with a soft target s (eq. 5 in the binary case, written f
 
 (the smoothed target of §5.1 / Müller et al. 2019, which is also fairseq's ``label_smoothed_cross_entropy``: the
 true class gets 1 - α, every other class α / (K - 1)). At γ = 0 it is label-smoothed cross-entropy exactly; at α = 0
-it is the focal loss of :func:`focal_calibration.focal.focal_loss`.
+it is the focal loss of :func:`focal_calibration.losses.fused.focal_loss`.
 
 Backward: with f(p) = -(1-p)^γ log p, p f'(p) = -g(p, γ) (Proposition 1's factor), so
 
@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import torch
 
-from focal_calibration._internal import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
-                                         prepare_focal_inputs, resolve_backend, value_checks_enabled)
-from focal_calibration.focal import Gamma, focal_terms
+from focal_calibration import constants
+from focal_calibration.losses.backend import resolve_backend
+from focal_calibration.losses.fused import Gamma
+from focal_calibration.losses.math import focal_terms
+from focal_calibration.validation import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
+                                          prepare_focal_inputs, value_checks_enabled)
 
 __all__ = ["focal_label_smoothed_loss"]
 
-_CHUNK_ELEMENTS = 2 ** 20  # rows per chunk = this / K: the per-class temporaries stay a few MB
 
 
 def _row_chunks(n_rows: int, num_classes: int):
-    step = max(1, _CHUNK_ELEMENTS // num_classes)
+    step = max(1, constants.SMOOTHED_FOCAL_CHUNK_ELEMENTS // num_classes)
     return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
@@ -97,7 +99,8 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
         reduction: "mean" (over non-ignored rows), "sum" or "none".
         return_nll: also return the (detached) negative log-likelihood -log p_y with the same reduction, for logging
             perplexity without a second pass over the logits.
-        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.focal_triton` for CUDA float32 /
+        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
+        float32 /
             float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
             ``"triton"``.
     """
@@ -112,8 +115,8 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
         raise ValueError(f"label smoothing needs at least 2 classes, got K={logits2d.shape[1]}")
 
     if backend == "triton":
-        from focal_calibration import focal_triton  # imports triton: only when asked for
-        loss, nll = focal_triton.focal_smoothed_rows(logits2d, target1d, gamma, alpha, ignore_index)
+        from focal_calibration.losses import triton_kernels  # imports triton: only when asked for
+        loss, nll = triton_kernels.focal_smoothed_rows(logits2d, target1d, gamma, alpha, ignore_index)
     else:
         loss, nll = _FocalSmoothedFunction.apply(logits2d, target1d, gamma, alpha, ignore_index)
     if reduction == "none":

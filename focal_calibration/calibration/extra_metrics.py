@@ -2,7 +2,8 @@
 
 All four measure top-label calibration: the confidence ``c_i = max_k p_ik`` against ``correct_i = 1[argmax = y_i]``,
 with N samples. They are written for sample weights ``w [N, R]``, one column per resample (multinomial bootstrap
-counts summing to N; a plain evaluation is one column of ones), so :mod:`focal_calibration.bootstrap` evaluates them
+counts summing to N; a plain evaluation is one column of ones), so :mod:`focal_calibration.calibration.bootstrap`
+evaluates them
 for all resamples at once. (Samples on the first axis: gathering and scattering whole rows of R weights is fast.)
 
 * ``ks`` — KS calibration error (Gupta et al., "Calibration of Neural Networks using Splines", ICLR 2021, eq. 6 /
@@ -39,15 +40,27 @@ import math
 
 import torch
 
-from focal_calibration._internal import ascending_order
-
-__all__ = ["EXTRA_METRICS", "check_extra", "extra_metrics", "SortedGroups", "adaptive_ece_weighted", "ks_error",
-           "ece_sweep", "debiased_l2_ece", "smooth_ece", "smece_grid_sums", "smooth_ece_from_grid", "SMECE_GRID"]
+__all__ = ["ascending_order", "EXTRA_METRICS", "check_extra", "extra_metrics", "SortedGroups", "adaptive_ece_weighted",
+           "ks_error", "ece_sweep", "debiased_l2_ece", "smooth_ece", "smece_grid_sums", "smooth_ece_from_grid",
+           "SMECE_GRID"]
 
 EXTRA_METRICS = ("smece", "ks", "ece_sweep", "debiased_l2_ece")
 ORDER_BASED = ("ks", "ece_sweep", "debiased_l2_ece")  # need the global order of the confidences
 SMECE_GRID = 2048  # grid intervals on [0, 1] for the smooth ECE
 _SWEEP_TOLERANCE = 1e-12  # accuracies that differ by less count as equal (rounding of tie-group means)
+
+
+def ascending_order(values: torch.Tensor) -> torch.Tensor:
+    """Indices that sort each row of non-negative ``values [R, N]`` ascending (ties in any order).
+
+    FAST PATH on CPU, measured 15x faster than ``values.sort(dim=-1)`` for one row of 100,000 float32 values (2 ms vs
+    29 ms, 1 thread): non-negative floats order like their bit patterns and integer sorts are radix sorts; one 1-D
+    sort per row also beats a batched sort (0.8 s vs 2.7 s for 100 x 100,000). Elsewhere the plain float sort.
+    """
+    if values.device.type != "cpu":
+        return values.sort(dim=-1).indices
+    keys = values.contiguous().view(torch.int64 if values.dtype == torch.float64 else torch.int32)
+    return torch.stack([row.sort().indices for row in keys])
 
 
 def check_extra(extra) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ Guo et al. instead minimise the NLL over a continuous T. Both are here: ``method
 
 The grid is evaluated for all temperatures at once: the prediction (argmax) does not depend on T > 0, so per T only
 ``log sum_k exp((z_k - z_max) / T)`` is needed, computed on ``[chunk_T, rows, K]`` blocks of at most
-``max_chunk_elements`` numbers. ECE / AdaECE use the binning of :mod:`focal_calibration.metrics`.
+``max_chunk_elements`` numbers. ECE / AdaECE use the binning of :mod:`focal_calibration.calibration.metrics`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from focal_calibration._internal import check_choice, check_finite, check_n_bins, compute_dtype, prepare_scores
-from focal_calibration.metrics import adaptive_ece, ece_from_sums, equal_width_sums
+from focal_calibration import constants
+from focal_calibration.calibration.metrics import adaptive_ece, ece_from_sums, equal_width_sums
+from focal_calibration.validation import (check_choice, check_finite, check_grid, check_int, check_n_bins,
+                                          compute_dtype, prepare_scores)
 
 __all__ = ["fit_temperature", "TemperatureFit", "DEFAULT_TEMPERATURES"]
 
 DEFAULT_TEMPERATURES = np.arange(1, 101) / 10  # the paper's 0.1, ..., 10.0, each exactly k/10 (not summed steps)
 OBJECTIVES = ("ece", "adaece", "nll")
 METHODS = ("grid", "lbfgs")
-_CACHE_BLOCK = 2 ** 22  # elements per [temperatures, rows, K] block on CPU (16 MB in fp32)
 
 
 @dataclass
@@ -43,21 +44,8 @@ class TemperatureFit:
         return logits / self.temperature
 
 
-def _check_grid(temperatures) -> np.ndarray:
-    if temperatures is None:
-        return DEFAULT_TEMPERATURES.copy()
-    grid = np.asarray(temperatures.cpu() if isinstance(temperatures, torch.Tensor) else temperatures,
-                      dtype=np.float64).reshape(-1)
-    if grid.size == 0:
-        raise ValueError("temperatures must not be empty")
-    bad = grid[~(np.isfinite(grid) & (grid > 0))]
-    if bad.size:
-        raise ValueError(f"temperatures must be finite and > 0, got {float(bad[0])}")
-    return np.unique(grid)  # ascending, so the first minimum is the smallest T (as the paper's loop)
-
-
 def _block_elements(max_chunk_elements: int, device: torch.device) -> int:
-    return min(max_chunk_elements, _CACHE_BLOCK) if device.type == "cpu" else max_chunk_elements
+    return min(max_chunk_elements, constants.CPU_CACHE_BLOCK_ELEMENTS) if device.type == "cpu" else max_chunk_elements
 
 
 def _check_finite_in_blocks(logits: torch.Tensor, block: int) -> None:
@@ -87,7 +75,8 @@ def _curves(logits, labels, grid, n_bins, max_chunk_elements):
     temps = torch.tensor(grid, dtype=dtype, device=device)
     n_temps = len(grid)
 
-    # Blocks of [chunk_t, chunk_rows, K] <= max_chunk_elements, and <= _CACHE_BLOCK so the three passes over a
+    # Blocks of [chunk_t, chunk_rows, K] <= max_chunk_elements, and <= constants.CPU_CACHE_BLOCK_ELEMENTS so the three
+    # passes over a
     # block (divide, exp, sum) mostly hit the cache.
     block = _block_elements(max_chunk_elements, device)
     chunk_rows = max(1, min(n, block // k))
@@ -171,10 +160,9 @@ def fit_temperature(logits, labels, objective: str = "ece", *, method: str = "gr
     if method == "lbfgs" and objective != "nll":
         raise ValueError(f"method='lbfgs' fits the NLL only; got objective={objective!r} (use method='grid')")
     n_bins = check_n_bins(n_bins)
-    if isinstance(max_chunk_elements, bool) or not isinstance(max_chunk_elements, (int, np.integer)) \
-            or max_chunk_elements < 1:
-        raise ValueError(f"max_chunk_elements must be an integer >= 1, got {max_chunk_elements!r}")
-    grid = _check_grid(temperatures)
+    max_chunk_elements = check_int(max_chunk_elements, "max_chunk_elements", 1)
+    # ascending, so the first minimum is the smallest T (as the paper's loop)
+    grid = check_grid(temperatures, "temperatures", default=DEFAULT_TEMPERATURES)
     logits, labels, _ = prepare_scores(labels, logits, None, ignore_index)
     if logits.shape[0] == 0:
         raise ValueError(f"empty input: every label is ignore_index={ignore_index}")

@@ -5,9 +5,9 @@ One entry point, :func:`evaluate_calibration`, turns validation and test logits 
 * T is chosen on the **validation** set by a grid search minimising ECE over T = 0.1, 0.2, ..., 10 (§5.1, approach
   (b), "which we find to produce stronger baselines"); the NLL-fitted T (approach (a), Guo et al.) is reported too.
 * Test metrics (error, top-5 error, NLL, Brier, ECE, AdaECE, MCE, classwise ECE, S99 and its accuracy, entropy) come
-  from :func:`focal_calibration.metrics.calibration_metrics` before scaling, at T_ece and at T_nll.
+  from :func:`focal_calibration.calibration.metrics.calibration_metrics` before scaling, at T_ece and at T_nll.
 * Beyond the paper, the same test metrics after vector scaling and matrix scaling (Guo et al. 2017) fitted on the
-  validation split (:mod:`focal_calibration.scaling`), with the policy of :func:`matrix_scaling_plan`.
+  validation split (:mod:`focal_calibration.calibration.scaling`), with the policy of :func:`matrix_scaling_plan`.
 
 A results JSON per run (:func:`make_run_record`, :func:`write_json_atomic`) holds
 ``{"suite", "dataset", "model", "loss", "seed", "args", "evaluation", "paths"}``; ``scripts/results_table.py`` reads
@@ -23,15 +23,13 @@ from typing import Iterable, Mapping
 
 import torch
 
-from focal_calibration._internal import as_tensor, check_choice, check_n_bins, json_ready
-from focal_calibration.checkpoint import atomic_write
-from focal_calibration.metrics import calibration_metrics, reliability_bins
-from focal_calibration.scaling import fit_matrix_scaling, fit_vector_scaling
-from focal_calibration.temperature import fit_temperature
+from focal_calibration.calibration.metrics import calibration_metrics, reliability_bins
+from focal_calibration.calibration.scaling import fit_matrix_scaling, fit_vector_scaling
+from focal_calibration.calibration.temperature import fit_temperature
+from focal_calibration.validation import as_tensor, check_choice, check_n_bins
 
-__all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diagrams", "write_json_atomic",
-           "write_text_atomic", "read_results", "make_run_record", "RESULTS_FORMAT_VERSION",
-           "MATRIX_SCALING_COST_LIMIT"]
+__all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diagrams", "read_results",
+           "make_run_record", "RESULTS_FORMAT_VERSION", "MATRIX_SCALING_COST_LIMIT"]
 
 RESULTS_FORMAT_VERSION = 1
 MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")
@@ -88,8 +86,10 @@ def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_
         minimising validation NLL, L-BFGS on log T), "pre", "post", "post_nll" (test metrics before scaling, at
         T and at T_nll), "val_pre", "val_post" (validation metrics before scaling and at T), "post_vs", "post_ms"
         (test metrics after vector / matrix scaling fitted on the validation split, or None when skipped),
-        "vector_scaling", "matrix_scaling" (the fits' :meth:`~focal_calibration.scaling.ScalingFit.summary`, or
-        ``{"skipped": reason}``)}``; every metric dict is :func:`~focal_calibration.metrics.calibration_metrics`'s
+        "vector_scaling", "matrix_scaling" (the fits'
+        :meth:`~focal_calibration.calibration.scaling.ScalingFit.summary`, or
+        ``{"skipped": reason}``)}``; every metric dict is
+        :func:`~focal_calibration.calibration.metrics.calibration_metrics`'s
         (fractions, not %).
     """
     n_bins = check_n_bins(n_bins)
@@ -173,19 +173,6 @@ def save_reliability_diagrams(test_logits, test_labels, temperature: float, out_
         reliability_diagram(bins, title=f"{title}: {label}" if title else label, path=path)
         paths.append(path)
     return paths
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Results files
-
-def write_text_atomic(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a result table is the old one or the new one, never half."""
-    return atomic_write(path, lambda handle: handle.write(text), binary=False)
-
-
-def write_json_atomic(path, obj) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    return write_text_atomic(path, json.dumps(json_ready(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def make_run_record(*, suite: str, dataset: str, model: str, loss: str, seed, args: Mapping, evaluation: Mapping,

@@ -3,7 +3,7 @@ loss in the paper's order (CE, Brier, MMCE, LS-0.05, FL-1/2/3, FLSc, FLSD; other
 "pre / post (T)" in % with T chosen on validation ECE (§5.1). Runs that share dataset, model and loss (several seeds)
 are summarised as mean ± std over the runs (sample std, ddof = 1) and the cell says how many (``n=3``). Metrics that
 temperature scaling cannot change (error, top-5 error) get one number per cell. Records come from
-:func:`focal_calibration.evaluation.read_results`; the metrics beyond the paper (smECE, KS, ECE-sweep, debiased
+:func:`focal_calibration.experiments.records.read_results`; the metrics beyond the paper (smECE, KS, ECE-sweep, debiased
 L2-ECE), which the trainers do not compute, are added from each run's saved test logits by :func:`with_extra_metrics`.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from focal_calibration.evidence import seed_summary
-from focal_calibration.metrics import calibration_metrics
-from focal_calibration.metrics_extra import EXTRA_METRICS
+from focal_calibration.calibration.extra_metrics import EXTRA_METRICS
+from focal_calibration.calibration.metrics import calibration_metrics
+from focal_calibration.experiments.evidence import seed_summary
 
 __all__ = ["PAPER_ORDER", "LOSS_TITLES", "METRICS", "build_table", "to_markdown", "to_latex", "with_extra_metrics"]
 

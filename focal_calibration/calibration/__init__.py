@@ -1,0 +1,25 @@
+"""Measuring and fixing calibration: metrics (with their written-down bin conventions), bootstrap intervals,
+temperature scaling and the other post-hoc maps (vector / matrix scaling, Dirichlet calibration).
+
+* :mod:`~focal_calibration.calibration.metrics` — ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99, and the
+  streaming :class:`~focal_calibration.calibration.metrics.CalibrationAccumulator`.
+* :mod:`~focal_calibration.calibration.extra_metrics` — beyond the paper: smooth ECE, KS, ECE-sweep, debiased L2-ECE.
+* :mod:`~focal_calibration.calibration.bootstrap` — percentile intervals of every metric.
+* :mod:`~focal_calibration.calibration.temperature` — the paper's temperature fit (ECE grid) and NLL fits.
+* :mod:`~focal_calibration.calibration.scaling` — vector / matrix scaling and Dirichlet calibration.
+
+Nothing here imports the losses: calibration is measured the same way whatever trained the model.
+"""
+
+from focal_calibration.calibration.bootstrap import bootstrap_ci, bootstrap_samples
+from focal_calibration.calibration.metrics import (CalibrationAccumulator, ReliabilityBins, calibration_metrics,
+                                                   reliability_bins)
+from focal_calibration.calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
+from focal_calibration.calibration.temperature import TemperatureFit, fit_temperature
+
+__all__ = [
+    "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
+    "bootstrap_ci", "bootstrap_samples",
+    "fit_temperature", "TemperatureFit",
+    "fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit",
+]

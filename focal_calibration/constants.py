@@ -1,0 +1,33 @@
+"""The package's tuning constants, in one place: how big a chunk of work is, and where a fast path starts.
+
+None of them changes a result beyond float rounding; each was chosen by a measurement named beside it. Modules read
+them at call time (``constants.NAME``), so a test can shrink one to exercise the chunked code on small inputs.
+"""
+
+__all__ = ["SMALL_BATCH_ELEMENTS", "SMOOTHED_FOCAL_CHUNK_ELEMENTS", "METRICS_CHUNK_ELEMENTS",
+           "METRICS_CPU_CHUNK_ELEMENTS",
+           "BOOTSTRAP_CHUNK_ELEMENTS", "BOOTSTRAP_PROB_CHUNK_ELEMENTS", "CPU_CACHE_BLOCK_ELEMENTS",
+           "METRICS_CPU_FAST_PATH"]
+
+# --- losses
+# Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
+# than its N·K arithmetic: the largest N·K = 2^p at which that path was at least as fast as the fused one for K = 10,
+# 100 and 1000 and every smaller 2^p (benchmarks/focal_loss.py --crossover --threads 1; docs, Benchmarks).
+SMALL_BATCH_ELEMENTS = 2 ** 16
+# Rows per chunk of the label-smoothed focal loss = this / K: its per-class temporaries stay a few MB.
+SMOOTHED_FOCAL_CHUNK_ELEMENTS = 2 ** 20
+
+# --- calibration
+# Scores per row chunk of the metrics' plain path (accelerators prefer few, large kernels).
+METRICS_CHUNK_ELEMENTS = 2 ** 26
+# The metrics' CPU fast path: 2 MB of fp32 scores per chunk, so its scratch tensors stay in the CPU cache.
+METRICS_CPU_CHUNK_ELEMENTS = 2 ** 19
+# Elements of each [N, resamples-chunk] float64 array of the bootstrap (16 MiB).
+BOOTSTRAP_CHUNK_ELEMENTS = 2 ** 21
+# Elements of the probabilities converted to float64 at a time for the bootstrap's w @ P.
+BOOTSTRAP_PROB_CHUNK_ELEMENTS = 2 ** 20
+# Elements per block of the temperature and scaling fits on CPU (16 MB in fp32): a block's passes mostly hit the cache.
+CPU_CACHE_BLOCK_ELEMENTS = 2 ** 22
+# Whether the metrics take their CPU fast path (the same numbers, several times faster); tests and the metrics
+# benchmark switch it off to run the plain, readable definition on CPU.
+METRICS_CPU_FAST_PATH = True
