@@ -11,30 +11,12 @@ The package is layered: :mod:`focal_calibration.losses` and :mod:`focal_calibrat
 :mod:`focal_calibration.experiments` is the reproduction suites' tooling, above everything else.
 """
 
-from focal_calibration.calibration import (CalibrationAccumulator, ReliabilityBins, ScalingFit, TemperatureFit,
-                                           bootstrap_ci, bootstrap_samples, calibration_metrics, fit_dirichlet,
-                                           fit_matrix_scaling, fit_temperature, fit_vector_scaling, reliability_bins)
-from focal_calibration.losses import (BEYOND_PAPER_LOSS_SPECS, PAPER_LOSS_SPECS, AdaFocalLoss, BrierLoss,
-                                      CalibrationLoss, CrossEntropyLoss, DualFocalLoss, EpochScheduledGamma, FixedGamma,
-                                      FocalLoss, GammaPolicy, InverseFocalLoss, LabelSmoothingLoss,
-                                      MarginLabelSmoothingLoss, MMCELoss, PolyLoss, SampleDependentGamma, build_loss,
-                                      flsc_milestones, focal_label_smoothed_loss, focal_loss, fused_row_loss, g,
-                                      gamma_star, mmce_weighted, optimal_confidence, parse_gamma_policy,
-                                      prop2_gamma_policy)
+from focal_calibration import calibration as _calibration
+from focal_calibration import losses as _losses
+from focal_calibration.calibration import *  # noqa: F401,F403  (the user's API is the subpackages' __all__)
+from focal_calibration.losses import *  # noqa: F401,F403
 from focal_calibration.validation import set_value_checks
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "focal_loss", "fused_row_loss", "focal_label_smoothed_loss", "g", "gamma_star", "optimal_confidence",
-    "GammaPolicy", "FixedGamma", "EpochScheduledGamma", "SampleDependentGamma", "prop2_gamma_policy",
-    "parse_gamma_policy", "flsc_milestones",
-    "CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss", "mmce_weighted",
-    "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
-    "build_loss", "PAPER_LOSS_SPECS", "BEYOND_PAPER_LOSS_SPECS",
-    "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
-    "bootstrap_ci", "bootstrap_samples",
-    "fit_temperature", "TemperatureFit",
-    "fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit",
-    "set_value_checks",
-]
+__all__ = [*_losses.__all__, *_calibration.__all__, "set_value_checks"]
