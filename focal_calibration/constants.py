@@ -7,7 +7,7 @@ them at call time (``constants.NAME``), so a test can shrink one to exercise the
 __all__ = ["SMALL_BATCH_ELEMENTS", "SMOOTHED_FOCAL_CHUNK_ELEMENTS", "METRICS_CHUNK_ELEMENTS",
            "METRICS_CPU_CHUNK_ELEMENTS",
            "BOOTSTRAP_CHUNK_ELEMENTS", "BOOTSTRAP_PROB_CHUNK_ELEMENTS", "CPU_CACHE_BLOCK_ELEMENTS",
-           "METRICS_CPU_FAST_PATH"]
+           "METRICS_CPU_FAST_PATH", "SOFT_TARGET_CHUNK_ELEMENTS", "UNSCHEDULED_LOSS_WARNING_CALLS"]
 
 # --- losses
 # Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
@@ -16,6 +16,13 @@ __all__ = ["SMALL_BATCH_ELEMENTS", "SMOOTHED_FOCAL_CHUNK_ELEMENTS", "METRICS_CHU
 SMALL_BATCH_ELEMENTS = 2 ** 16
 # Rows per chunk of the label-smoothed focal loss = this / K: its per-class temporaries stay a few MB.
 SMOOTHED_FOCAL_CHUNK_ELEMENTS = 2 ** 20
+# Logits per chunk of the soft-target (probability-target / label-smoothed) losses of the nn.CrossEntropyLoss contract:
+# their per-class temporaries (s, the terms, c) stay a few MB.
+SOFT_TARGET_CHUNK_ELEMENTS = 2 ** 18
+# Forward calls after which an epoch-scheduled (FLSc) or validation-driven (AdaFocal) loss that was never given an
+# epoch (set_epoch) or a validation (observe_validation) warns once: ~2.5 epochs of CIFAR-10 at batch 128 (391 steps
+# an epoch), well past the first epoch's end, where a training loop that drives the loss has made the call.
+UNSCHEDULED_LOSS_WARNING_CALLS = 1000
 
 # --- calibration
 # Scores per row chunk of the metrics' plain path (accelerators prefer few, large kernels).

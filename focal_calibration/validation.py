@@ -21,12 +21,8 @@ import torch
 __all__ = ["set_value_checks", "value_checks_enabled", "as_tensor", "check_int", "check_number",
            "check_nonnegative_number", "check_probability_level", "check_grid", "parse_finite_number", "check_choice",
            "check_reduction", "check_n_bins", "flatten_scores_and_labels", "check_labels_in_range", "check_finite",
-           "compute_dtype", "prepare_focal_inputs", "prepare_scores"]
-
-__all__ = ["set_value_checks", "value_checks_enabled", "as_tensor", "check_int", "check_number",
-           "check_nonnegative_number", "check_probability_level", "check_grid", "parse_finite_number", "check_choice",
-           "check_reduction", "check_n_bins", "flatten_scores_and_labels", "check_labels_in_range", "check_finite",
-           "compute_dtype", "prepare_focal_inputs", "prepare_scores"]
+           "compute_dtype", "prepare_focal_inputs", "prepare_scores",
+           "prepare_gamma", "check_label_smoothing", "check_class_weight", "prepare_class_dim_inputs"]
 
 _VALUE_CHECKS_ON_ACCELERATORS = os.environ.get("FOCAL_CALIBRATION_CHECKS", "0") not in ("", "0", "false", "False")
 
@@ -198,20 +194,28 @@ def prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str, *, ch
         raise ValueError(f"{caller} got an empty batch (logits shape {tuple(logits.shape)})")
     if check_labels and value_checks_enabled(target1d):
         check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
+    gamma = prepare_gamma(gamma, target.shape)
+    if isinstance(gamma, torch.Tensor) and gamma.dim() > 0:
+        gamma = gamma.reshape(-1)
+    return logits2d, target1d, gamma
+
+
+def prepare_gamma(gamma, sample_shape):
+    """A focal loss's γ, checked: a number >= 0 (as a float), a detached tensor of one γ per sample (shape
+    ``sample_shape``, the target's shape for class indices) or a 0-d tensor, or a callable of the detached
+    probabilities (a sample-dependent policy), returned as is."""
     if isinstance(gamma, torch.Tensor):
-        if gamma.dim() > 0:
-            if gamma.shape != target.shape:
-                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target.shape)}, "
-                                 f"got {tuple(gamma.shape)}")
-            gamma = gamma.reshape(-1)
+        if gamma.dim() > 0 and gamma.shape != sample_shape:
+            raise ValueError(f"a per-sample gamma must have the target's shape {tuple(sample_shape)}, "
+                             f"got {tuple(gamma.shape)}")
         if value_checks_enabled(gamma):
             bad = (gamma < 0) | ~torch.isfinite(gamma)
             if bool(bad.any()):
                 raise ValueError(f"gamma must be >= 0, got {float(gamma[bad].reshape(-1)[0])}")
-        return logits2d, target1d, gamma.detach()
+        return gamma.detach()
     if callable(gamma):
-        return logits2d, target1d, gamma
-    return logits2d, target1d, check_nonnegative_number(gamma, "gamma")
+        return gamma
+    return check_nonnegative_number(gamma, "gamma")
 
 
 def prepare_scores(labels, logits, probs, ignore_index):
@@ -234,3 +238,77 @@ def prepare_scores(labels, logits, probs, ignore_index):
     return scores, labels.long(), logits is not None
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The loss contract of nn.CrossEntropyLoss: classes on dim 1, class-index or class-probability targets, weight,
+# label_smoothing
+
+def check_label_smoothing(value) -> float:
+    """``label_smoothing`` as ``nn.CrossEntropyLoss`` takes it: a number in [0, 1]."""
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"label_smoothing must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= alpha <= 1.0:  # also rejects NaN
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {value!r}")
+    return alpha
+
+
+def check_class_weight(weight, num_classes: int | None = None, caller: str = "the loss"):
+    """``weight`` as ``nn.CrossEntropyLoss`` takes it: None, or a 1-D floating tensor of one weight per class
+    (``num_classes`` of them when given), finite and >= 0 (read only where value checks are on)."""
+    if weight is None:
+        return None
+    if not isinstance(weight, torch.Tensor):
+        hint = " (gamma and the other options are keyword arguments)" if isinstance(weight, (int, float)) else ""
+        raise TypeError(f"weight of {caller} must be a 1-D tensor of per-class weights or None, got {weight!r}{hint}")
+    if not weight.is_floating_point() or weight.dim() != 1:
+        raise ValueError(f"weight of {caller} must be a 1-D floating-point tensor of per-class weights, got dtype "
+                         f"{weight.dtype} and shape {tuple(weight.shape)}")
+    if num_classes is not None and weight.numel() != num_classes:
+        raise ValueError(f"weight of {caller} must hold one weight per class ({num_classes} classes), got "
+                         f"{weight.numel()} weights")
+    if value_checks_enabled(weight):
+        bad = ~torch.isfinite(weight) | (weight < 0)
+        if bool(bad.any()):
+            raise ValueError(f"weight of {caller} must be finite and >= 0, got {float(weight[bad][0])}")
+    return weight
+
+
+def prepare_class_dim_inputs(logits: torch.Tensor, target: torch.Tensor, caller: str):
+    """Check a loss's ``input`` / ``target`` against ``nn.CrossEntropyLoss``'s contract and tell the target kind.
+
+    ``logits``: ``[N, C]`` or ``[N, C, d1, ..., dk]`` (classes on dim 1), or ``[C]`` (one unbatched sample).
+    ``target``: integer class indices of shape ``[N]`` / ``[N, d1, ..., dk]`` (``[]`` unbatched), or floating
+    class probabilities of the logits' shape. Returns ``(logits, target, probabilities, unbatched)`` with an unbatched
+    sample given a batch dimension of 1. Raises naming the shapes and dtypes that do not fit.
+    """
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(f"{caller} takes tensors, got input {type(logits).__name__} and target "
+                        f"{type(target).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.dim() == 0:
+        raise ValueError("logits must have a class dimension (shape [N, C, d1, ...] or [C]), got a 0-d tensor")
+    unbatched = logits.dim() == 1
+    if unbatched:
+        logits, target = logits.unsqueeze(0), target.unsqueeze(0)
+    shape = tuple(logits.shape)
+    index_shape = shape[:1] + shape[2:]
+    probabilities = target.is_floating_point() and tuple(target.shape) == shape
+    if not probabilities:
+        if tuple(target.shape) not in (index_shape, shape):
+            raise ValueError(f"shape mismatch: logits have shape {shape} (classes on dim 1), so target must have "
+                             f"shape {index_shape} (class indices) or {shape} (class probabilities), got "
+                             f"{tuple(target.shape)}")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target of shape {tuple(target.shape)} must hold integer class indices (class "
+                            f"probabilities are a floating tensor of the logits' shape {shape}), got dtype "
+                            f"{target.dtype}")
+        if tuple(target.shape) != index_shape:
+            raise ValueError(f"shape mismatch: target of the logits' shape {shape} holds class probabilities, so it "
+                             f"must be floating-point, got dtype {target.dtype}")
+    if shape[1] < 1:
+        raise ValueError(f"logits must have at least one class, got shape {shape}")
+    if logits.numel() == 0:
+        raise ValueError(f"{caller} got an empty batch (logits shape {shape})")
+    return logits, target, probabilities, unbatched

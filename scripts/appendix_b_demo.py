@@ -12,7 +12,7 @@ exactly 10% of the labels of each split (chosen uniformly without replacement) a
 fresh noise and label flips), used only to choose the temperature.
 
 Model. f(x) = σ(w1 x1 + w2 x2), written as the 2-class logits [0, w·x]. Cross-entropy (torch's F.cross_entropy) and
-focal loss γ = 1 (focal_calibration.losses.fused.focal_loss, reduction="mean") are trained by full-batch gradient
+focal loss γ = 1 (focal_calibration.focal_loss, reduction="mean") are trained by full-batch gradient
 descent in
 float64 from the same initial w (drawn from N(0, 0.1^2 I) with the seed), same learning rate, same number of steps.
 Every ``--record-every`` steps we record ||w||_2, the logit norm = mean over the training set of |w·x| (the one
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from focal_calibration import plots
 from focal_calibration.experiments import cli
 from focal_calibration.files import atomic_write, write_json_atomic
-from focal_calibration.losses.fused import focal_loss
+from focal_calibration import focal_loss
 from focal_calibration.calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.calibration.temperature import fit_temperature
 
@@ -125,7 +125,7 @@ def train(x, y, w0, loss_name, *, gamma, lr, steps, record_every):
             return F.cross_entropy(logits, y)
     else:
         def loss_fn(logits):
-            return focal_loss(logits, y, gamma, reduction="mean")
+            return focal_loss(logits, y, gamma=gamma, reduction="mean")
 
     record_steps = np.unique(np.concatenate([np.arange(0, steps + 1, record_every), [steps]]))
     hist_w = torch.empty((len(record_steps), 2), dtype=w0.dtype)
@@ -328,7 +328,7 @@ def _run(args: argparse.Namespace) -> dict:
             "initial_w": w0.tolist(),
         },
         "losses": {"ce": "torch.nn.functional.cross_entropy",
-                   "fl": f"focal_calibration.losses.fused.focal_loss(gamma={args.gamma:g}, reduction='mean')"},
+                   "fl": f"focal_calibration.focal_loss(gamma={args.gamma:g}, reduction='mean')"},
         "results": {k: {"history": r["history"], **r["summary"]} for k, r in results.items()},
         "comparison": comparison,
         "figures": figures,

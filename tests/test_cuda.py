@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from focal_calibration import build_loss, calibration_metrics, fit_temperature, focal_loss, set_value_checks
+from focal_calibration import (build_loss, calibration_metrics, fit_temperature, focal_loss_classes_last,
+                               set_value_checks)
 from focal_calibration.losses.backend import resolve_backend
 from focal_reference import IGNORE, assert_cases_passed, batch, run_kernel_cases, value_and_grad
 
@@ -30,10 +31,10 @@ def test_kernel_cases_compiled_on_cuda():
 def test_torch_path_on_cuda_matches_cpu(rows, classes):
     logits, target, upstream = batch(rows, classes, seed=4)
     policy = build_loss("flsd-53").policy
-    cpu, cpu_grad = value_and_grad(lambda x: focal_loss(x, target, policy, reduction="none", ignore_index=IGNORE),
-                                   logits, upstream)
+    cpu, cpu_grad = value_and_grad(
+        lambda x: focal_loss_classes_last(x, target, policy, reduction="none", ignore_index=IGNORE), logits, upstream)
     target_cuda = target.cuda()
-    gpu, gpu_grad = value_and_grad(lambda x: focal_loss(x, target_cuda, policy, reduction="none",
+    gpu, gpu_grad = value_and_grad(lambda x: focal_loss_classes_last(x, target_cuda, policy, reduction="none",
                                                         ignore_index=IGNORE, backend="torch"),
                                    logits.cuda(), upstream.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
@@ -48,9 +49,9 @@ def test_value_checks_on_cuda_when_turned_on():
     set_value_checks(True)
     try:
         with pytest.raises(ValueError, match=r"target holds class index 7, outside \[0, 4\]"):
-            focal_loss(logits, torch.tensor([0, 7, 2, 3], device="cuda"), 2.0, backend="torch")
+            focal_loss_classes_last(logits, torch.tensor([0, 7, 2, 3], device="cuda"), 2.0, backend="torch")
         with pytest.raises(ValueError, match="logits must be finite"):
-            focal_loss(bad, torch.tensor([0, 1, 2, 3], device="cuda"), 2.0, backend="torch")
+            focal_loss_classes_last(bad, torch.tensor([0, 1, 2, 3], device="cuda"), 2.0, backend="torch")
     finally:
         set_value_checks(False)
 

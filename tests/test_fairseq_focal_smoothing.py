@@ -4,8 +4,8 @@
 import pytest
 import torch
 
-from focal_calibration.losses.fused import focal_loss
-from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss
+from focal_calibration.losses.fused import focal_loss_classes_last
+from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss_classes_last
 from focal_calibration.losses.gamma import SampleDependentGamma
 
 IGNORE = -100
@@ -36,7 +36,7 @@ def batch():
 @pytest.mark.parametrize("alpha", [0.0, 0.1, 0.4])
 def test_matches_naive_formula_and_its_gradient(batch, gamma, alpha):
     logits, target = batch
-    loss = focal_label_smoothed_loss(logits, target, gamma, alpha, reduction="sum", ignore_index=IGNORE)
+    loss = focal_label_smoothed_loss_classes_last(logits, target, gamma, alpha, reduction="sum", ignore_index=IGNORE)
     (grad,) = torch.autograd.grad(loss, logits)
     ref = naive(logits, target, gamma, alpha)
     (ref_grad,) = torch.autograd.grad(ref, logits)
@@ -48,14 +48,15 @@ def test_matches_naive_formula_and_its_gradient(batch, gamma, alpha):
 def test_gradcheck(batch):
     logits, target = batch
     assert torch.autograd.gradcheck(
-        lambda z: focal_label_smoothed_loss(z, target, 2.0, 0.2, reduction="sum", ignore_index=IGNORE), (logits,))
+        lambda z: focal_label_smoothed_loss_classes_last(z, target, 2.0, 0.2, reduction="sum", ignore_index=IGNORE),
+        (logits,))
 
 
 def test_alpha_zero_is_the_core_focal_loss_with_a_policy(batch):
     logits, target = batch
     policy = SampleDependentGamma((5, 3), thresholds=(0.2,))
-    ours = focal_label_smoothed_loss(logits, target, policy, 0.0, reduction="mean", ignore_index=IGNORE)
-    core = focal_loss(logits, target, policy, reduction="mean", ignore_index=IGNORE)
+    ours = focal_label_smoothed_loss_classes_last(logits, target, policy, 0.0, reduction="mean", ignore_index=IGNORE)
+    core = focal_loss_classes_last(logits, target, policy, reduction="mean", ignore_index=IGNORE)
     g1, = torch.autograd.grad(ours, logits)
     g2, = torch.autograd.grad(core, logits)
     torch.testing.assert_close(ours, core)
@@ -63,7 +64,8 @@ def test_alpha_zero_is_the_core_focal_loss_with_a_policy(batch):
     # the per-row γ the policy chose, fed back as a tensor, gives the same again
     p_y = torch.softmax(logits.detach(), -1).gather(1, target.clamp_min(0)[:, None]).squeeze(1)
     per_row = torch.where(p_y < 0.2, 5.0, 3.0).to(logits.dtype)
-    torch.testing.assert_close(focal_label_smoothed_loss(logits, target, per_row, 0.0, ignore_index=IGNORE), ours)
+    torch.testing.assert_close(
+        focal_label_smoothed_loss_classes_last(logits, target, per_row, 0.0, ignore_index=IGNORE), ours)
 
 
 def test_gamma_zero_is_fairseq_label_smoothed_cross_entropy(batch):
@@ -72,7 +74,7 @@ def test_gamma_zero_is_fairseq_label_smoothed_cross_entropy(batch):
     logits, target = batch
     pad = 1  # fairseq's padding index is a vocabulary entry
     target = torch.where(target == IGNORE, pad, target)
-    ours, nll = focal_label_smoothed_loss(logits, target, 0.0, 0.1, reduction="sum", ignore_index=pad,
+    ours, nll = focal_label_smoothed_loss_classes_last(logits, target, 0.0, 0.1, reduction="sum", ignore_index=pad,
                                           return_nll=True)
     ref, ref_nll = fairseq_ls.label_smoothed_nll_loss(torch.log_softmax(logits, -1), target, 0.1, ignore_index=pad)
     g1, = torch.autograd.grad(ours, logits)
@@ -85,7 +87,7 @@ def test_gamma_zero_is_fairseq_label_smoothed_cross_entropy(batch):
 def test_half_logits_are_computed_in_float32(batch):
     logits, target = batch
     half = logits.detach().half().requires_grad_()
-    loss = focal_label_smoothed_loss(half, target, 1.0, 0.1, reduction="sum", ignore_index=IGNORE)
+    loss = focal_label_smoothed_loss_classes_last(half, target, 1.0, 0.1, reduction="sum", ignore_index=IGNORE)
     assert loss.dtype == torch.float32
     ref = naive(half.detach().float().double(), target, 1.0, 0.1)
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
@@ -103,12 +105,12 @@ def test_bad_inputs(batch, kwargs, message):
     logits, target = batch
     args = dict(gamma=1.0, alpha=0.1, ignore_index=IGNORE) | kwargs
     with pytest.raises(ValueError) as info:
-        focal_label_smoothed_loss(logits, target, **args)
+        focal_label_smoothed_loss_classes_last(logits, target, **args)
     assert message in str(info.value)
 
 
 def test_one_class_and_bad_labels_are_refused():
     with pytest.raises(ValueError, match="at least 2 classes"):
-        focal_label_smoothed_loss(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), 1.0, 0.1)
+        focal_label_smoothed_loss_classes_last(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), 1.0, 0.1)
     with pytest.raises(ValueError, match="class index 7"):
-        focal_label_smoothed_loss(torch.zeros(3, 4), torch.tensor([0, 7, 1]), 1.0, 0.1)
+        focal_label_smoothed_loss_classes_last(torch.zeros(3, 4), torch.tensor([0, 7, 1]), 1.0, 0.1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focal_calibration import constants, focal_loss, g, gamma_star, optimal_confidence
+from focal_calibration import constants, focal_loss_classes_last, g, gamma_star, optimal_confidence
 
 
 @pytest.fixture(params=["fused", "small-batch"])
@@ -48,7 +48,7 @@ def test_value_and_gradient_match_autograd_of_naive_formula(gamma, reduction, ke
         return {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}[reduction]
 
     ours, ours_grad = value_and_grad(
-        lambda x: focal_loss(x, target, gamma, reduction=reduction, keep_softmax=keep_softmax), logits)
+        lambda x: focal_loss_classes_last(x, target, gamma, reduction=reduction, keep_softmax=keep_softmax), logits)
     ref, ref_grad = value_and_grad(lambda x: reduce(naive_focal(x, target, gamma)), logits)
     assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
@@ -60,7 +60,7 @@ def test_per_sample_gamma_tensor_matches_naive(torch_path):
     logits = torch.randn(6, 5, dtype=torch.float64)
     target = torch.randint(0, 5, (6,))
     gamma = torch.tensor([0.0, 0.5, 1.0, 2.0, 3.0, 5.0], dtype=torch.float64)
-    ours, ours_grad = value_and_grad(lambda x: focal_loss(x, target, gamma, reduction="none"), logits)
+    ours, ours_grad = value_and_grad(lambda x: focal_loss_classes_last(x, target, gamma, reduction="none"), logits)
     ref, ref_grad = value_and_grad(lambda x: naive_focal(x, target, gamma), logits)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-10, atol=1e-12)
@@ -75,7 +75,7 @@ def test_callable_gamma_sees_true_class_probability(torch_path):
         return torch.tensor([5.0 if float(pi) < 0.2 else 3.0 for pi in p], dtype=p.dtype)
 
     p_y = F.softmax(logits, -1).gather(1, target[:, None]).squeeze(1)
-    ours, ours_grad = value_and_grad(lambda x: focal_loss(x, target, flsd53_rule, reduction="sum"), logits)
+    ours, ours_grad = value_and_grad(lambda x: focal_loss_classes_last(x, target, flsd53_rule, reduction="sum"), logits)
     ref, ref_grad = value_and_grad(lambda x: naive_focal(x, target, flsd53_rule(p_y)).sum(), logits)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-10, atol=1e-12)
@@ -88,7 +88,7 @@ def test_gamma_zero_is_cross_entropy(dtype, tol, reduction, torch_path):
     logits = torch.randn(64, 10, dtype=dtype) * 4
     target = torch.randint(0, 10, (64,))
     target[::7] = -100  # padding
-    ours, ours_grad = value_and_grad(lambda x: focal_loss(x, target, 0.0, reduction=reduction), logits)
+    ours, ours_grad = value_and_grad(lambda x: focal_loss_classes_last(x, target, 0.0, reduction=reduction), logits)
     ref, ref_grad = value_and_grad(lambda x: F.cross_entropy(x, target, reduction=reduction), logits)
     torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
     torch.testing.assert_close(ours_grad, ref_grad, rtol=tol, atol=tol)
@@ -97,12 +97,13 @@ def test_gamma_zero_is_cross_entropy(dtype, tol, reduction, torch_path):
 def test_ignore_index_rows_get_zero_loss_and_gradient(torch_path):
     logits = torch.randn(5, 3, dtype=torch.float64)
     target = torch.tensor([0, 1, 7, 2, 7])
-    ours, grad = value_and_grad(lambda x: focal_loss(x, target, 2.0, reduction="none", ignore_index=7), logits)
+    ours, grad = value_and_grad(
+        lambda x: focal_loss_classes_last(x, target, 2.0, reduction="none", ignore_index=7), logits)
     assert ours[2] == 0 and ours[4] == 0
     assert torch.all(grad[[2, 4]] == 0)
-    mean = focal_loss(logits, target, 2.0, ignore_index=7)
+    mean = focal_loss_classes_last(logits, target, 2.0, ignore_index=7)
     torch.testing.assert_close(mean, naive_focal(logits[[0, 1, 3]], target[[0, 1, 3]], 2.0).mean())
-    all_padding = focal_loss(logits, torch.full((5,), 7), 2.0, ignore_index=7)
+    all_padding = focal_loss_classes_last(logits, torch.full((5,), 7), 2.0, ignore_index=7)
     assert all_padding == 0  # documented: a mean over no samples is 0, not NaN
 
 
@@ -114,7 +115,8 @@ def test_proposition_1_last_layer_gradient_relation(torch_path):
     target = torch.randint(0, 4, (8,))
     for i in range(8):
         logits = features[i:i + 1] @ weight.T
-        (grad_focal,) = torch.autograd.grad(focal_loss(logits, target[i:i + 1], 3.0), weight, retain_graph=True)
+        (grad_focal,) = torch.autograd.grad(focal_loss_classes_last(logits, target[i:i + 1], 3.0), weight,
+                                            retain_graph=True)
         (grad_ce,) = torch.autograd.grad(F.cross_entropy(logits, target[i:i + 1]), weight)
         p = float(F.softmax(logits.detach(), -1)[0, target[i]])
         torch.testing.assert_close(grad_focal, grad_ce * paper_g(p, 3.0), rtol=1e-10, atol=1e-12)
@@ -166,7 +168,7 @@ def test_extreme_logits_stay_finite(torch_path):
     logits = torch.tensor([[1e4, -1e4, 0.0], [0.0, 0.0, 1e4], [-1e4, 1e4, 1e4]], requires_grad=True)
     target = torch.tensor([1, 2, 0])
     for gamma in [0.0, 0.3, 1.0, 5.0]:
-        loss = focal_loss(logits, target, gamma, reduction="none")
+        loss = focal_loss_classes_last(logits, target, gamma, reduction="none")
         (grad,) = torch.autograd.grad(loss.sum(), logits)
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
         # log p_y = -2e4 and 0 exactly
@@ -177,7 +179,7 @@ def test_confident_rows_with_gamma_below_one_have_finite_vanishing_gradient(torc
     """p_y -> 1 with γ < 1: (1-p)^(γ-1) blows up, but g -> 0; the naive formula gives NaN here."""
     logits = torch.tensor([[40.0, 0.0, 0.0], [20.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 0])
-    loss = focal_loss(logits, target, 0.3, reduction="sum")
+    loss = focal_loss_classes_last(logits, target, 0.3, reduction="sum")
     (grad,) = torch.autograd.grad(loss, logits)
     assert torch.isfinite(grad).all()
     top = logits.detach()[:, 0].numpy()
@@ -194,7 +196,7 @@ def test_half_precision_is_computed_in_float32(dtype, torch_path):
     torch.manual_seed(5)
     logits = (torch.randn(32, 11) * 8).to(dtype)
     target = torch.randint(0, 11, (32,))
-    ours, grad = value_and_grad(lambda x: focal_loss(x, target, 2.0, reduction="none"), logits)
+    ours, grad = value_and_grad(lambda x: focal_loss_classes_last(x, target, 2.0, reduction="none"), logits)
     ref, ref_grad = value_and_grad(lambda x: naive_focal(x, target, 2.0), logits.double())
     assert ours.dtype == torch.float32 and grad.dtype == dtype
     torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
@@ -205,12 +207,12 @@ def test_second_backward_through_reused_buffer_is_refused_but_recompute_mode_all
     monkeypatch.setattr(constants, "SMALL_BATCH_ELEMENTS", 0)  # the fused path, which reuses its softmax buffer
     logits = torch.randn(4, 3, requires_grad=True)
     target = torch.tensor([0, 1, 2, 0])
-    loss = focal_loss(logits, target, 1.0)
+    loss = focal_loss_classes_last(logits, target, 1.0)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="keep_softmax=False"):
         loss.backward()
     logits.grad = None
-    loss = focal_loss(logits, target, 1.0, keep_softmax=False)
+    loss = focal_loss_classes_last(logits, target, 1.0, keep_softmax=False)
     loss.backward(retain_graph=True)
     first = logits.grad.clone()
     loss.backward()
@@ -236,14 +238,14 @@ def test_bad_inputs_raise_clear_errors(kwargs, message, torch_path):
     args = dict(logits=torch.randn(3, 4), target=torch.tensor([0, 1, 2]), gamma=1.0, reduction="mean")
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=message):
-        focal_loss(args["logits"], args["target"], args["gamma"], reduction=args["reduction"])
+        focal_loss_classes_last(args["logits"], args["target"], args["gamma"], reduction=args["reduction"])
 
 
 def test_small_batch_path_allows_a_second_backward(monkeypatch):
     monkeypatch.setattr(constants, "SMALL_BATCH_ELEMENTS", 2 ** 40)
     logits = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, -100, 1])
-    loss = focal_loss(logits, target, 2.0)
+    loss = focal_loss_classes_last(logits, target, 2.0)
     (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
     (second,) = torch.autograd.grad(loss, logits)
     ref = naive_focal(logits[target != -100], target[target != -100], 2.0).mean()
@@ -257,14 +259,14 @@ def test_non_finite_logits_in_an_ignored_row_still_raise(torch_path):
     logits = torch.randn(3, 4)
     logits[1, 2] = float("nan")
     with pytest.raises(ValueError, match="logits must be finite"):
-        focal_loss(logits, torch.tensor([0, -100, 2]), 2.0)
+        focal_loss_classes_last(logits, torch.tensor([0, -100, 2]), 2.0)
 
 
 def test_minus_inf_logit_of_another_class_is_allowed(torch_path):
     """-inf masks a class out: allowed for every class but the target, as in F.cross_entropy."""
     logits = torch.tensor([[0.5, float("-inf"), 1.0], [2.0, 0.0, float("-inf")]], dtype=torch.float64)
     target = torch.tensor([0, 1])
-    ours, grad = value_and_grad(lambda x: focal_loss(x, target, 2.0, reduction="none"), logits)
+    ours, grad = value_and_grad(lambda x: focal_loss_classes_last(x, target, 2.0, reduction="none"), logits)
     ref, ref_grad = value_and_grad(lambda x: naive_focal(x, target, 2.0), logits)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)

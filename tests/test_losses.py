@@ -216,9 +216,9 @@ def test_every_spec_builds_and_trains_a_step(spec):
     torch.manual_seed(7)
     loss_fn = build_loss(spec, epochs=10)
     loss_fn.set_epoch(3)  # the trainers' hooks exist on every loss (no-ops where unused)
-    logits = torch.randn(2, 8, 10, requires_grad=True)
+    logits = torch.randn(2, 10, 8, requires_grad=True)  # classes on dim 1, as nn.CrossEntropyLoss
     target = torch.randint(0, 10, (2, 8))
-    loss_fn.observe_validation(logits.detach().reshape(-1, 10), target.reshape(-1))
+    loss_fn.observe_validation(logits.detach(), target)  # the same layout
     loss = loss_fn(logits, target)
     loss.backward()
     assert loss.dim() == 0 and torch.isfinite(loss) and torch.isfinite(logits.grad).all()

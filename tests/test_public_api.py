@@ -170,7 +170,7 @@ def test_readme_api_tour_runs():
     torch.manual_seed(0)
     scores = torch.randn(3000, 10) * 3
     truth = torch.distributions.Categorical(logits=scores / 3).sample()  # the scores are 3x over-confident
-    namespace = dict(logits=torch.randn(4, 7, 10, requires_grad=True), labels=torch.randint(0, 10, (4, 7)), epoch=0,
+    namespace = dict(logits=torch.randn(4, 10, 7, requires_grad=True), labels=torch.randint(0, 10, (4, 7)), epoch=0,
                      val_logits=scores[:2000], val_labels=truth[:2000], test_logits=scores[2000:],
                      test_labels=truth[2000:])
     exec(compile(tour, "README.md (API tour)", "exec"), namespace)

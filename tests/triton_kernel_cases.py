@@ -24,9 +24,9 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from focal_calibration import build_loss, focal_loss  # noqa: E402
+from focal_calibration import build_loss, focal_loss_classes_last  # noqa: E402
 from focal_calibration.losses import triton_kernels  # noqa: E402
-from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss  # noqa: E402
+from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss_classes_last  # noqa: E402
 from focal_calibration.losses.gamma import SampleDependentGamma, prop2_gamma_policy  # noqa: E402
 from focal_reference import IGNORE, IGNORED_ROWS, batch, naive_focal, value_and_grad  # noqa: E402
 
@@ -82,7 +82,7 @@ def test_plain_kernel_matches_torch_path_and_naive_formula(name):
     logits, target, upstream = batch()
     logits, target_here, upstream = on_device(logits, target, upstream)
     naive = None if callable(gamma) else (lambda x: naive_focal(x, target, gamma))
-    ours, grad = compare(lambda x, backend: focal_loss(x, target_here, gamma_here, reduction="none",
+    ours, grad = compare(lambda x, backend: focal_loss_classes_last(x, target_here, gamma_here, reduction="none",
                                                        ignore_index=IGNORE, backend=backend), logits, upstream, naive)
     assert torch.all(grad[list(IGNORED_ROWS)] == 0) and torch.all(ours[list(IGNORED_ROWS)] == 0)
 
@@ -91,10 +91,10 @@ def test_plain_kernel_matches_torch_path_and_naive_formula(name):
 def test_reductions_broadcast_the_upstream_gradient(reduction):
     logits, target, _ = on_device(*batch(seed=1))
     x = logits.clone().requires_grad_()
-    ours = focal_loss(x, target, 2.0, reduction=reduction, ignore_index=IGNORE, backend="triton")
+    ours = focal_loss_classes_last(x, target, 2.0, reduction=reduction, ignore_index=IGNORE, backend="triton")
     (grad,) = torch.autograd.grad(ours, x)  # autograd passes a stride-0 (expanded) gradient per row
     y = logits.clone().requires_grad_()
-    ref = focal_loss(y, target, 2.0, reduction=reduction, ignore_index=IGNORE, backend="torch")
+    ref = focal_loss_classes_last(y, target, 2.0, reduction=reduction, ignore_index=IGNORE, backend="torch")
     (ref_grad,) = torch.autograd.grad(ref, y)
     torch.testing.assert_close(ours, ref, **VALUE_TOL)
     torch.testing.assert_close(grad, ref_grad, **GRAD_TOL)
@@ -110,10 +110,10 @@ def test_extreme_logits_and_gamma_below_one_with_p_to_one():
     # p_y - 1 at p_y = 1 - 1e-4 cancels in float32 on both paths alike: two ulps of 1 apart at most
     grad_tol = dict(GRAD_TOL, atol=max(GRAD_TOL["atol"], 2.5e-7))
     for gamma in [0.3, 0.0, 3.0]:
-        ours, grad = value_and_grad(lambda x: focal_loss(x, target, gamma, reduction="none", backend="triton"),
-                                    logits, upstream)
-        ref, ref_grad = value_and_grad(lambda x: focal_loss(x, target, gamma, reduction="none", backend="torch"),
-                                       logits, upstream)
+        ours, grad = value_and_grad(
+            lambda x: focal_loss_classes_last(x, target, gamma, reduction="none", backend="triton"), logits, upstream)
+        ref, ref_grad = value_and_grad(
+            lambda x: focal_loss_classes_last(x, target, gamma, reduction="none", backend="torch"), logits, upstream)
         assert torch.isfinite(ours).all() and torch.isfinite(grad).all()
         torch.testing.assert_close(ours, ref, **VALUE_TOL)
         torch.testing.assert_close(grad, ref_grad, **grad_tol)
@@ -124,10 +124,12 @@ def test_extreme_logits_and_gamma_below_one_with_p_to_one():
 def test_half_inputs_compute_in_float32(dtype):
     logits, target, upstream = on_device(*batch(scale=8.0, dtype=dtype, seed=2))
     policy = build_loss("flsd-53").policy
-    ours, grad = value_and_grad(lambda x: focal_loss(x, target, policy, reduction="none", ignore_index=IGNORE,
-                                                     backend="triton"), logits, upstream)
-    ref, ref_grad = value_and_grad(lambda x: focal_loss(x, target, policy, reduction="none", ignore_index=IGNORE,
-                                                        backend="torch"), logits, upstream)
+    ours, grad = value_and_grad(lambda x: focal_loss_classes_last(x, target, policy, reduction="none",
+                                                                  ignore_index=IGNORE, backend="triton"),
+                                logits, upstream)
+    ref, ref_grad = value_and_grad(lambda x: focal_loss_classes_last(x, target, policy, reduction="none",
+                                                                     ignore_index=IGNORE, backend="torch"),
+                                   logits, upstream)
     assert ours.dtype == torch.float32 and grad.dtype == dtype
     torch.testing.assert_close(ours, ref, **VALUE_TOL)
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=0, atol=2 * float(torch.finfo(dtype).eps))
@@ -142,8 +144,8 @@ def test_label_smoothed_kernel_matches_torch_path(name, dtype):
     logits, target, upstream = on_device(*batch(seed=3, dtype=dtype))
     kwargs = dict(reduction="none", ignore_index=IGNORE, return_nll=True)
     x, y = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    ours, ours_nll = focal_label_smoothed_loss(x, target, gamma, 0.1, backend="triton", **kwargs)
-    ref, ref_nll = focal_label_smoothed_loss(y, target, gamma, 0.1, backend="torch", **kwargs)
+    ours, ours_nll = focal_label_smoothed_loss_classes_last(x, target, gamma, 0.1, backend="triton", **kwargs)
+    ref, ref_nll = focal_label_smoothed_loss_classes_last(y, target, gamma, 0.1, backend="torch", **kwargs)
     (grad,) = torch.autograd.grad((ours * upstream).sum(), x)
     (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), y)
     assert grad.dtype == dtype
@@ -162,8 +164,9 @@ def test_default_tiles_on_a_32k_vocabulary(smoothing, monkeypatch):
     policy = build_loss("flsd-53").policy
     naive = (lambda x: naive_focal(x, target, 3.0)) if smoothing == 0 else None
     target_here, = on_device(target)
-    compare(lambda x, backend: focal_label_smoothed_loss(x, target_here, 3.0 if naive else policy, smoothing,
-                                                         reduction="none", ignore_index=IGNORE, backend=backend),
+    compare(lambda x, backend: focal_label_smoothed_loss_classes_last(x, target_here, 3.0 if naive else policy,
+                                                                      smoothing, reduction="none",
+                                                                      ignore_index=IGNORE, backend=backend),
             *on_device(logits, upstream), naive)
 
 
@@ -174,19 +177,20 @@ def test_value_checks_and_bad_inputs(monkeypatch):
     labels = torch.tensor([0, 1, 2, 3], device=DEVICE)
     monkeypatch.setattr("focal_calibration.validation._VALUE_CHECKS_ON_ACCELERATORS", True)  # CUDA: checks on
     with pytest.raises(ValueError, match="logits must be finite"):
-        focal_loss(bad, labels, 2.0, backend="triton")
+        focal_loss_classes_last(bad, labels, 2.0, backend="triton")
     with pytest.raises(ValueError, match="logits must be finite"):  # NaN in an ignored row is named too
-        focal_label_smoothed_loss(bad, torch.tensor([0, IGNORE, 2, 3], device=DEVICE), 2.0, 0.1, backend="triton")
+        focal_label_smoothed_loss_classes_last(bad, torch.tensor([0, IGNORE, 2, 3], device=DEVICE), 2.0, 0.1,
+                                               backend="triton")
     with pytest.raises(ValueError, match=r"target holds class index 7, outside \[0, 4\]"):
-        focal_loss(logits, torch.tensor([0, 7, 2, 3], device=DEVICE), 2.0, backend="triton")
+        focal_loss_classes_last(logits, torch.tensor([0, 7, 2, 3], device=DEVICE), 2.0, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' computes float32, float16 and bfloat16 logits, got "
                                          "torch.float64"):
-        focal_loss(logits.double(), labels, 2.0, backend="triton")
+        focal_loss_classes_last(logits.double(), labels, 2.0, backend="triton")
     with pytest.raises(ValueError, match="backend must be 'auto', 'torch' or 'triton', got 'cuda'"):
-        focal_loss(logits, labels, 2.0, backend="cuda")
+        focal_loss_classes_last(logits, labels, 2.0, backend="cuda")
     monkeypatch.setattr(triton_kernels, "INTERPRETER", False)
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors, got logits on cpu"):
-        focal_loss(logits.cpu(), labels.cpu(), 2.0, backend="triton")
+        focal_loss_classes_last(logits.cpu(), labels.cpu(), 2.0, backend="triton")
 
 
 def test_kernel_bucketizes_a_table_policy_without_calling_it():
@@ -200,7 +204,7 @@ def test_kernel_bucketizes_a_table_policy_without_calling_it():
 
     logits, target, _ = on_device(*batch(seed=5))
     policy = Counting((5, 3), thresholds=(0.2,))
-    ours = focal_loss(logits, target, policy, ignore_index=IGNORE, backend="triton")
+    ours = focal_loss_classes_last(logits, target, policy, ignore_index=IGNORE, backend="triton")
     assert Counting.calls == 0
-    ref = focal_loss(logits, target, policy, ignore_index=IGNORE, backend="torch")
+    ref = focal_loss_classes_last(logits, target, policy, ignore_index=IGNORE, backend="torch")
     torch.testing.assert_close(ours, ref, **VALUE_TOL)

@@ -2,12 +2,12 @@
 
     fairseq-train DATA --user-dir fairseq_focal --criterion focal_loss --gamma 1 ...
 
-* Loss: the core's :func:`focal_calibration.losses.fused.focal_loss` (analytic fused backward) on the decoder's
-logits, summed
-  over non-padding target tokens, divided by fairseq as usual (``sample_size`` = tokens, or sentences with
-  ``--sentence-avg``). γ = 0 is fairseq's ``cross_entropy`` criterion exactly.
+* Loss: the core's :func:`focal_calibration.losses.fused.focal_loss_classes_last` (analytic fused backward) on the
+  decoder's logits, summed over non-padding target tokens, divided by fairseq as usual (``sample_size`` = tokens, or
+  sentences with ``--sentence-avg``). γ = 0 is fairseq's ``cross_entropy`` criterion exactly.
 * ``--label-smoothing α`` > 0: focal loss against the smoothed target (the true class 1-α, the others α/(V-1)),
-  :func:`focal_calibration.losses.fused_smoothed.focal_label_smoothed_loss`; γ = 0 is ``label_smoothed_cross_entropy``.
+  :func:`focal_calibration.losses.fused_smoothed.focal_label_smoothed_loss_classes_last`; γ = 0 is
+  ``label_smoothed_cross_entropy``.
 * γ policies (``--gamma-policy``, the core's spec names): ``flsd-53`` (sample-dependent, §4), ``flsd-532``,
   ``flsd-prop2-0.2-0.25`` (Proposition 2), ``flsc-531`` (epoch-scheduled: the γ changes after 100/350 and 250/350 of
   ``--max-epoch``, or at ``--gamma-milestones``).
@@ -40,8 +40,8 @@ from omegaconf import II
 
 from focal_calibration.validation import check_nonnegative_number
 from focal_calibration.losses.adafocal import bin_of
-from focal_calibration.losses.fused import focal_loss
-from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss
+from focal_calibration.losses.fused import focal_loss_classes_last
+from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss_classes_last
 from focal_calibration.losses.gamma import FixedGamma, GammaPolicy, parse_gamma_policy
 from focal_calibration.losses import BEYOND_PAPER_LOSS_SPECS, build_loss
 from focal_calibration.calibration.metrics import ece_from_sums, equal_width_sums
@@ -290,11 +290,12 @@ class FocalLossCriterion(FairseqCriterion):
                 tokens_nll = torch.where(not_pad, tokens_nll, torch.zeros_like(tokens_nll))
         elif self.eps > 0:
             recorder = _RecordingPolicy(self.policy)
-            tokens_loss, tokens_nll = focal_label_smoothed_loss(logits, target, recorder, self.eps, reduction="none",
-                                                                ignore_index=self.padding_idx, return_nll=True)
+            tokens_loss, tokens_nll = focal_label_smoothed_loss_classes_last(
+                logits, target, recorder, self.eps, reduction="none", ignore_index=self.padding_idx, return_nll=True)
         else:
             recorder = _RecordingPolicy(self.policy)
-            tokens_loss = focal_loss(logits, target, recorder, reduction="none", ignore_index=self.padding_idx)
+            tokens_loss = focal_loss_classes_last(logits, target, recorder, reduction="none",
+                                                  ignore_index=self.padding_idx)
             with torch.no_grad():
                 # -log p_y from the p_y the kernel saw (accurate to rounding while p_y is a normal number); where
                 # p_y < eps/4, 1 - p_y rounds to 1, so the token's focal loss *is* -log p_y exactly: use it there.

@@ -1,4 +1,6 @@
-"""Focal loss against a label-smoothed target, with an analytic backward (for fairseq's ``--label-smoothing``).
+"""Focal loss against a label-smoothed target of classes-last logits, with an analytic backward (for fairseq's
+``--label-smoothing``; the ``nn.CrossEntropyLoss`` contract's ``label_smoothing=`` is
+:func:`focal_calibration.losses.functional.focal_loss`'s, a different smoothing, see docs/guide/losses.md).
 
 The paper's focal loss with a soft target s (eq. 5 in the binary case, written for K classes):
 
@@ -6,7 +8,7 @@ The paper's focal loss with a soft target s (eq. 5 in the binary case, written f
 
 (the smoothed target of §5.1 / Müller et al. 2019, which is also fairseq's ``label_smoothed_cross_entropy``: the
 true class gets 1 - α, every other class α / (K - 1)). At γ = 0 it is label-smoothed cross-entropy exactly; at α = 0
-it is the focal loss of :func:`focal_calibration.losses.fused.focal_loss`.
+it is the focal loss of :func:`focal_calibration.losses.fused.focal_loss_classes_last`.
 
 Backward: with f(p) = -(1-p)^γ log p, p f'(p) = -g(p, γ) (Proposition 1's factor), so
 
@@ -31,7 +33,7 @@ from focal_calibration.losses.math import focal_terms
 from focal_calibration.validation import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
                                           prepare_focal_inputs, value_checks_enabled)
 
-__all__ = ["focal_label_smoothed_loss"]
+__all__ = ["focal_label_smoothed_loss_classes_last"]
 
 
 
@@ -86,9 +88,9 @@ class _FocalSmoothedFunction(torch.autograd.Function):
         return (gradient * coef[:, None]).to(ctx.logits_dtype), None, None, None, None
 
 
-def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, alpha: float = 0.1, *,
-                              reduction: str = "mean", ignore_index: int = -100, return_nll: bool = False,
-                              backend: str = "auto"):
+def focal_label_smoothed_loss_classes_last(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0,
+                                           alpha: float = 0.1, *, reduction: str = "mean", ignore_index: int = -100,
+                                           return_nll: bool = False, backend: str = "auto"):
     """Focal loss against the label-smoothed target, -sum_k s_k (1 - p_k)^γ log p_k (see the module docstring).
 
     Args:
@@ -110,7 +112,7 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
     if alpha > 1:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
     logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index,
-                                                      "focal_label_smoothed_loss")
+                                                      "focal_label_smoothed_loss_classes_last")
     if logits2d.shape[1] < 2:
         raise ValueError(f"label smoothing needs at least 2 classes, got K={logits2d.shape[1]}")
 

@@ -1,12 +1,18 @@
-"""The paper's training losses as small modules, and ``build_loss(spec)``, the one factory every trainer uses.
+"""The paper's training losses as small modules with ``nn.CrossEntropyLoss``'s contract, thin over
+:mod:`focal_calibration.losses.functional`.
 
-Every loss takes ``logits[..., K]`` (classes last, any leading shape) and integer ``target[...]``, skips entries equal
-to ``ignore_index``, and reduces with ``"mean"`` (over non-ignored entries; 0 if none), ``"sum"`` or ``"none"``.
+Every loss takes logits ``[N, C]`` or ``[N, C, d1, ..., dk]`` (classes on dim 1) and class indices ``[N]`` /
+``[N, d1, ..., dk]`` (skipping ``ignore_index``) or class probabilities of the logits' shape, and the keyword
+arguments ``weight`` (per class) and ``label_smoothing`` (PyTorch's form), reducing with ``"mean"`` (PyTorch's:
+over non-ignored positions, weighted by w[y]; 0 if none), ``"sum"`` or ``"none"``. What a loss cannot take (a
+combination without a published definition) raises naming the argument; docs/guide/losses.md has the table.
 The official code trains CE / focal losses with ``"sum"`` and Brier with a per-batch mean; trainers choose and say so.
 Trainers call three hooks on every loss (no-ops where a loss has no use for them): ``set_epoch(epoch)`` at the start
 of each epoch (epoch-scheduled γ), ``observe_validation(val_logits, val_labels)`` after each epoch when
 ``uses_validation`` is true (AdaFocal), and ``describe_state()`` for the epoch's log line. A loss's own state is in
-registered buffers, so ``state_dict()`` / ``load_state_dict()`` carry it into checkpoints.
+registered buffers, so ``state_dict()`` / ``load_state_dict()`` carry it into checkpoints. An epoch-scheduled or
+validation-driven loss that runs ``constants.UNSCHEDULED_LOSS_WARNING_CALLS`` forward calls without ever being given
+an epoch or a validation warns once, naming the call to make.
 
 Spec names (Tables 1, 2 and Appendix E of the paper):
 
@@ -37,40 +43,65 @@ Beyond the paper (options as keyword arguments of ``build_loss``):
 
 γ lists are single digits (``531``) or comma-separated (``5,3,1.5``). Losses that depend on the logits only through
 log p_y (focal, inverse focal, AdaFocal, Poly-1) share the fused analytic backward of
-:func:`focal_calibration.losses.fused.fused_row_loss`; dual focal and MbLS use plain autograd over their formulas.
+:func:`focal_calibration.losses.fused.fused_row_loss` (and, for soft targets,
+:func:`focal_calibration.losses.fused_soft.soft_target_loss`); dual focal and MbLS use plain autograd over their
+formulas.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from focal_calibration import constants
+from focal_calibration.losses import functional
 from focal_calibration.losses.adafocal import adafocal_update, bin_calibration_gaps, bin_of, equal_mass_edges
-from focal_calibration.losses.fused import focal_loss, fused_row_loss
-from focal_calibration.losses.gamma import FixedGamma, GammaPolicy
-from focal_calibration.losses.math import inverse_focal_terms, poly1_terms, signed_focal_terms
-from focal_calibration.validation import (check_choice, check_finite, check_labels_in_range, check_n_bins,
-                                          check_nonnegative_number, check_number, check_reduction, compute_dtype,
-                                          flatten_scores_and_labels, value_checks_enabled)
+from focal_calibration.losses.gamma import EpochScheduledGamma, FixedGamma, GammaPolicy
+from focal_calibration.losses.math import signed_focal_terms
+from focal_calibration.validation import (check_choice, check_class_weight, check_finite, check_label_smoothing,
+                                          check_labels_in_range, check_n_bins, check_nonnegative_number,
+                                          check_number, check_reduction, compute_dtype, flatten_scores_and_labels)
 
 __all__ = ["CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss",
-           "mmce_weighted", "InverseFocalLoss", "AdaFocalLoss", "DualFocalLoss", "PolyLoss",
-           "MarginLabelSmoothingLoss"]
+           "InverseFocalLoss", "AdaFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss"]
 
+_CALLBACKS = ("focal_calibration.integrations.lightning.CalibrationLossCallback (Lightning) or "
+              "focal_calibration.integrations.huggingface.CalibrationLossCallback (Hugging Face Trainer)")
 
 
 class CalibrationLoss(nn.Module):
-    """Shared plumbing: flattening, label checks, ignore_index, reduction, and the trainers' hooks."""
+    """Shared plumbing: the contract's arguments (``reduction``, ``ignore_index``, ``weight``, ``label_smoothing``),
+    the trainers' hooks, and the warning of a schedule that is never driven.
+
+    Args:
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        ignore_index: the class index of positions to skip (class-index targets).
+        weight: per-class weights ``[C]`` (a registered buffer, so ``.to(device)`` moves it), or None.
+        label_smoothing: PyTorch's α in [0, 1], for the losses that take a soft target.
+    """
 
     uses_validation = False  # True: trainers must call observe_validation after every epoch
 
-    def __init__(self, reduction: str = "mean", ignore_index: int = -100):
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
         super().__init__()
         self.reduction = check_reduction(reduction)
         self.ignore_index = ignore_index
+        self.register_buffer("weight", check_class_weight(weight, None, type(self).__name__))
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self._unscheduled_calls = 0
+        self._watch_schedule = False  # set by losses whose schedule a trainer must drive, until it does
+
+    def _contract(self) -> dict:
+        """The keyword arguments of the functional twin, from this module's settings."""
+        return dict(ignore_index=self.ignore_index, reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+    def _refuse_label_smoothing(self, why: str) -> None:
+        if self.label_smoothing > 0:
+            raise ValueError(f"{type(self).__name__} does not take label_smoothing={self.label_smoothing:g}: {why}")
 
     def set_epoch(self, epoch: int) -> None:
         """Called by trainers at the start of each epoch (0-based)."""
@@ -90,58 +121,74 @@ class CalibrationLoss(nn.Module):
         except RuntimeError as error:
             raise ValueError(f"cannot restore the state of {type(self).__name__}: {error}") from None
 
-    def _flatten_checked(self, logits, target):
-        """Flattened logits [N, K] and targets [N] (with ignore_index entries), shapes and label range checked."""
-        logits2d, target1d = flatten_scores_and_labels(logits, target)
-        if logits2d.shape[0] == 0:
-            raise ValueError(f"{type(self).__name__} got an empty batch (logits shape {tuple(logits.shape)})")
-        if value_checks_enabled(target1d):
-            check_labels_in_range(target1d, logits2d.shape[1], self.ignore_index)
-        return logits2d, target1d
+    def _unscheduled_warning(self) -> str:
+        """The warning's text: what stays at its first value and which call drives it."""
+        raise NotImplementedError
 
-    def _prepare(self, logits, target):
-        """Return float logits [N, K] (fp32 for half inputs), safe targets [N], and the non-ignored mask [N]."""
-        logits2d, target1d = self._flatten_checked(logits, target)
-        valid = target1d != self.ignore_index
-        safe_target = torch.where(valid, target1d, torch.zeros_like(target1d))
-        return logits2d.to(compute_dtype(logits2d.dtype)), safe_target, valid
-
-    def _reduce(self, per_sample, valid, target_shape):
-        per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
-        if self.reduction == "none":
-            return per_sample.reshape(target_shape)
-        total = per_sample.sum()
-        return total if self.reduction == "sum" else total / valid.sum().clamp_min(1)
+    def _count_unscheduled_call(self) -> None:
+        """Count a forward call of a loss whose schedule no one has driven yet, and warn once at
+        ``constants.UNSCHEDULED_LOSS_WARNING_CALLS``: a Python counter (no tensor, no host sync), not counted while
+        torch.compile traces (its guards would otherwise see a new value every call)."""
+        if torch.compiler.is_compiling():
+            return
+        self._unscheduled_calls += 1
+        if self._unscheduled_calls >= constants.UNSCHEDULED_LOSS_WARNING_CALLS:
+            self._watch_schedule = False  # once
+            warnings.warn(f"{type(self).__name__} has run {self._unscheduled_calls} forward calls without "
+                          f"{self._unscheduled_warning()}, or let a callback do it: {_CALLBACKS}.", UserWarning,
+                          stacklevel=3)
 
     def extra_repr(self):
-        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+        extra = f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+        if self.weight is not None:
+            extra += f", weight=[{self.weight.numel()} classes]"
+        if self.label_smoothing:
+            extra += f", label_smoothing={self.label_smoothing:g}"
+        return extra
 
 
 class FocalLoss(CalibrationLoss):
     """Focal loss -(1-p_y)^γ log p_y (§4) with any γ policy: a number, FixedGamma, EpochScheduledGamma (FLSc),
-    SampleDependentGamma (FLSD) or a Proposition-2 policy. Uses the fused analytic-backward kernel."""
+    SampleDependentGamma (FLSD) or a Proposition-2 policy; ``nn.CrossEntropyLoss``'s contract, probability targets
+    and label smoothing in the per-class form -Σ_k w_k q'_k (1-p_k)^γ log p_k (see
+    :func:`focal_calibration.losses.functional.focal_loss`). Uses the fused analytic-backward kernels.
 
-    def __init__(self, gamma: float | GammaPolicy = 1.0, reduction: str = "mean", ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+    An epoch-scheduled γ needs :meth:`set_epoch` at the start of every epoch: without it the loss warns once after
+    ``constants.UNSCHEDULED_LOSS_WARNING_CALLS`` forward calls.
+    """
+
+    def __init__(self, gamma: float | GammaPolicy = 1.0, reduction: str = "mean", ignore_index: int = -100, *,
+                 weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
         self.policy = gamma if isinstance(gamma, GammaPolicy) else FixedGamma(gamma)
+        self._watch_schedule = isinstance(self.policy, EpochScheduledGamma) and len(set(self.policy.gammas)) > 1
 
     def set_epoch(self, epoch: int) -> None:
         self.policy.set_epoch(epoch)
+        self._watch_schedule = False
 
-    def forward(self, logits, target):
+    def _unscheduled_warning(self) -> str:
+        return (f"set_epoch(epoch): its epoch-scheduled γ {self.policy!r} stays at epoch {self.policy.epoch}'s value "
+                f"{self.policy.gamma:g}. Call loss.set_epoch(epoch) at the start of every epoch (0-based)")
+
+    def forward(self, input, target):
+        if self._watch_schedule:
+            self._count_unscheduled_call()
         gamma = self.policy if self.policy.sample_dependent else self.policy(None)
-        return focal_loss(logits, target, gamma, reduction=self.reduction, ignore_index=self.ignore_index)
+        return functional.focal_loss(input, target, self.weight, gamma=gamma, **self._contract())
 
     def extra_repr(self):
         return f"policy={self.policy!r}, " + super().extra_repr()
 
 
 class CrossEntropyLoss(FocalLoss):
-    """Cross-entropy, -log p_y: focal loss at γ = 0 exactly, through the same fused kernel (faster than
-    ``F.cross_entropy`` on CPU, same value)."""
+    """Cross-entropy, -log p_y: focal loss at γ = 0 exactly, through the same fused kernels (faster than
+    ``F.cross_entropy`` on CPU, same value), with ``nn.CrossEntropyLoss``'s contract (weight, label_smoothing,
+    probability targets, classes on dim 1)."""
 
-    def __init__(self, reduction: str = "mean", ignore_index: int = -100):
-        super().__init__(0.0, reduction, ignore_index)
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__(0.0, reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
 
 
 class LabelSmoothingLoss(CalibrationLoss):
@@ -150,88 +197,64 @@ class LabelSmoothingLoss(CalibrationLoss):
     ``form="paper"``: s = (1-α) q + α (1-q) / (K-1) -- the true class gets 1-α and every other class α/(K-1)
     (the paper's definition; also what fairseq's ``label_smoothed_cross_entropy`` uses).
     ``form="torch"``: s = (1-α) q + α / K -- PyTorch's ``F.cross_entropy(label_smoothing=α)``; the true class gets
-    1-α+α/K. The two differ: name the one you mean.
+    1-α+α/K. The two differ: name the one you mean. Either takes class indices or probabilities q and a class
+    ``weight`` (Σ_k w_k s_k (-log p_k), PyTorch's weighted mean for class indices); ``label_smoothing=`` is refused
+    (the loss smooths the target itself).
     """
 
-    def __init__(self, alpha: float, form: str = "paper", reduction: str = "mean", ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+    def __init__(self, alpha: float, form: str = "paper", reduction: str = "mean", ignore_index: int = -100, *,
+                 weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
         self.alpha = check_nonnegative_number(alpha, "alpha")
         if self.alpha > 1:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
         if form not in ("paper", "torch"):
             raise ValueError(f"form must be 'paper' or 'torch', got {form!r}")
         self.form = form
+        self._refuse_label_smoothing(f"it smooths the target itself (alpha={self.alpha:g}, form={form!r}), and a "
+                                     f"second smoothing has no published meaning; give one of them")
 
-    def forward(self, logits, target):
-        z, y, valid = self._prepare(logits, target)
-        num_classes = z.shape[1]
+    def forward(self, input, target):
+        contract = self._contract()
         if self.form == "torch":
-            per_sample = F.cross_entropy(z, y, reduction="none", label_smoothing=self.alpha)
-        else:
-            if num_classes < 2:
-                raise ValueError(f"label smoothing needs at least 2 classes, got K={num_classes}")
-            off = self.alpha / (num_classes - 1)  # weight of each wrong class
-            lse = torch.logsumexp(z, dim=-1)
-            log_p_y = z.gather(1, y[:, None]).squeeze(1) - lse
-            sum_log_p = z.sum(dim=-1) - num_classes * lse
-            per_sample = -((1.0 - self.alpha - off) * log_p_y + off * sum_log_p)
-        return self._reduce(per_sample, valid, target.shape)
+            contract["label_smoothing"] = self.alpha
+            return functional.focal_loss(input, target, self.weight, gamma=0.0, **contract)
+        batch = functional._Batch("LabelSmoothingLoss", input, target, self.weight, **contract)
+        on_off = functional.paper_smoothing(self.alpha, batch.num_classes)
+        return functional._per_class_form(batch, functional.focal_terms, 0.0, on_off=on_off)
 
     def extra_repr(self):
         return f"alpha={self.alpha:g}, form={self.form!r}, " + super().extra_repr()
 
 
 class BrierLoss(CalibrationLoss):
-    """Brier loss (Brier 1950): sum_k (softmax(z)_k - onehot(y)_k)^2 per sample (not divided by K)."""
+    """Brier loss (Brier 1950): sum_k (softmax(z)_k - q_k)^2 per position (not divided by K), q the one-hot class
+    or the probability target (smoothed by ``label_smoothing``); ``weight`` with class indices only (see
+    :func:`focal_calibration.losses.functional.brier_loss`)."""
 
-    def forward(self, logits, target):
-        z, y, valid = self._prepare(logits, target)
-        probs = torch.softmax(z, dim=-1)
-        per_sample = probs.square().sum(dim=-1) - 2.0 * probs.gather(1, y[:, None]).squeeze(1) + 1.0
-        return self._reduce(per_sample, valid, target.shape)
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
+        if self.weight is not None:
+            self._refuse_label_smoothing("with weight= the Brier score against a smoothed target has no published "
+                                         "definition (weight scales a class-index position's loss by w[y])")
 
-
-def mmce_weighted(confidence, correct, valid=None, *, bandwidth: float = 0.4, variant: str = "kumar"):
-    """MMCE_w of Kumar et al. (2018), the weighted maximum mean calibration error of one batch.
-
-    With r_i the top-1 confidence, D_c / D_w the correctly / wrongly classified samples (sizes m_c, m_w) and the
-    Laplacian kernel k(r, r') = exp(-|r - r'| / bandwidth):
-
-        MMCE_w^2 = sum_{i,j in D_c} (1-r_i)(1-r_j) k / m_c^2 + sum_{i,j in D_w} r_i r_j k / m_w^2
-                   - 2 sum_{i in D_c, j in D_w} (1-r_i) r_j k / (m_c m_w)
-
-    computed as w^T K w with w_i = (1-r_i)/m_c on D_c and -r_i/m_w on D_w (K is positive semi-definite, so the
-    square is >= 0). A group that is empty drops out. ``variant="official"`` reproduces the paper's released code,
-    which divides each term once more (w_i = (1-r_i)/m_c^2, -r_i/m_w^2) and returns 0 when a group is empty.
-    Returns sqrt(MMCE_w^2), differentiable w.r.t. the confidences.
-    """
-    if variant not in ("kumar", "official"):
-        raise ValueError(f"variant must be 'kumar' or 'official', got {variant!r}")
-    correct = correct.to(confidence.dtype)
-    wrong = 1.0 - correct
-    if valid is not None:
-        correct = correct * valid
-        wrong = wrong * valid
-    m_c, m_w = correct.sum(), wrong.sum()
-    power = 1 if variant == "kumar" else 2
-    w = correct * (1.0 - confidence) / m_c.clamp_min(1) ** power - wrong * confidence / m_w.clamp_min(1) ** power
-    kernel = torch.exp(-(confidence[:, None] - confidence[None, :]).abs() / bandwidth)
-    mmce = (w @ kernel @ w).clamp_min(1e-12).sqrt()
-    if variant == "official":
-        mmce = mmce * ((m_c > 0) & (m_w > 0))
-    return mmce
+    def forward(self, input, target):
+        return functional.brier_loss(input, target, self.weight, **self._contract())
 
 
 class MMCELoss(CalibrationLoss):
-    """CE + λ · MMCE_w (Kumar et al. 2018), the paper's MMCE baseline (λ = 2 for images, 8 for text).
+    """CE + λ · MMCE_w (Kumar et al. 2018), the paper's MMCE baseline (λ = 2 for images, 8 for text); ``weight`` and
+    ``label_smoothing`` act on the CE term, class-index targets only (see
+    :func:`focal_calibration.losses.functional.mmce_loss`).
 
     MMCE is a batch-level quantity; ``"sum"`` returns CE_sum + λ · n · MMCE (n non-ignored samples, as the official
     code multiplies by the batch size), ``"mean"`` CE_mean + λ · MMCE, ``"none"`` CE_i + λ · MMCE per sample.
     """
 
     def __init__(self, lam: float = 2.0, bandwidth: float = 0.4, variant: str = "kumar", reduction: str = "mean",
-                 ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+                 ignore_index: int = -100, *, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
         self.lam = check_nonnegative_number(lam, "lambda")
         self.bandwidth = check_nonnegative_number(bandwidth, "bandwidth")
         if self.bandwidth == 0:
@@ -240,14 +263,9 @@ class MMCELoss(CalibrationLoss):
             raise ValueError(f"variant must be 'kumar' or 'official', got {variant!r}")
         self.variant = variant
 
-    def forward(self, logits, target):
-        z, y, valid = self._prepare(logits, target)
-        log_probs = torch.log_softmax(z, dim=-1)
-        ce = -log_probs.gather(1, y[:, None]).squeeze(1)
-        log_conf, prediction = log_probs.max(dim=-1)
-        mmce = mmce_weighted(log_conf.exp(), prediction == y, valid.to(z.dtype), bandwidth=self.bandwidth,
-                             variant=self.variant)
-        return self._reduce(ce + self.lam * mmce, valid, target.shape)
+    def forward(self, input, target):
+        return functional.mmce_loss(input, target, self.weight, lam=self.lam, bandwidth=self.bandwidth,
+                                    variant=self.variant, **self._contract())
 
     def extra_repr(self):
         return f"lam={self.lam:g}, bandwidth={self.bandwidth:g}, variant={self.variant!r}, " + super().extra_repr()
@@ -256,76 +274,64 @@ class MMCELoss(CalibrationLoss):
 # ----------------------------------------------------------------------------------------------------------------
 # Beyond the paper: losses of log p_y alone (fused analytic backward)
 
-class _RowLoss(CalibrationLoss):
-    """A loss L(log p_y; θ) through the fused kernel: dL/dz = c·(softmax - onehot), c = -dL/d(log p_y).
-    Subclasses set ``row_terms`` ((log p, θ) -> (loss, c)) and return θ from ``_row_param``."""
-
-    row_terms = None
-
-    def _row_param(self):
-        """θ: a number, or a callable of the detached p_y returning a per-row tensor."""
-        raise NotImplementedError
-
-    def forward(self, logits, target):
-        logits2d, target1d = self._flatten_checked(logits, target)
-        per_row = fused_row_loss(logits2d, target1d, self.row_terms, self._row_param(), ignore_index=self.ignore_index)
-        return self._reduce(per_row, target1d != self.ignore_index, target.shape)
-
-
-class InverseFocalLoss(_RowLoss):
+class InverseFocalLoss(CalibrationLoss):
     """Inverse focal loss -(1 + p_y)^γ log p_y (Wang et al., NeurIPS 2021), γ >= 0: it weights confident samples
-    *more* than cross-entropy, the opposite of focal loss (AdaFocal's form for under-confident bins)."""
+    *more* than cross-entropy, the opposite of focal loss (AdaFocal's form for under-confident bins). Soft targets in
+    the per-class form, as focal loss."""
 
-    row_terms = staticmethod(inverse_focal_terms)
-
-    def __init__(self, gamma: float, reduction: str = "mean", ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+    def __init__(self, gamma: float, reduction: str = "mean", ignore_index: int = -100, *,
+                 weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
         self.gamma = check_nonnegative_number(gamma, "gamma")
 
-    def _row_param(self):
-        return self.gamma
+    def forward(self, input, target):
+        return functional.inverse_focal_loss(input, target, self.weight, gamma=self.gamma, **self._contract())
 
     def extra_repr(self):
         return f"gamma={self.gamma:g}, " + super().extra_repr()
 
 
-class PolyLoss(_RowLoss):
+class PolyLoss(CalibrationLoss):
     """Poly-1 (Leng et al., ICLR 2022): -log p_y + ε (1 - p_y). ε >= -1 keeps every coefficient of the loss's
-    expansion in powers of (1 - p_y) non-negative (ε = -1 drops the linear term); ε = 0 is cross-entropy."""
+    expansion in powers of (1 - p_y) non-negative (ε = -1 drops the linear term); ε = 0 is cross-entropy. Soft
+    targets in the published form CE(q') + ε (1 - Σ_k q'_k p_k)."""
 
-    row_terms = staticmethod(poly1_terms)
-
-    def __init__(self, epsilon: float, reduction: str = "mean", ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+    def __init__(self, epsilon: float, reduction: str = "mean", ignore_index: int = -100, *,
+                 weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
         self.epsilon = check_number(epsilon, "epsilon")
         if self.epsilon < -1:
             raise ValueError(f"epsilon must be a finite number >= -1, got {epsilon!r}")
 
-    def _row_param(self):
-        return self.epsilon
+    def forward(self, input, target):
+        return functional.poly1_loss(input, target, self.weight, epsilon=self.epsilon, **self._contract())
 
     def extra_repr(self):
         return f"epsilon={self.epsilon:g}, " + super().extra_repr()
 
 
-class AdaFocalLoss(_RowLoss):
+class AdaFocalLoss(CalibrationLoss):
     """AdaFocal (Ghosh, Schaaf & Gormley, NeurIPS 2022): focal loss with a signed γ per equal-mass confidence bin of
     the validation set, inverse focal loss where γ < 0; see :mod:`focal_calibration.losses.adafocal` for the update
     rule.
 
-    Call :meth:`observe_validation` after every epoch (the trainers do); until the first call every bin has
-    ``gamma_init`` and the bins are equal-width (as the released code). Defaults are the released code's: λ = 1,
-    γ_init = 1, S_th = 0.2, γ in [-2, 20], 15 bins. The state (γ per bin, the bins' edges, the number of updates) is
-    in registered buffers, so ``state_dict()`` carries it and a resumed run continues exactly.
+    Call :meth:`observe_validation` after every epoch (the trainers do; without it the loss warns once after
+    ``constants.UNSCHEDULED_LOSS_WARNING_CALLS`` forward calls); until the first call every bin has ``gamma_init``
+    and the bins are equal-width (as the released code). Defaults are the released code's: λ = 1, γ_init = 1,
+    S_th = 0.2, γ in [-2, 20], 15 bins. The state (γ per bin, the bins' edges, the number of updates) is in
+    registered buffers, so ``state_dict()`` carries it and a resumed run continues exactly. Class-index targets only
+    (AdaFocal has no published definition for probability targets or label smoothing); ``weight`` scales a
+    position's loss by w[y].
     """
 
     uses_validation = True
-    row_terms = staticmethod(signed_focal_terms)
 
     def __init__(self, lam: float = 1.0, gamma_init: float = 1.0, switch_threshold: float = 0.2,
                  gamma_min: float = -2.0, gamma_max: float = 20.0, n_bins: int = 15, reduction: str = "mean",
-                 ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+                 ignore_index: int = -100, *, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
+        self._refuse_label_smoothing("AdaFocal is defined for one target class per sample (its γ is looked up from "
+                                     "p_y); label smoothing makes the target a distribution")
         self.lam = check_nonnegative_number(lam, "lam")
         self.switch_threshold = check_nonnegative_number(switch_threshold, "switch_threshold")
         self.gamma_min, self.gamma_max, gamma_init = (check_number(v, name) for v, name in (
@@ -342,13 +348,19 @@ class AdaFocalLoss(_RowLoss):
         self.register_buffer("inner_edges", torch.arange(1, n_bins, dtype=torch.float64) / n_bins)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._lookup = {}  # device -> (edges, gammas) there: no host-to-device copy (and sync) per step
+        self._watch_schedule = True
 
     @property
     def n_bins(self) -> int:
         return self.gammas.numel()
 
-    def _row_param(self):
-        return self.gamma_of
+    def forward(self, input, target):
+        if self._watch_schedule:
+            self._count_unscheduled_call()
+        batch = functional._Batch("AdaFocalLoss", input, target, self.weight, **self._contract())
+        batch.refuse_soft("AdaFocal has no published definition for a target distribution (its γ is looked up from "
+                          "p_y)")
+        return functional._per_class_form(batch, signed_focal_terms, self.gamma_of)
 
     def gamma_of(self, p_y: torch.Tensor) -> torch.Tensor:
         """The signed γ of each sample: that of the bin its (detached) true-class probability falls in."""
@@ -357,15 +369,26 @@ class AdaFocalLoss(_RowLoss):
         edges, gammas = self._lookup[p_y.device]
         return gammas[bin_of(p_y, edges)]
 
+    def _unscheduled_warning(self) -> str:
+        return ("observe_validation(val_logits, val_labels): its γ per bin stays at its initial values (no AdaFocal "
+                "update has run). Call loss.observe_validation(val_logits, val_labels) after every epoch")
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._lookup = {}
+        self._watch_schedule = False  # restored state: a trainer drives this loss
 
     @torch.no_grad()
     def observe_validation(self, val_logits, val_labels) -> None:
         """One AdaFocal update from the validation set: equal-mass bins of its top-1 confidences, each bin's
-        calibration gap E_b = C_b - A_b, γ_b updated, the new bins kept for the training lookup."""
-        logits2d, labels = flatten_scores_and_labels(torch.as_tensor(val_logits), torch.as_tensor(val_labels),
+        calibration gap E_b = C_b - A_b, γ_b updated, the new bins kept for the training lookup.
+
+        ``val_logits`` ``[N, C]`` or ``[N, C, d1, ...]`` (classes on dim 1, as the loss takes them), ``val_labels``
+        ``[N]`` / ``[N, d1, ...]``; positions at ``ignore_index`` are left out."""
+        val_logits, val_labels = torch.as_tensor(val_logits), torch.as_tensor(val_labels)
+        if val_logits.dim() > 2:
+            val_logits = val_logits.movedim(1, -1)  # classes last, for the flattening below
+        logits2d, labels = flatten_scores_and_labels(val_logits, val_labels, scores_name="val_logits",
                                                      labels_name="val_labels")
         check_labels_in_range(labels, logits2d.shape[1], self.ignore_index, "val_labels")
         keep = labels != self.ignore_index
@@ -401,6 +424,7 @@ class AdaFocalLoss(_RowLoss):
         self.inner_edges.copy_(next_edges)
         self.updates += 1
         self._lookup = {}
+        self._watch_schedule = False
 
     def describe_state(self) -> dict:
         edges = [None if math.isinf(e) else e for e in self.inner_edges.tolist()]
@@ -422,34 +446,23 @@ class DualFocalLoss(CalibrationLoss):
     ground truth logit" (the paper's abstract), which is also what the released code computes (0 when no class is
     below the target). ``pj="max-other"``: p_j is the largest probability of any other class. The two agree on every
     correctly classified sample; on a misclassified one ``max-other`` takes the predicted class (weight up to 2^γ).
-    Gradients flow through p_y and p_j (plain autograd, as the released code).
+    Gradients flow through p_y and p_j (plain autograd, as the released code). Class-index targets only; ``weight``
+    scales a position's loss by w[y].
     """
 
     PJ_CHOICES = ("below-target", "max-other")
 
-    def __init__(self, gamma: float, pj: str = "below-target", reduction: str = "mean", ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+    def __init__(self, gamma: float, pj: str = "below-target", reduction: str = "mean", ignore_index: int = -100, *,
+                 weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
+        self._refuse_label_smoothing("dual focal loss is defined for one target class per sample (its p_j is ranked "
+                                     "against p_y)")
         self.gamma = check_nonnegative_number(gamma, "gamma")
         self.pj = check_choice(pj, self.PJ_CHOICES, "pj")
 
-    def forward(self, logits, target):
-        z, y, valid = self._prepare(logits, target)
-        log_probs = torch.log_softmax(z, dim=-1)
-        with torch.no_grad():  # which class is j
-            if self.pj == "below-target":
-                others = torch.where(log_probs < log_probs.gather(1, y[:, None]), log_probs, -math.inf)
-            else:
-                others = log_probs.scatter(1, y[:, None], -math.inf)
-            best_other, j = others.max(dim=-1, keepdim=True)
-        log_p_y, log_p_j = log_probs.gather(1, torch.cat([y[:, None], j], dim=1)).split(1, dim=1)  # one gather
-        p_j = torch.where(best_other > -math.inf, log_p_j.exp(), 0.0)  # 0 when no class qualifies
-        base = -torch.expm1(log_p_y) + p_j  # 1 - p_y + p_j, exact as p_y -> 1
-        # base == 0 only when p_y == 1 and p_j == 0, where log p_y = 0 too: feed pow a safe value there so that its
-        # backward (γ·base^(γ-1), infinite for γ < 1) never meets a zero gradient.
-        positive = base > 0
-        weight = torch.where(positive, torch.where(positive, base, torch.ones_like(base)).pow(self.gamma),
-                             torch.full_like(base, 0.0 if self.gamma > 0 else 1.0))
-        return self._reduce((-weight * log_p_y).squeeze(1), valid, target.shape)
+    def forward(self, input, target):
+        return functional.dual_focal_loss(input, target, self.weight, gamma=self.gamma, pj=self.pj,
+                                          **self._contract())
 
     def extra_repr(self):
         return f"gamma={self.gamma:g}, pj={self.pj!r}, " + super().extra_repr()
@@ -461,33 +474,23 @@ class MarginLabelSmoothingLoss(CalibrationLoss):
 
     ``normalization="mean"`` (default) divides the penalty by K, as the released code (``LogitMarginL1``: the mean of
     ``relu(max - z - m)`` over all N×K entries) -- the normalisation its defaults m = 10, λ = 0.1 were tuned with;
-    ``"sum"`` is the penalty as the paper writes it (Σ_k, K times stronger for the same λ).
+    ``"sum"`` is the penalty as the paper writes it (Σ_k, K times stronger for the same λ). The CE term is
+    ``nn.CrossEntropyLoss``'s with every argument (weight, label_smoothing, probability targets); the penalty is
+    unweighted (see :func:`focal_calibration.losses.functional.margin_label_smoothing_loss`).
     """
 
     NORMALIZATIONS = ("mean", "sum")
 
     def __init__(self, margin: float = 10.0, lam: float = 0.1, normalization: str = "mean", reduction: str = "mean",
-                 ignore_index: int = -100):
-        super().__init__(reduction, ignore_index)
+                 ignore_index: int = -100, *, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__(reduction, ignore_index, weight=weight, label_smoothing=label_smoothing)
         self.margin = check_nonnegative_number(margin, "margin")
         self.lam = check_nonnegative_number(lam, "lambda")
         self.normalization = check_choice(normalization, self.NORMALIZATIONS, "normalization")
 
-    def forward(self, logits, target):
-        z, y, valid = self._prepare(logits, target)
-        # Logit distances are log-probability distances (z_j - z_k = log p_j - log p_k), so everything is read off
-        # one log_softmax. Σ_k max(0, top - l_k - m) = n·(top - m) - Σ_{k active} l_k over the n active classes
-        # (l_k < top - m): the hinge sum's value and (sub)gradient without an autograd graph over N×K hinges.
-        log_probs = torch.log_softmax(z, dim=-1)
-        with torch.no_grad():
-            best, top = log_probs.max(dim=-1, keepdim=True)
-            active = log_probs < best - self.margin
-        log_p_y, log_p_top = log_probs.gather(1, torch.cat([y[:, None], top], dim=1)).unbind(dim=1)  # one gather
-        n_active = active.sum(dim=-1).to(z.dtype)
-        penalty = n_active * (log_p_top - self.margin) - torch.where(active, log_probs, 0.0).sum(dim=-1)
-        if self.normalization == "mean":
-            penalty = penalty / z.shape[1]
-        return self._reduce(-log_p_y + self.lam * penalty, valid, target.shape)
+    def forward(self, input, target):
+        return functional.margin_label_smoothing_loss(input, target, self.weight, margin=self.margin, lam=self.lam,
+                                                      normalization=self.normalization, **self._contract())
 
     def extra_repr(self):
         return (f"margin={self.margin:g}, lam={self.lam:g}, normalization={self.normalization!r}, "

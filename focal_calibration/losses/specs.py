@@ -55,9 +55,14 @@ def _check_options(spec: str, family: str | None, options: dict) -> None:
         raise ValueError(f"build_loss({spec!r}) got unknown option(s) {unknown}; it accepts {accepts}")
 
 
-def build_loss(spec: str, *, reduction: str = "mean", ignore_index: int = -100, epochs: int | None = None,
-               milestones=None, thresholds=None, mmce_variant: str = "kumar", **options) -> CalibrationLoss:
+def build_loss(spec: str, *, reduction: str = "mean", ignore_index: int = -100, weight=None,
+               label_smoothing: float = 0.0, epochs: int | None = None, milestones=None, thresholds=None,
+               mmce_variant: str = "kumar", **options) -> CalibrationLoss:
     """Build a loss module from a spec (see the module docstring), e.g. ``build_loss("flsd-53")``.
+
+    ``reduction``, ``ignore_index``, ``weight`` (per class) and ``label_smoothing`` (PyTorch's form) are
+    ``nn.CrossEntropyLoss``'s; a loss that cannot take one of them (e.g. ``ls-0.05`` with ``label_smoothing``, which
+    would smooth twice) raises naming it.
 
     ``epochs``: the run's number of epochs. FLSc (``flsc-531``, ``flsc-532``) follows the run: without
     ``milestones`` its γ changes after 100/350 and 250/350 of ``epochs`` (Appendix E's 100 and 250 of 350 epochs;
@@ -73,7 +78,7 @@ def build_loss(spec: str, *, reduction: str = "mean", ignore_index: int = -100, 
     if not isinstance(spec, str):
         raise TypeError(f"loss spec must be a string, got {spec!r}")
     name = spec.strip().lower()
-    common = dict(reduction=reduction, ignore_index=ignore_index)
+    common = dict(reduction=reduction, ignore_index=ignore_index, weight=weight, label_smoothing=label_smoothing)
     family = next((f for f in _OPTIONS if name == f or name.startswith(f + "-")), None)
     _check_options(spec, family, options)
     if name == "ce":

@@ -1,0 +1,126 @@
+"""Losses of the per-class form against a soft target, with an analytic backward: probability targets (mixup, cutmix,
+distillation) and label smoothing under the ``nn.CrossEntropyLoss`` contract (classes on dim 1).
+
+The paper's focal loss for a target distribution q (Appendix A, "a simple extension of focal loss"; eq. 5 is its
+binary case), with PyTorch's class weights w and its label smoothing q' = (1 - α) q + α / C:
+
+    L = -Σ_k s_k (1 - p_k)^γ_k log p_k,     s_k = w_k q'_k
+
+and the same form for every loss of the log-probabilities ℓ(log p; θ) (cross-entropy at γ = 0, inverse focal, Poly-1):
+L = Σ_k s_k ℓ(log p_k; θ_k). A sample-dependent γ (FLSD, Proposition 2's policy) is evaluated per class term at that
+term's own probability p_k: for a one-hot q only the target's term is left and this is the policy at p_y, FLSD itself.
+
+The target coefficients are one affine map of the target, s_k = w_k (on · q_k + off): PyTorch's smoothing is
+on = 1 - α, off = α / C; the paper's form of label smoothing (§5.1) on = 1 - α - α/(C-1), off = α/(C-1). Class-index
+targets are q = onehot(y) (never built: s is written chunk by chunk), with 0 at ``ignore_index``.
+
+Backward: with c_k = -dℓ/d(log p_k) (for focal loss g(p_k, γ_k), Proposition 1's factor) and d log p_k / dz_j =
+δ_kj - p_j,
+
+    dL/dz_j = p_j Σ_k s_k c_k - s_j c_j
+
+evaluated in chunks of positions in the forward, written over the log-softmax buffer: that buffer is the only N×C
+tensor kept between forward and backward, and the per-class temporaries stay chunk-sized.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from focal_calibration import constants
+from focal_calibration.validation import check_finite, compute_dtype, value_checks_enabled
+
+__all__ = ["soft_target_loss"]
+
+
+def _chunks(n: int, num_classes: int, positions: int):
+    """(sample slice, position slice) pairs covering [N, C, S] in pieces of about SOFT_TARGET_CHUNK_ELEMENTS."""
+    budget = constants.SOFT_TARGET_CHUNK_ELEMENTS
+    if num_classes * positions <= budget:
+        step = max(1, budget // (num_classes * positions))
+        return [(slice(i, min(i + step, n)), slice(None)) for i in range(0, n, step)]
+    step = max(1, budget // num_classes)
+    return [(slice(i, i + 1), slice(j, min(j + step, positions))) for i in range(n) for j in range(0, positions, step)]
+
+
+class _SoftTargetFunction(torch.autograd.Function):
+    """Per-position Σ_k s_k ℓ(log p_k; θ) of logits [N, C, S]; the forward also writes dL/dz over its log-softmax."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, on, off, row_terms, param, ignore_index):
+        n, num_classes, positions = logits.shape
+        buffer = torch.log_softmax(logits.to(compute_dtype(logits.dtype)), dim=1)  # log p, becomes the gradient
+        dtype = buffer.dtype
+        probabilities = target.is_floating_point()
+        w = None if weight is None else weight.to(device=buffer.device, dtype=dtype).view(1, num_classes, 1)
+        if not probabilities:
+            valid = (target != ignore_index).unsqueeze(1)  # [N, 1, S]
+            safe = torch.where(valid, target.unsqueeze(1), torch.zeros((), dtype=target.dtype, device=target.device))
+        needs_grad = ctx.needs_input_grad[0]
+        loss = buffer.new_empty((n, positions))
+        for rows, cols in _chunks(n, num_classes, positions):
+            log_p = buffer[rows, :, cols]
+            if probabilities:
+                s = target[rows, :, cols].to(dtype) * on + off
+            else:
+                s = torch.full_like(log_p, off).scatter_add_(1, safe[rows, :, cols],
+                                                             torch.full_like(log_p[:, :1], on))
+                s.mul_(valid[rows, :, cols])
+            if w is not None:
+                s.mul_(w)
+            if callable(param):  # a sample-dependent γ, per class term at its own (detached) probability
+                theta = param(log_p.exp())
+            elif isinstance(param, torch.Tensor) and param.dim() > 0:  # one γ per position
+                theta = param[rows, cols].unsqueeze(1)
+            else:
+                theta = param
+            if isinstance(theta, torch.Tensor):
+                theta = theta.to(device=log_p.device, dtype=dtype)
+            terms, c = row_terms(log_p, theta)
+            # a class with s_k = 0 adds nothing, even where its log p_k is -inf (a masked class): no 0 · inf
+            loss[rows, cols] = torch.where(s != 0, s * terms, 0.0).sum(1)
+            if needs_grad:
+                sc = s.mul_(c)
+                log_p.exp_().mul_(sc.sum(1, keepdim=True)).sub_(sc)  # p_j Σ_k s_k c_k - s_j c_j
+                if not probabilities:
+                    log_p.masked_fill_(~valid[rows, :, cols], 0.0)  # exact 0 whatever an ignored position's logits
+        if not probabilities:
+            loss = torch.where(valid.squeeze(1), loss, 0.0)
+        if value_checks_enabled(loss):
+            check_finite(loss, "logits")
+        ctx.gradient = buffer if needs_grad else None
+        ctx.logits_dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        gradient = ctx.gradient * grad_loss.to(ctx.gradient.dtype).unsqueeze(1)  # a new tensor: retain_graph works
+        return (gradient.to(ctx.logits_dtype),) + (None,) * 7
+
+
+def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, row_terms, param, *, weight=None, on: float = 1.0,
+                     off: float = 0.0, ignore_index: int = -100) -> torch.Tensor:
+    """Per-position Σ_k w_k (on · q_k + off) ℓ(log p_k; θ) (see the module docstring), with its analytic backward.
+
+    Args:
+        logits: ``[N, C]`` or ``[N, C, d1, ...]``, classes on dim 1, already checked.
+        target: class probabilities of the logits' shape, or class indices ``[N]`` / ``[N, d1, ...]`` (q = onehot,
+            0 at ``ignore_index``).
+        row_terms: ``(log_p, θ) -> (loss, c)`` elementwise, c = -dℓ/d(log p) (e.g.
+            :func:`focal_calibration.losses.math.focal_terms`).
+        param: θ: a number, one value per position (the target's shape without the class dimension), or a callable
+            of the detached probabilities (evaluated per class term).
+        weight: per-class weights ``[C]`` or None. on, off: the target's affine map (label smoothing).
+
+    Returns:
+        The loss per position, ``[N]`` / ``[N, d1, ...]`` (float32 for half inputs).
+    """
+    n, num_classes = logits.shape[:2]
+    spatial = logits.shape[2:]
+    flat = logits.reshape(n, num_classes, -1)
+    flat_target = target.reshape(n, num_classes, -1) if target.is_floating_point() else target.reshape(n, -1)
+    if isinstance(param, torch.Tensor) and param.dim() > 0:
+        param = param.reshape(n, -1)
+    loss = _SoftTargetFunction.apply(flat, flat_target, weight, float(on), float(off), row_terms, param, ignore_index)
+    return loss.reshape((n,) + tuple(spatial))
