@@ -2,7 +2,12 @@
 
     python benchmarks/focal_loss.py [--shapes 128x10,128x100,20000x100,4096x32000] [--device cpu|cuda]
                                     [--dtype float32|bfloat16|float16] [--threads N] [--json OUT.json]
+    python benchmarks/focal_loss.py --shapes 8x19x256x256 --threads 1   # segmentation logits [N, C, H, W]
     python benchmarks/focal_loss.py --crossover      # the small-batch path vs the fused one (SMALL_BATCH_ELEMENTS)
+
+A shape is ROWSxCLASSES (logits [N, C]) or NxCxD1x...xDk (logits [N, C, d1, ..., dk], classes on dim 1, targets
+[N, d1, ..., dk]: a Cityscapes-sized segmentation batch is 8x19x256x256); every variant takes the logits as
+nn.CrossEntropyLoss does, classes on dim 1.
 
 Time: per shape, every variant runs a number of forward+backward calls per round (many for small shapes, so a round
 takes milliseconds), the variants taking turns in each of --repeats rounds in this process (in a fresh random order
@@ -22,6 +27,7 @@ losses beyond the paper (AdaFocal, inverse focal, Poly-1, dual focal, MbLS).
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -33,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from common import add_device_and_threads, apply_threads
-from focal_calibration import build_loss, focal_loss, constants
+from focal_calibration import build_loss, constants, focal_loss
 from focal_calibration.files import write_json_atomic
 
 DEFAULT_SHAPES = "128x10,128x100,20000x100,4096x32000"
@@ -41,13 +47,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def naive_focal(z, y, gamma=3.0):
-    log_p = F.log_softmax(z, -1).gather(1, y[:, None])
+    log_p = F.log_softmax(z, 1).gather(1, y.unsqueeze(1))
     return (-(1 - log_p.exp()) ** gamma * log_p).mean()
 
 
 def naive_flsd53(z, y):
     """The naive formula with FLSD-53's γ (5 below p_y = 0.2, else 3) looked up the same way: context for FLSD-53."""
-    log_p = F.log_softmax(z, -1).gather(1, y[:, None])
+    log_p = F.log_softmax(z, 1).gather(1, y.unsqueeze(1))
     p = log_p.detach().exp()
     gamma = torch.where(p < 0.2, 5.0, 3.0)
     return (-(1 - log_p.exp()) ** gamma * log_p).mean()
@@ -58,16 +64,16 @@ def variants(device: str) -> dict:
     out = {
         "F.cross_entropy": lambda z, y: F.cross_entropy(z, y),
         "naive -(1-exp(logp))**γ·logp": naive_focal,
-        "focal γ=3 (ours)": lambda z, y: focal_loss(z, y, 3.0),
+        "focal γ=3 (ours)": lambda z, y: focal_loss(z, y, gamma=3.0),
         "FLSD-53 (ours)": flsd,
         "naive, FLSD-53's γ": naive_flsd53,
     }
     if device == "cuda":  # the default backend is the Triton kernel there; the PyTorch path for comparison
-        out["focal γ=3 (backend=torch)"] = lambda z, y: focal_loss(z, y, 3.0, backend="torch")
-        out["FLSD-53 (backend=torch)"] = lambda z, y: focal_loss(z, y, flsd.policy, backend="torch")
+        out["focal γ=3 (backend=torch)"] = lambda z, y: focal_loss(z, y, gamma=3.0, backend="torch")
+        out["FLSD-53 (backend=torch)"] = lambda z, y: focal_loss(z, y, gamma=flsd.policy, backend="torch")
     else:
-        out["focal γ=3 (keep_softmax=False)"] = lambda z, y: focal_loss(z, y, 3.0, keep_softmax=False)
-        out["cross-entropy γ=0 (ours)"] = lambda z, y: focal_loss(z, y, 0.0)
+        out["focal γ=3 (keep_softmax=False)"] = lambda z, y: focal_loss(z, y, gamma=3.0, keep_softmax=False)
+        out["cross-entropy γ=0 (ours)"] = lambda z, y: focal_loss(z, y, gamma=0.0)
     out.update({name: loss.to(device) for name, loss in beyond_the_paper().items()})
     return out
 
@@ -77,9 +83,11 @@ def variants(device: str) -> dict:
 def _adafocal_mixed():
     """AdaFocal as it trains after some epochs: 15 equal-mass bins, focal and inverse-focal rows mixed."""
     loss = build_loss("adafocal")
-    loss.gammas.copy_(torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, -0.2, -0.5, 1.0, 2.0, -1.0, 0.3, 4.0, -2.0, 1.5, 0.2],
-                                   dtype=torch.float64))
-    loss.inner_edges.copy_(torch.logspace(-9, -4.6, 14, dtype=torch.float64))  # spreads these inputs' p_y over bins
+    gammas = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, -0.2, -0.5, 1.0, 2.0, -1.0, 0.3, 4.0, -2.0, 1.5, 0.2],
+                          dtype=torch.float64)
+    edges = torch.logspace(-9, -4.6, 14, dtype=torch.float64)  # spreads these inputs' p_y over bins
+    # a restored state, as a resumed run has (and so a driven loss: no warning of an AdaFocal never updated)
+    loss.load_state_dict({"gammas": gammas, "inner_edges": edges, "updates": torch.tensor(3)})
     return loss
 
 
@@ -94,24 +102,29 @@ def beyond_the_paper() -> dict:
 # ---- end of the losses-beyond-the-paper block ----------------------------------------------------------------------
 
 
-def parse_shapes(text: str) -> list[tuple[int, int]]:
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """ROWSxCLASSES or NxCxD1x... items -> logits shapes (classes on dim 1)."""
     shapes = []
     for item in text.split(","):
         try:
-            rows, classes = (int(v) for v in item.lower().split("x"))
+            shape = tuple(int(v) for v in item.lower().split("x"))
         except ValueError:
-            raise SystemExit(f"error: --shapes wants ROWSxCLASSES[,...], got {item!r}") from None
-        if rows < 1 or classes < 2:
-            raise SystemExit(f"error: a shape needs >= 1 row and >= 2 classes, got {item!r}")
-        shapes.append((rows, classes))
+            raise SystemExit(f"error: --shapes wants ROWSxCLASSES or NxCxD1x...[,...], got {item!r}") from None
+        if len(shape) < 2 or shape[0] < 1 or shape[1] < 2 or min(shape) < 1:
+            raise SystemExit(f"error: a shape needs >= 1 row, >= 2 classes and sizes >= 1, got {item!r}")
+        shapes.append(shape)
     return shapes
 
 
-def make_inputs(rows, classes, device, dtype, seed=0):
+def shape_name(shape) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def make_inputs(shape, device, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    logits = torch.empty(rows, classes).normal_(generator=gen).mul_(3)  # in place: no transient copy in the peak
+    logits = torch.empty(shape).normal_(generator=gen).mul_(3)  # in place: no transient copy in the peak
     logits = logits.to(device=device, dtype=dtype).requires_grad_()
-    target = torch.randint(0, classes, (rows,), generator=gen).to(device)
+    target = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen).to(device)
     return logits, target
 
 
@@ -125,20 +138,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def calls_per_round(rows, classes):
+def calls_per_round(shape):
     """Enough calls that a round of a small shape lasts milliseconds (timer resolution, scheduler ticks)."""
-    return max(1, min(200, 2_000_000 // (rows * classes)))
+    return max(1, min(200, 2_000_000 // math.prod(shape)))
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_variants(fns, rows, classes, device, dtype, repeats, clock="wall", seed=0):
+def time_variants(fns, shape, device, dtype, repeats, clock="wall", seed=0):
     """Seconds per call of each variant: best of `repeats` rounds. The variants take turns in every round, in a fresh
     random order each round: a variant pays for the caches its predecessor left (~15 µs a call at [128 x 10] on
     this CPU when it always followed F.cross_entropy), so no variant may always follow the same one."""
-    logits, target = make_inputs(rows, classes, device, dtype)
-    calls = calls_per_round(rows, classes)
+    logits, target = make_inputs(shape, device, dtype)
+    calls = calls_per_round(shape)
     now = CLOCKS[clock]
     names = list(fns)
     best = {name: float("inf") for name in names}
@@ -166,9 +179,9 @@ def high_water_rss():
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def peak_memory_here(fn, rows, classes, device, dtype):
+def peak_memory_here(fn, shape, device, dtype):
     """Extra peak bytes of one forward+backward (CUDA: allocator peak; CPU: this process's VmHWM)."""
-    logits, target = make_inputs(rows, classes, device, dtype)
+    logits, target = make_inputs(shape, device, dtype)
     if device == "cuda":
         step(fn, logits, target)  # compile first; its workspace is not the variant's
         logits.grad = None
@@ -183,14 +196,14 @@ def peak_memory_here(fn, rows, classes, device, dtype):
     return high_water_rss() - base
 
 
-def peak_memory(names, rows, classes, args):
+def peak_memory(names, shape, args):
     if args.device == "cuda":
         fns = variants(args.device)
-        return {name: peak_memory_here(fns[name], rows, classes, args.device, DTYPES[args.dtype]) for name in names}
+        return {name: peak_memory_here(fns[name], shape, args.device, DTYPES[args.dtype]) for name in names}
     peaks = {}
     for name in names:  # CPU: a fresh process per variant, so one variant's high-water mark is not another's
         out = subprocess.run([sys.executable, __file__, "--device", "cpu", "--dtype", args.dtype,
-                              "--memory-variant", name, "--memory-shape", f"{rows}x{classes}"],
+                              "--memory-variant", name, "--memory-shape", shape_name(shape)],
                              check=True, capture_output=True, text=True).stdout
         peaks[name] = json.loads(out.strip().splitlines()[-1])
     return peaks
@@ -228,6 +241,11 @@ GOALS = (  # issue 11: (shape, variant, baseline, what is compared, bound)
     ("8192x32000", "FLSD-53 (ours)", "F.cross_entropy", "seconds", 0.8),
     ("8192x32000", "focal γ=3 (ours)", "F.cross_entropy", "peak_bytes", 1.0),
     ("8192x32000", "FLSD-53 (ours)", "F.cross_entropy", "peak_bytes", 1.0),
+    # issue 15: segmentation logits [N, C, H, W], classes on dim 1 (at most one copy of the logits for the layout)
+    ("8x19x256x256", "focal γ=3 (ours)", "F.cross_entropy", "seconds", 1.0),
+    ("8x19x256x256", "FLSD-53 (ours)", "F.cross_entropy", "seconds", 1.0),
+    ("8x19x256x256", "focal γ=3 (ours)", "F.cross_entropy", "peak_bytes", 1.0),
+    ("8x19x256x256", "FLSD-53 (ours)", "F.cross_entropy", "peak_bytes", 1.0),
 )
 
 
@@ -279,14 +297,14 @@ def crossover(args):
           f"path faster)")
     print("| N·K | K=10 | K=100 | K=1000 |")
     print("|---|---|---|---|")
-    fns = {"small": with_small_batch_elements(2 ** 40, lambda z, y: focal_loss(z, y, 3.0)),
-           "fused": with_small_batch_elements(0, lambda z, y: focal_loss(z, y, 3.0))}
+    fns = {"small": with_small_batch_elements(2 ** 40, lambda z, y: focal_loss(z, y, gamma=3.0)),
+           "fused": with_small_batch_elements(0, lambda z, y: focal_loss(z, y, gamma=3.0))}
     results, threshold, still_faster = {}, None, True
     for power in range(10, 21):
         ratios = []
         for classes in (10, 100, 1000):
             rows = max(1, 2 ** power // classes)
-            times = time_variants(fns, rows, classes, args.device, DTYPES[args.dtype], args.repeats, args.clock)
+            times = time_variants(fns, (rows, classes), args.device, DTYPES[args.dtype], args.repeats, args.clock)
             ratios.append(times["small"] / times["fused"])
             results[f"2^{power}, K={classes}"] = ratios[-1]
         still_faster = still_faster and all(r <= 1.0 for r in ratios)
@@ -304,9 +322,9 @@ def profile(args):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    (rows, classes), = parse_shapes(args.shapes)[:1]
-    logits, target = make_inputs(rows, classes, args.device, DTYPES[args.dtype])
-    focal_3 = lambda z, y: focal_loss(z, y, 3.0)  # noqa: E731
+    shape, = parse_shapes(args.shapes)[:1]
+    logits, target = make_inputs(shape, args.device, DTYPES[args.dtype])
+    focal_3 = lambda z, y: focal_loss(z, y, gamma=3.0)  # noqa: E731
     paths = {"F.cross_entropy": lambda z, y: F.cross_entropy(z, y), "naive": naive_focal,
              "focal γ=3, fused autograd.Function path": with_small_batch_elements(0, focal_3),
              "focal γ=3, small-batch path": with_small_batch_elements(2 ** 40, focal_3),
@@ -321,8 +339,9 @@ def profile(args):
         events = prof.key_averages()
         aten = sum(e.count for e in events if e.key.startswith("aten::")) / calls
         python = sum(e.count for e in events if not e.key.startswith(("aten::", "autograd::", "torch::"))) / calls
-        print(f"\n{name}, [{rows} x {classes}]: {aten:.0f} ATen calls (nested ones included) and {python:.0f} other "
-              f"profiled events (autograd nodes, Python autograd.Function hops) per forward+backward")
+        print(f"\n{name}, [{' x '.join(map(str, shape))}]: {aten:.0f} ATen calls (nested ones included) and "
+              f"{python:.0f} other profiled events (autograd nodes, Python autograd.Function hops) per "
+              f"forward+backward")
         print(events.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
@@ -355,9 +374,9 @@ def main(argv=None):
     if args.clock is None:
         args.clock = "wall" if args.device == "cuda" else "cpu"
     if args.memory_variant:
-        (rows, classes), = parse_shapes(args.memory_shape)
+        shape, = parse_shapes(args.memory_shape)
         fn = variants(args.device)[args.memory_variant]
-        print(json.dumps(peak_memory_here(fn, rows, classes, args.device, DTYPES[args.dtype])))
+        print(json.dumps(peak_memory_here(fn, shape, args.device, DTYPES[args.dtype])))
         return
     if args.report:
         report(json.loads(open(args.report, encoding="utf-8").read()))
@@ -374,13 +393,13 @@ def main(argv=None):
               f"{args.repeats} rounds")
         results = {}
         fns = variants(args.device)
-        for rows, classes in parse_shapes(args.shapes):
-            runs = [time_variants(fns, rows, classes, args.device, DTYPES[args.dtype], args.repeats, args.clock, seed)
+        for shape in parse_shapes(args.shapes):
+            runs = [time_variants(fns, shape, args.device, DTYPES[args.dtype], args.repeats, args.clock, seed)
                     for seed in range(args.runs)]
-            peaks = peak_memory(fns, rows, classes, args) if rows * classes >= args.memory_min_elements else {}
-            print(f"\n[{rows} x {classes}], load average {os.getloadavg()[0]:.1f}")
+            peaks = peak_memory(fns, shape, args) if math.prod(shape) >= args.memory_min_elements else {}
+            print(f"\n[{' x '.join(map(str, shape))}], load average {os.getloadavg()[0]:.1f}")
             print(shape_table(runs, peaks), flush=True)
-            results[f"{rows}x{classes}"] = {"seconds": {name: statistics.fmean(run[name] for run in runs)
+            results[shape_name(shape)] = {"seconds": {name: statistics.fmean(run[name] for run in runs)
                                                         for name in fns},
                                             "seconds_per_run": runs, "peak_bytes": peaks}
         print()

@@ -287,28 +287,32 @@ def prepare_class_dim_inputs(logits: torch.Tensor, target: torch.Tensor, caller:
                         f"{type(target).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.dim() == 0:
+    ndim = logits.dim()
+    if ndim == 0:
         raise ValueError("logits must have a class dimension (shape [N, C, d1, ...] or [C]), got a 0-d tensor")
-    unbatched = logits.dim() == 1
+    unbatched = ndim == 1
     if unbatched:
         logits, target = logits.unsqueeze(0), target.unsqueeze(0)
-    shape = tuple(logits.shape)
-    index_shape = shape[:1] + shape[2:]
-    probabilities = target.is_floating_point() and tuple(target.shape) == shape
-    if not probabilities:
-        if tuple(target.shape) not in (index_shape, shape):
-            raise ValueError(f"shape mismatch: logits have shape {shape} (classes on dim 1), so target must have "
-                             f"shape {index_shape} (class indices) or {shape} (class probabilities), got "
-                             f"{tuple(target.shape)}")
+        ndim = 2
+    shape, target_shape = logits.shape, target.shape
+    # the common cases first, at a few attribute reads (this runs every step): class indices of [N, d1, ...] ...
+    if target.dim() == ndim - 1 and target_shape[0] == shape[0] and (ndim == 2 or target_shape[1:] == shape[2:]):
+        probabilities = False
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target of shape {tuple(target.shape)} must hold integer class indices (class "
-                            f"probabilities are a floating tensor of the logits' shape {shape}), got dtype "
+            raise TypeError(f"target of shape {tuple(target_shape)} must hold integer class indices (class "
+                            f"probabilities are a floating tensor of the logits' shape {tuple(shape)}), got dtype "
                             f"{target.dtype}")
-        if tuple(target.shape) != index_shape:
-            raise ValueError(f"shape mismatch: target of the logits' shape {shape} holds class probabilities, so it "
-                             f"must be floating-point, got dtype {target.dtype}")
+    elif target_shape == shape:  # ... or class probabilities of the logits' shape
+        probabilities = True
+        if not target.is_floating_point():
+            raise ValueError(f"shape mismatch: target of the logits' shape {tuple(shape)} holds class probabilities, "
+                             f"so it must be floating-point, got dtype {target.dtype}")
+    else:
+        raise ValueError(f"shape mismatch: logits have shape {tuple(shape)} (classes on dim 1), so target must have "
+                         f"shape {tuple(shape[:1] + shape[2:])} (class indices) or {tuple(shape)} (class "
+                         f"probabilities), got {tuple(target_shape)}")
     if shape[1] < 1:
-        raise ValueError(f"logits must have at least one class, got shape {shape}")
+        raise ValueError(f"logits must have at least one class, got shape {tuple(shape)}")
     if logits.numel() == 0:
-        raise ValueError(f"{caller} got an empty batch (logits shape {shape})")
+        raise ValueError(f"{caller} got an empty batch (logits shape {tuple(shape)})")
     return logits, target, probabilities, unbatched

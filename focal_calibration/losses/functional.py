@@ -30,7 +30,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from focal_calibration.losses.backend import resolve_backend
 from focal_calibration.losses.fused import (Gamma, _class_weight_of_targets, _focal_index_loss, _index_target_divisor,
                                             _reduce)
 from focal_calibration.losses.fused_soft import soft_target_loss
@@ -50,6 +49,9 @@ DEFAULT_IGNORE_INDEX = -100
 class _Batch:
     """A checked call: logits [N, C, ...], target, its kind, the class weight, α, and how to undo an unbatched
     input."""
+
+    __slots__ = ("alpha", "logits", "target", "probabilities", "unbatched", "num_classes", "weight", "caller",
+                 "ignore_index", "reduction")
 
     def __init__(self, caller, input, target, weight, ignore_index, reduction, label_smoothing):
         check_reduction(reduction)
@@ -112,12 +114,12 @@ def _per_class_form(batch: _Batch, row_terms, param, *, on_off=None, focal: bool
                     backend: str = "auto") -> torch.Tensor:
     """Σ_k w_k s_k ℓ(log p_k; θ) reduced, s = on · q + off (PyTorch's label smoothing unless ``on_off`` is given):
     the fused index-target kernels when s is one-hot, the soft-target kernel otherwise."""
-    on, off = on_off if on_off is not None else (1.0 - batch.alpha, batch.alpha / batch.num_classes)
-    if not batch.probabilities and on == 1.0 and off == 0.0:  # one-hot: the fast paths of the fused kernel
+    if on_off is None and not batch.probabilities and not batch.alpha:  # one-hot: the fast paths of the fused kernel
         loss = _focal_index_loss(batch.logits, batch.target, param, reduction=batch.reduction,
                                  ignore_index=batch.ignore_index, keep_softmax=keep_softmax, backend=backend,
                                  weight=batch.weight, row_terms=None if focal else row_terms)
         return batch.finish(loss)
+    on, off = on_off if on_off is not None else (1.0 - batch.alpha, batch.alpha / batch.num_classes)
     batch.check_labels()
     loss = soft_target_loss(batch.logits, batch.target, row_terms, param, weight=batch.weight, on=on, off=off,
                             ignore_index=batch.ignore_index)
@@ -163,7 +165,7 @@ def focal_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     if batch.unbatched and isinstance(gamma, torch.Tensor) and gamma.dim() > 0:
         gamma = gamma.unsqueeze(0)
     gamma = prepare_gamma(gamma, sample_shape)
-    if resolve_backend(backend, batch.logits) == "triton" and backend == "triton" and batch.soft:
+    if backend == "triton" and batch.soft:
         batch.refuse("backend='triton' with probability targets or label_smoothing",
                      "the Triton kernel covers class-index targets; leave backend='auto' (the PyTorch path)")
     return _per_class_form(batch, focal_terms, gamma, focal=True, keep_softmax=keep_softmax, backend=backend)

@@ -150,9 +150,11 @@ def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, i
     if reduction == "none":
         result = torch.mul(g_factor, nll)
         value = torch.mul(weight, nll_value, out=result.detach())  # the value: L = (1-p)^γ · nll per position
-    else:  # dot products of the flattened positions (views: these tensors are fresh and contiguous)
-        result = torch.dot(g_factor.reshape(-1), nll.reshape(-1))
-        value = torch.dot(weight.reshape(-1), nll_value.reshape(-1), out=result.detach())  # L summed
+    else:  # dot products (of the flattened positions: views, these tensors are fresh and contiguous)
+        if nll.dim() > 1:  # a reshape costs ~1 µs a tensor: only where there is something to flatten
+            g_factor, nll, weight, nll_value = (t.reshape(-1) for t in (g_factor, nll, weight, nll_value))
+        result = torch.dot(g_factor, nll)
+        value = torch.dot(weight, nll_value, out=result.detach())  # L summed
     # A non-finite logit makes its position's nll inf or nan, hence L; an ignored position's (whose gradient it would
     # make nan) is looked for only when the batch has ignored positions.
     if checks and (not math.isfinite(value if value.dim() == 0 else value.sum()) or n_valid < target.numel()):
