@@ -21,8 +21,9 @@ is part of every variant's peak.
 
 Variants: F.cross_entropy; the naive formula -(1 - exp(log p))^γ log p through log_softmax + gather (autograd);
 focal_loss γ=3 and build_loss("flsd-53") with the default backend (auto: the Triton kernel for CUDA tensors, the
-PyTorch path otherwise); on CUDA also both with backend="torch"; on CPU also keep_softmax=False and γ=0; and the
-losses beyond the paper (AdaFocal, inverse focal, Poly-1, dual focal, MbLS).
+PyTorch path otherwise); on CUDA also both with backend="torch"; on CPU also keep_softmax=False and γ=0; the
+losses beyond the paper (AdaFocal, inverse focal, Poly-1, dual focal, MbLS); and the soft-target path of the
+nn.CrossEntropyLoss contract (label_smoothing=0.1: F.cross_entropy's, ours at γ = 0 and γ = 3).
 """
 
 import argparse
@@ -75,7 +76,18 @@ def variants(device: str) -> dict:
         out["focal γ=3 (keep_softmax=False)"] = lambda z, y: focal_loss(z, y, gamma=3.0, keep_softmax=False)
         out["cross-entropy γ=0 (ours)"] = lambda z, y: focal_loss(z, y, gamma=0.0)
     out.update({name: loss.to(device) for name, loss in beyond_the_paper().items()})
+    out.update(soft_targets())
     return out
+
+
+def soft_targets() -> dict:
+    """The contract's soft-target path (issue 15): label smoothing in PyTorch's form, cross-entropy and focal loss."""
+    return {
+        "F.cross_entropy, label_smoothing=0.1": lambda z, y: F.cross_entropy(z, y, label_smoothing=0.1),
+        "cross-entropy γ=0, label_smoothing=0.1 (ours)": lambda z, y: focal_loss(z, y, gamma=0.0,
+                                                                                  label_smoothing=0.1),
+        "focal γ=3, label_smoothing=0.1 (ours)": lambda z, y: focal_loss(z, y, gamma=3.0, label_smoothing=0.1),
+    }
 
 
 # ---- losses beyond the paper (losses branch: a separate block to ease merges) --------------------------------------

@@ -28,62 +28,89 @@ from __future__ import annotations
 import torch
 
 from focal_calibration import constants
+from focal_calibration.losses.math import focal_terms
 from focal_calibration.validation import check_finite, compute_dtype, value_checks_enabled
 
 __all__ = ["soft_target_loss"]
 
 
-def _chunks(n: int, num_classes: int, positions: int):
-    """(sample slice, position slice) pairs covering [N, C, S] in pieces of about SOFT_TARGET_CHUNK_ELEMENTS."""
+def _chunks(shape):
+    """Index tuples (into the [N, C] / [N, C, S] tensors, into the [N] / [N, S] ones) covering them in pieces of about
+    SOFT_TARGET_CHUNK_ELEMENTS logits: several samples a piece, or pieces of one sample's positions."""
+    n, num_classes = shape[:2]
+    positions = shape[2] if len(shape) == 3 else 1
     budget = constants.SOFT_TARGET_CHUNK_ELEMENTS
     if num_classes * positions <= budget:
         step = max(1, budget // (num_classes * positions))
-        return [(slice(i, min(i + step, n)), slice(None)) for i in range(0, n, step)]
+        rows = [slice(i, min(i + step, n)) for i in range(0, n, step)]
+        return [((r,), (r,)) if len(shape) == 2 else ((r, slice(None), slice(None)), (r, slice(None))) for r in rows]
     step = max(1, budget // num_classes)
-    return [(slice(i, i + 1), slice(j, min(j + step, positions))) for i in range(n) for j in range(0, positions, step)]
+    return [((slice(i, i + 1), slice(None), slice(j, j + step)), (slice(i, i + 1), slice(j, j + step)))
+            for i in range(n) for j in range(0, positions, step)]
 
 
 class _SoftTargetFunction(torch.autograd.Function):
-    """Per-position Σ_k s_k ℓ(log p_k; θ) of logits [N, C, S]; the forward also writes dL/dz over its log-softmax."""
+    """Per-position Σ_k s_k ℓ(log p_k; θ) of logits [N, C] / [N, C, S]; the forward also writes dL/dz over its
+    log-softmax. (2-D logits stay 2-D: torch's softmax over dim 1 of [N, C, 1] takes a strided kernel ~20x slower than
+    its last-dimension one.)"""
 
     @staticmethod
     def forward(ctx, logits, target, weight, on, off, row_terms, param, ignore_index):
-        n, num_classes, positions = logits.shape
+        num_classes = logits.shape[1]
         buffer = torch.log_softmax(logits.to(compute_dtype(logits.dtype)), dim=1)  # log p, becomes the gradient
         dtype = buffer.dtype
         probabilities = target.is_floating_point()
-        w = None if weight is None else weight.to(device=buffer.device, dtype=dtype).view(1, num_classes, 1)
+        w = None if weight is None else weight.to(device=buffer.device, dtype=dtype).view(
+            (1, num_classes) + (1,) * (logits.dim() - 2))
         if not probabilities:
             valid = (target != ignore_index).unsqueeze(1)  # [N, 1, S]
             safe = torch.where(valid, target.unsqueeze(1), torch.zeros((), dtype=target.dtype, device=target.device))
         needs_grad = ctx.needs_input_grad[0]
-        loss = buffer.new_empty((n, positions))
-        for rows, cols in _chunks(n, num_classes, positions):
-            log_p = buffer[rows, :, cols]
+        loss = buffer.new_empty(buffer.shape[:1] + buffer.shape[2:])
+        cross_entropy = row_terms is focal_terms and not callable(param) and not isinstance(param, torch.Tensor) \
+            and param == 0  # γ = 0: the terms are -log p and c = 1, no per-class arithmetic
+        for chunk, at in _chunks(buffer.shape):  # chunk: into [N, C(, S)]; at: into [N(, S)]
+            log_p = buffer[chunk]
+            if cross_entropy:
+                terms, c = -log_p, None  # c = None: 1 for every class
+            else:
+                if callable(param):  # a sample-dependent γ, per class term at its own (detached) probability
+                    theta = param(log_p.exp())
+                elif isinstance(param, torch.Tensor) and param.dim() > 0:  # one γ per position
+                    theta = param[at].unsqueeze(1)
+                else:
+                    theta = param
+                if isinstance(theta, torch.Tensor):
+                    theta = theta.to(device=log_p.device, dtype=dtype)
+                terms, c = row_terms(log_p, theta)
             if probabilities:
-                s = target[rows, :, cols].to(dtype) * on + off
-            else:
-                s = torch.full_like(log_p, off).scatter_add_(1, safe[rows, :, cols],
-                                                             torch.full_like(log_p[:, :1], on))
-                s.mul_(valid[rows, :, cols])
-            if w is not None:
-                s.mul_(w)
-            if callable(param):  # a sample-dependent γ, per class term at its own (detached) probability
-                theta = param(log_p.exp())
-            elif isinstance(param, torch.Tensor) and param.dim() > 0:  # one γ per position
-                theta = param[rows, cols].unsqueeze(1)
-            else:
-                theta = param
-            if isinstance(theta, torch.Tensor):
-                theta = theta.to(device=log_p.device, dtype=dtype)
-            terms, c = row_terms(log_p, theta)
-            # a class with s_k = 0 adds nothing, even where its log p_k is -inf (a masked class): no 0 · inf
-            loss[rows, cols] = torch.where(s != 0, s * terms, 0.0).sum(1)
+                s = target[chunk].to(dtype) * on + off
+                if w is not None:
+                    s.mul_(w)
+                # a class with s_k = 0 adds nothing, even where its log p_k is -inf (a masked class): no 0 · inf
+                loss[at] = torch.where(s != 0, s * terms, 0.0).sum(1)
+                if needs_grad:
+                    sc = s if c is None else s.mul_(c)
+                    log_p.exp_().mul_(sc.sum(1, keepdim=True)).sub_(sc)  # p_j Σ_k s_k c_k - s_j c_j
+                continue
+            # class indices: s = w (on · onehot(y) + off), never built -- the on part is a gather / scatter at y
+            y = safe[chunk]
+            weighted = terms if w is None else terms * w
+            row_loss = weighted.gather(1, y).squeeze(1).mul_(on)
+            if off:
+                row_loss.add_(weighted.sum(1), alpha=off)
+            loss[at] = row_loss
             if needs_grad:
-                sc = s.mul_(c)
-                log_p.exp_().mul_(sc.sum(1, keepdim=True)).sub_(sc)  # p_j Σ_k s_k c_k - s_j c_j
-                if not probabilities:
-                    log_p.masked_fill_(~valid[rows, :, cols], 0.0)  # exact 0 whatever an ignored position's logits
+                wc = w if c is None else (c if w is None else c.mul_(w))  # w_k c_k (None: all 1)
+                wc_y = torch.ones_like(row_loss).unsqueeze(1) if wc is None else wc.expand_as(log_p).gather(1, y)
+                total = wc_y * on  # Σ_k s_k c_k = on · w_y c_y + off · Σ_k w_k c_k
+                if off:
+                    total.add_(num_classes if wc is None else wc.expand_as(log_p).sum(1, keepdim=True), alpha=off)
+                gradient = log_p.exp_().mul_(total)  # p_j Σ_k s_k c_k ...
+                if off:
+                    gradient.sub_(off if wc is None else wc * off)  # ... - off · w_j c_j ...
+                gradient.scatter_add_(1, y, wc_y.mul_(-on))  # ... - on · w_y c_y at j = y
+                gradient.masked_fill_(~valid[chunk], 0.0)  # exact 0 whatever an ignored position's logits
         if not probabilities:
             loss = torch.where(valid.squeeze(1), loss, 0.0)
         if value_checks_enabled(loss):
@@ -118,9 +145,10 @@ def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, row_terms, para
     """
     n, num_classes = logits.shape[:2]
     spatial = logits.shape[2:]
-    flat = logits.reshape(n, num_classes, -1)
-    flat_target = target.reshape(n, num_classes, -1) if target.is_floating_point() else target.reshape(n, -1)
-    if isinstance(param, torch.Tensor) and param.dim() > 0:
-        param = param.reshape(n, -1)
-    loss = _SoftTargetFunction.apply(flat, flat_target, weight, float(on), float(off), row_terms, param, ignore_index)
+    if logits.dim() > 2:  # [N, C, d1, ...] -> [N, C, S] (a view for contiguous logits)
+        logits = logits.reshape(n, num_classes, -1)
+        target = target.reshape(n, num_classes, -1) if target.is_floating_point() else target.reshape(n, -1)
+        if isinstance(param, torch.Tensor) and param.dim() > 0:
+            param = param.reshape(n, -1)
+    loss = _SoftTargetFunction.apply(logits, target, weight, float(on), float(off), row_terms, param, ignore_index)
     return loss.reshape((n,) + tuple(spatial))
