@@ -236,6 +236,17 @@ def test_per_position_gamma_and_chunked_soft_targets(target_kind, monkeypatch):
                     lambda z: naive_per_class(z, target, focal_term(flsd53), label_smoothing=0.1), logits)
 
 
+def test_recompute_mode_and_channels_last_logits(monkeypatch):
+    """keep_softmax=False (the softmax recomputed in the backward) and logits in channels-last memory (strided
+    classes) through the fused kernel."""
+    monkeypatch.setattr(constants, "SMALL_BATCH_ELEMENTS", 0)
+    logits, target = make_case("4-D", "indices+ignored", seed=12)
+    channels_last = logits.contiguous(memory_format=torch.channels_last)
+    for keep_softmax in (True, False):
+        assert_same(lambda z: focal_loss(z, target, gamma=2.0, keep_softmax=keep_softmax),
+                    lambda z: naive_per_class(z, target, focal_term(2.0)), channels_last)
+
+
 def test_a_masked_class_with_zero_target_probability_adds_nothing():
     """-inf masks a class out: with probability 0 there its term is 0 (F.cross_entropy would give 0 · inf = NaN),
     and its logit gets a 0 gradient."""

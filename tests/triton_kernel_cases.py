@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from focal_calibration import build_loss, focal_loss_classes_last  # noqa: E402
+from focal_calibration import build_loss, focal_loss, focal_loss_classes_last  # noqa: E402
 from focal_calibration.losses import triton_kernels  # noqa: E402
 from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss_classes_last  # noqa: E402
 from focal_calibration.losses.gamma import SampleDependentGamma, prop2_gamma_policy  # noqa: E402
@@ -208,3 +208,19 @@ def test_kernel_bucketizes_a_table_policy_without_calling_it():
     assert Counting.calls == 0
     ref = focal_loss_classes_last(logits, target, policy, ignore_index=IGNORE, backend="torch")
     torch.testing.assert_close(ours, ref, **VALUE_TOL)
+
+
+def test_contract_segmentation_logits_with_weight_and_per_position_gamma():
+    """focal_loss with nn.CrossEntropyLoss's contract on [N, C, H, W] (the kernel reads one classes-last copy), a
+    class weight and ignored positions: equal to the PyTorch path, which is tested against F.cross_entropy and the
+    per-class formula in tests/test_loss_contract.py."""
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 50, 3, 4, generator=gen) * 3
+    target = torch.randint(0, 50, (2, 3, 4), generator=gen)
+    target[0, 1] = IGNORE
+    weight = torch.rand(50, generator=gen) + 0.5
+    upstream = torch.rand(2, 3, 4, generator=gen)
+    target, weight = on_device(target, weight)
+    for gamma in (*on_device(torch.rand(2, 3, 4, generator=gen) * 4), build_loss("flsd-53").policy):
+        compare(lambda x, backend: focal_loss(x, target, weight, ignore_index=IGNORE, reduction="none", gamma=gamma,
+                                              backend=backend), *on_device(logits, upstream))
