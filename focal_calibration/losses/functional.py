@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from focal_calibration.losses.fused import (Gamma, _class_weight_of_targets, _focal_index_loss, _index_target_divisor,
                                             _reduce)
@@ -287,15 +286,25 @@ def _reduce_index_positions(batch: _Batch, per_position: torch.Tensor) -> torch.
     return batch.finish(_reduce(per_position, batch.reduction, None))
 
 
-def _cross_entropy_term(batch: _Batch, z: torch.Tensor) -> torch.Tensor:
-    """The CE term of a "CE + λ·R" loss: F.cross_entropy with every argument of the call, per position (summed for
-    "sum" / "mean"; the caller divides by :meth:`_Batch.divisor`)."""
+def _cross_entropy_term(batch: _Batch, log_probs: torch.Tensor, also: torch.Tensor):
+    """The CE term of a "CE + λ·R" loss from the log-probabilities R needs too (one log-softmax for both):
+    nn.CrossEntropyLoss's per-position loss with every argument of the call, -Σ_k w_k q'_k log p_k, 0 at ignored
+    positions (the caller reduces it with :meth:`_Batch.divisor`); and ``log_probs`` at the classes ``also``
+    ``[N, 1, ...]`` that R needs, in the same gather (each gather's backward writes an N×C tensor)."""
+    alpha, num_classes = batch.alpha, batch.num_classes
+    w = None if batch.weight is None else batch.weight.to(device=log_probs.device, dtype=log_probs.dtype).view(
+        (1, num_classes) + (1,) * (log_probs.dim() - 2))
+    if batch.probabilities:
+        q = batch.target.to(log_probs.dtype) * (1.0 - alpha) + alpha / num_classes
+        return -((q if w is None else q * w) * log_probs).sum(dim=1), log_probs.gather(1, also)
     batch.check_labels()
-    weight = None if batch.weight is None else batch.weight.to(device=z.device, dtype=z.dtype)
-    ignore_index = batch.ignore_index if not batch.probabilities else DEFAULT_IGNORE_INDEX
-    target = batch.target.to(z.dtype) if batch.probabilities else batch.target
-    return F.cross_entropy(z, target, weight, ignore_index=ignore_index, label_smoothing=batch.alpha,
-                           reduction="none" if batch.reduction == "none" else "sum")
+    y = batch.safe_target()
+    log_p_y, at_also = log_probs.gather(1, torch.cat([y, also], dim=1)).split(1, dim=1)
+    per_position = -(log_p_y if w is None else log_p_y * w.expand_as(log_probs).gather(1, y)).squeeze(1)
+    if alpha:  # PyTorch's smoothing: (1 - α) w_y (-log p_y) + α/C Σ_k w_k (-log p_k)
+        smooth = -(log_probs if w is None else log_probs * w).sum(dim=1)
+        per_position = (1.0 - alpha) * per_position + (alpha / num_classes) * smooth
+    return torch.where(batch.valid(), per_position, torch.zeros((), dtype=log_probs.dtype)), at_also
 
 
 def margin_label_smoothing_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
@@ -306,7 +315,8 @@ def margin_label_smoothing_loss(input: torch.Tensor, target: torch.Tensor, weigh
     code's ``LogitMarginL1`` and the normalisation its defaults m = 10, λ = 0.1 were tuned with; ``"sum"`` is the
     paper's Σ_k).
 
-    The CE term is ``nn.CrossEntropyLoss``'s, as in the released code, so it takes every argument of the contract
+    The CE term is ``nn.CrossEntropyLoss``'s (as in the released code; computed from the log-softmax the penalty
+    reads too), so it takes every argument of the contract
     (weight, label_smoothing, probability targets); the penalty depends on the logits alone, unweighted, averaged over
     the non-ignored positions for ``"mean"``: mean = CE_mean + λ · mean penalty (with a class weight the CE mean is
     PyTorch's weighted one), sum = CE_sum + λ Σ penalty, none = CE + λ · penalty per position.
@@ -315,25 +325,26 @@ def margin_label_smoothing_loss(input: torch.Tensor, target: torch.Tensor, weigh
     margin = check_nonnegative_number(margin, "margin")
     lam = check_nonnegative_number(lam, "lambda")
     check_choice(normalization, ("mean", "sum"), "normalization")
-    z = batch.logits.to(compute_dtype(batch.logits.dtype))
-    ce = _cross_entropy_term(batch, z)
-    # Σ_k max(0, top - z_k - m) = n·(top - m) - Σ_{k active} z_k over the n active classes (z_k < top - m): the hinge
-    # sum's value and (sub)gradient without an autograd graph over N×C hinges.
+    log_probs = torch.log_softmax(batch.logits.to(compute_dtype(batch.logits.dtype)), dim=1)
+    # Logit distances are log-probability distances (z_j - z_k = log p_j - log p_k), so the penalty is read off the
+    # same log-softmax. Σ_k max(0, top - l_k - m) = n·(top - m) - Σ_{k active} l_k over the n active classes
+    # (l_k < top - m): the hinge sum's value and (sub)gradient without an autograd graph over N×C hinges.
     with torch.no_grad():
-        best, top = z.max(dim=1, keepdim=True)
-        active = z < best - margin
-    n_active = active.sum(dim=1).to(z.dtype)
-    penalty = n_active * (z.gather(1, top).squeeze(1) - margin) - torch.where(active, z, 0.0).sum(dim=1)
+        best, top = log_probs.max(dim=1, keepdim=True)
+        active = log_probs < best - margin
+    ce, log_p_top = _cross_entropy_term(batch, log_probs, top)
+    n_active = active.sum(dim=1).to(log_probs.dtype)
+    penalty = n_active * (log_p_top.squeeze(1) - margin) - torch.where(active, log_probs, 0.0).sum(dim=1)
     if normalization == "mean":
         penalty = penalty / batch.num_classes
     if not batch.probabilities:
-        penalty = torch.where(batch.valid(), penalty, torch.zeros((), dtype=z.dtype))
+        penalty = torch.where(batch.valid(), penalty, torch.zeros((), dtype=log_probs.dtype))
     if reduction == "none":
         return batch.finish(ce + lam * penalty)
     if reduction == "sum":
-        return ce + lam * penalty.sum()
+        return (ce + lam * penalty).sum()
     counted = batch.target.numel() // batch.num_classes if batch.probabilities else batch.valid().sum().clamp_min(1)
-    return ce / batch.divisor(z.dtype) + lam * penalty.sum() / counted
+    return ce.sum() / batch.divisor(log_probs.dtype) + lam * penalty.sum() / counted
 
 
 def mmce_weighted(confidence, correct, valid=None, *, bandwidth: float = 0.4, variant: str = "kumar"):
@@ -387,15 +398,17 @@ def mmce_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     bandwidth = check_nonnegative_number(bandwidth, "bandwidth")
     if bandwidth == 0:
         raise ValueError("bandwidth must be > 0, got 0")
-    z = batch.logits.to(compute_dtype(batch.logits.dtype))
-    ce = _cross_entropy_term(batch, z)
-    log_conf, prediction = torch.log_softmax(z, dim=1).max(dim=1)
+    log_probs = torch.log_softmax(batch.logits.to(compute_dtype(batch.logits.dtype)), dim=1)
+    with torch.no_grad():
+        prediction = log_probs.argmax(dim=1, keepdim=True)
+    ce, log_conf = _cross_entropy_term(batch, log_probs, prediction)
+    log_conf, prediction = log_conf.squeeze(1), prediction.squeeze(1)
     valid = batch.valid()
     mmce = mmce_weighted(log_conf.exp().reshape(-1), (prediction == batch.target).reshape(-1),
-                         valid.reshape(-1).to(z.dtype), bandwidth=bandwidth, variant=variant)
+                         valid.reshape(-1).to(log_probs.dtype), bandwidth=bandwidth, variant=variant)
     if reduction == "none":
-        return batch.finish(torch.where(valid, ce + lam * mmce, torch.zeros((), dtype=z.dtype)))
+        return batch.finish(torch.where(valid, ce + lam * mmce, torch.zeros((), dtype=log_probs.dtype)))
     if reduction == "sum":
-        return ce + lam * valid.sum() * mmce
-    return ce / batch.divisor(z.dtype) + lam * mmce
+        return ce.sum() + lam * valid.sum() * mmce
+    return ce.sum() / batch.divisor(log_probs.dtype) + lam * mmce
 
