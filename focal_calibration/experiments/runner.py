@@ -170,7 +170,7 @@ def add_launcher_arguments(parser: argparse.ArgumentParser, *, jobs_default: int
     """Add ``--jobs``, ``--launcher``, ``--launcher-dir`` and the ``--slurm-*`` options; returns their group."""
     group = parser.add_argument_group("launcher", "where the grid's jobs run (docs/guide/running-grids.md)")
     group.add_argument("--jobs", type=cli.positive_int, default=jobs_default,
-                       help=f"{jobs_help} (SLURM: the job array's parallelism)")
+                       help=f"{jobs_help}; on SLURM, the job array's parallelism")
     group.add_argument("--launcher", default="local", choices=LAUNCHERS,
                        help="local: processes on this machine; slurm: one job array on a SLURM cluster (submitit)")
     group.add_argument("--launcher-dir", default=None, metavar="DIR",
@@ -262,7 +262,7 @@ def run_jobs(jobs: Sequence[Job], launcher: Launcher, *, folder, name: str = "gr
 
             try:
                 with _submitting(), executor.batch():
-                    handles = [executor.submit(_run_command, _spec(job, local=False)) for job in pending]
+                    handles = [executor.submit(_run_command, _spec(job)) for job in pending]
             except (UncompletedJobError, FailedSubmissionError) as error:  # sbatch's exit status, or its output
                 raise SubmissionError(f"sbatch refused the grid's job array: {str(error).strip()}") from None
             running.update(zip(handles, pending))
@@ -273,7 +273,7 @@ def run_jobs(jobs: Sequence[Job], launcher: Launcher, *, folder, name: str = "gr
             while pending and len(running) < launcher.jobs:
                 job = pending.pop(0)
                 with _submitting():
-                    running[executor.submit(_run_command, _spec(job, local=True))] = job
+                    running[executor.submit(_run_command, _spec(job))] = job
                 say(f"  start {job.name}")
             finished = [handle for handle in running if handle.done()]
             if not finished:
@@ -301,24 +301,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
-def _spec(job: Job, *, local: bool) -> dict:
+def _spec(job: Job) -> dict:
     """What a job's process needs, as plain data (it is pickled)."""
     return {"command": list(job.command), "log": str(job.log.absolute()), "env": dict(job.env),
-            "cwd": str(job.cwd if job.cwd is not None else Path.cwd()), "guard": str(GUARD_SCRIPT),
-            # submitit's local controller sets CUDA_VISIBLE_DEVICES for the GPUs it was asked for (none): give the
-            # command the driver's value back
-            "restore": {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")} if local else {}}
+            "cwd": str(job.cwd if job.cwd is not None else Path.cwd()), "guard": str(GUARD_SCRIPT)}
 
 
 def _run_command(spec: dict) -> dict:
     """Runs in the job's process (pickled by value: only the standard library here). The command runs guarded
     (it dies with this process), its output appended to the log; returns its exit status and times."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("SUBMITIT_")}
-    for key, value in spec["restore"].items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
     env.update(spec["env"])
     os.makedirs(os.path.dirname(spec["log"]), exist_ok=True)
     command = [sys.executable, "-I", "-S", spec["guard"], "--parent", str(os.getpid()), "--", *spec["command"]]
