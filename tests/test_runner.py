@@ -11,35 +11,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from focal_calibration.experiments import cli, runner
 from focal_calibration.experiments.runner import GUARD_SCRIPT, Job, JobFailedError, Launcher, run_jobs
+from processes import alive, parent, wait_for
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent guard needs Linux's prctl")
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not: orphans may be re-parented to an init that never reaps them)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 JOB = textwrap.dedent("""\
@@ -102,7 +81,7 @@ def test_a_failed_job_stops_the_grid_with_one_error_naming_it_and_its_log(tmp_pa
     assert time.perf_counter() - start < 30  # the sleeper was stopped, not waited for
     assert started == ["  start sleep", "  start fail"]  # nothing starts after a failure
     pid = int((tmp_path / "pid").read_text())
-    _wait_for(lambda: not _alive(pid), 5, f"the stopped job's process {pid} to end")
+    wait_for(lambda: not alive(pid), 5, f"the stopped job's process {pid} to end")
 
 
 def test_the_grid_scripts_report_a_failed_job_as_one_error_with_status_1(tmp_path, capsys):
@@ -134,17 +113,17 @@ def test_kill_9_of_the_driver_leaves_none_of_its_jobs_running(tmp_path):
     driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path)], stdout=subprocess.DEVNULL)
     try:
         pid_files = [tmp_path / f"trainer{i}.pid" for i in range(2)]
-        _wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60, "both trainers to start")
+        wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60, "both trainers to start")
         processes = []  # each trainer, and above it submitit's task and controller, up to the driver
         for path in pid_files:
             pid = int(path.read_text())
             while pid != driver.pid:
                 processes.append(pid)
-                pid = _parent(pid)
+                pid = parent(pid)
         assert len(processes) == 6  # trainer -> task -> controller -> driver, twice
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-        _wait_for(lambda: not any(_alive(pid) for pid in processes), 5,
+        wait_for(lambda: not any(alive(pid) for pid in processes), 5,
                   f"the processes {processes} of the killed driver to end")
     finally:
         driver.kill()

@@ -3,9 +3,13 @@ x 2 seeds), and a resumed study that skips finished runs, resumes an unfinished 
 
 import json
 import math
+import os
+import signal
 import subprocess
+import sys
 
 import pytest
+from processes import alive, processes_running, wait_for
 
 from classification.datasets import FASHION_MNIST_SYSTEM_DIR
 from classification.study import (REPO, Cell, Recipe, plot_study, run_cells, study_markdown, train_command,
@@ -93,3 +97,23 @@ def test_a_failed_run_stops_the_study_naming_it_and_its_log(tmp_path):
                                              r".*runs/n128-nonsense-seed1/train.out:\n(.|\n)*nonsense"):
         run_cells([Cell(1, 128, "nonsense")], TINY, tmp_path, limit_eval=200, log=lambda line: None)
     assert not (tmp_path / "study.json").exists()  # no run finished: nothing recorded
+
+
+@needs_data
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the runner's parent guard needs Linux's prctl")
+def test_kill_9_of_the_study_leaves_no_trainer_running(tmp_path):
+    # issue 17: a killed study left its trainer running, and a rerun started a second one in the same run folder
+    out = tmp_path / "study"
+    study = subprocess.Popen([sys.executable, str(REPO / "scripts" / "regime_study.py"), "--output-dir", str(out),
+                              "--sizes", "128", "--losses", "ce", "--seeds", "1", "--epochs", "5", "--limit-eval",
+                              "20", "--n-resamples", "0", "--jobs", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, MPLBACKEND="Agg"))
+    try:
+        trainers = wait_for(lambda: processes_running("classification/train.py", str(out)), 120, "the trainer")
+        os.kill(study.pid, signal.SIGKILL)
+        study.wait()
+        wait_for(lambda: not any(alive(pid) for pid in trainers), 5, f"the killed study's trainer {trainers} to end")
+    finally:
+        study.kill()
+        study.wait()
