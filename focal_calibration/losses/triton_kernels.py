@@ -1,6 +1,7 @@
 """Fused Triton kernels for focal loss on CUDA: the plain loss (§4) and the label-smoothed one (fairseq criterion).
 
-    focal_loss(logits, target, gamma, backend="triton")           # "auto" picks these for CUDA tensors
+    focal_loss(logits, target, gamma=gamma, backend="triton")     # "auto" picks these for CUDA tensors
+    focal_loss_classes_last(logits, target, gamma, backend="triton")
 
 Plain focal loss, per row of logits z with target y (Mukhoti et al. 2020, §4 and Proposition 1 on the logits):
 
@@ -12,7 +13,7 @@ Plain focal loss, per row of logits z with target y (Mukhoti et al. 2020, §4 an
 ``SampleDependentGamma.tables()``); any other policy callable gets the kernel's p_y (a first launch at γ = 0 gives
 log p_y, the policy maps p_y to a per-row γ, and the per-row terms come from ``focal_terms``).
 
-Label-smoothed focal loss (``focal_label_smoothed_loss``), s = (1-α) onehot + α (1 - onehot)/(K-1):
+Label-smoothed focal loss (``focal_label_smoothed_loss_classes_last``), s = (1-α) onehot + α (1 - onehot)/(K-1):
 
     L = off · Σ_k f(p_k) + on · f(p_y),  f(p) = -(1-p)^γ log p,  off = α/(K-1), on = 1 - α - off
     dL/dz_j = p_j · (off · Σ_k g_k + on · g_y) - off · g_j - [j = y] · on · g_y
@@ -384,7 +385,8 @@ class _FocalPolicyTritonFunction(torch.autograd.Function):
 
 def focal_loss_rows(logits: torch.Tensor, target: torch.Tensor, gamma, ignore_index: int) -> torch.Tensor:
     """Per-row focal loss ``[N]`` (float32) of checked, flattened ``logits [N, K]`` / ``target [N]`` (the triton
-    backend of :func:`focal_calibration.losses.fused.focal_loss`, which validates and reduces)."""
+    backend of :func:`focal_calibration.losses.fused.focal_loss_classes_last` and
+    :func:`focal_calibration.losses.functional.focal_loss`, which validate and reduce)."""
     logits = _check_inputs(logits)
     if callable(gamma) and not isinstance(gamma, SampleDependentGamma):
         return _FocalPolicyTritonFunction.apply(logits, target, gamma, ignore_index)
@@ -428,7 +430,8 @@ class _SmoothedTritonFunction(torch.autograd.Function):
 def focal_smoothed_rows(logits: torch.Tensor, target: torch.Tensor, gamma, alpha: float,
                         ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (loss, nll) ``[N]`` of the label-smoothed focal loss (the triton backend of
-    :func:`focal_calibration.losses.fused_smoothed.focal_label_smoothed_loss`, which validates and reduces)."""
+    :func:`focal_calibration.losses.fused_smoothed.focal_label_smoothed_loss_classes_last`, which validates and
+    reduces)."""
     logits = _check_inputs(logits)
     gamma = _resolve_gamma(logits, target, gamma, ignore_index)
     return _SmoothedTritonFunction.apply(logits, target, gamma, alpha, ignore_index)
