@@ -28,7 +28,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
+from focal_calibration import constants
 from focal_calibration.losses.fused import (Gamma, _class_weight_of_targets, _focal_index_loss, _index_target_divisor,
                                             _reduce)
 from focal_calibration.losses.fused_soft import soft_target_loss
@@ -120,6 +122,15 @@ def _per_class_form(batch: _Batch, row_terms, param, *, on_off=None, focal: bool
         return batch.finish(loss)
     on, off = on_off if on_off is not None else (1.0 - batch.alpha, batch.alpha / batch.num_classes)
     batch.check_labels()
+    if focal and on_off is None and not batch.probabilities and not isinstance(param, torch.Tensor) and \
+            not callable(param) and param == 0 and batch.logits.numel() <= constants.SMALL_BATCH_ELEMENTS:
+        # Cross-entropy with PyTorch's smoothing of class indices, small batch: F.cross_entropy is that loss, in a
+        # few ops (the soft-target kernel's ~30 small ops cost 2.4x its time at [128 x 10]; benchmarks/focal_loss.py)
+        z = batch.logits if batch.logits.dtype in (torch.float32, torch.float64) else batch.logits.float()
+        weight = None if batch.weight is None else batch.weight.to(device=z.device, dtype=z.dtype)
+        loss = F.cross_entropy(z, batch.target, weight, ignore_index=batch.ignore_index, label_smoothing=batch.alpha,
+                               reduction="none" if batch.reduction == "none" else "sum")
+        return batch.finish(loss / batch.divisor(loss.dtype) if batch.reduction == "mean" else loss)
     loss = soft_target_loss(batch.logits, batch.target, row_terms, param, weight=batch.weight, on=on, off=off,
                             ignore_index=batch.ignore_index)
     if batch.reduction == "mean":
