@@ -285,8 +285,8 @@ def test_loss_spec_criterion_is_the_cores_loss(loaded, spec):
     with torch.no_grad():
         logits = model(**batches[0]["net_input"])[0].double()
     target = batches[0]["target"]
-    torch.testing.assert_close(loss.double(), build_loss(spec, reduction="sum", ignore_index=pad)(logits, target),
-                               rtol=1e-5, atol=1e-4)
+    core = build_loss(spec, reduction="sum", ignore_index=pad)(logits.movedim(-1, 1), target)  # classes on dim 1
+    torch.testing.assert_close(loss.double(), core, rtol=1e-5, atol=1e-4)
     nll = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), target.view(-1), ignore_index=pad,
                                             reduction="sum")
     torch.testing.assert_close(log["nll_loss"].double(), nll, rtol=1e-5, atol=1e-4)
