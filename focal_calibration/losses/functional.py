@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -120,22 +121,37 @@ def _per_class_form(batch: _Batch, row_terms, param, *, on_off=None, focal: bool
                                  ignore_index=batch.ignore_index, keep_softmax=keep_softmax, backend=backend,
                                  weight=batch.weight, row_terms=None if focal else row_terms)
         return batch.finish(loss)
-    on, off = on_off if on_off is not None else (1.0 - batch.alpha, batch.alpha / batch.num_classes)
-    batch.check_labels()
     if focal and on_off is None and not batch.probabilities and not isinstance(param, torch.Tensor) and \
             not callable(param) and param == 0 and batch.logits.numel() <= constants.SMALL_BATCH_ELEMENTS:
-        # Cross-entropy with PyTorch's smoothing of class indices, small batch: F.cross_entropy is that loss, in a
-        # few ops (the soft-target kernel's ~30 small ops cost 2.4x its time at [128 x 10]; benchmarks/focal_loss.py)
-        z = batch.logits if batch.logits.dtype in (torch.float32, torch.float64) else batch.logits.float()
-        weight = None if batch.weight is None else batch.weight.to(device=z.device, dtype=z.dtype)
-        loss = F.cross_entropy(z, batch.target, weight, ignore_index=batch.ignore_index, label_smoothing=batch.alpha,
-                               reduction="none" if batch.reduction == "none" else "sum")
-        return batch.finish(loss / batch.divisor(loss.dtype) if batch.reduction == "mean" else loss)
+        return _small_smoothed_cross_entropy(batch)
+    on, off = on_off if on_off is not None else (1.0 - batch.alpha, batch.alpha / batch.num_classes)
+    batch.check_labels()
     loss = soft_target_loss(batch.logits, batch.target, row_terms, param, weight=batch.weight, on=on, off=off,
                             ignore_index=batch.ignore_index)
     if batch.reduction == "mean":
         return _reduce(loss, "mean", batch.divisor(loss.dtype))
     return batch.finish(_reduce(loss, batch.reduction, None))
+
+
+def _small_smoothed_cross_entropy(batch: _Batch) -> torch.Tensor:
+    """Cross-entropy with PyTorch's smoothing of class indices, small batch: F.cross_entropy is that loss, in a few
+    ops (the soft-target kernel's ~30 small ops cost 2.4x its time at [128 x 10]; benchmarks/focal_loss.py). Its
+    own bounds check names a bad label on CPU (as in the small-batch focal path); the mean divides as ours."""
+    z = batch.logits if batch.logits.dtype in (torch.float32, torch.float64) else batch.logits.float()
+    weight = None if batch.weight is None else batch.weight.to(device=z.device, dtype=z.dtype)
+    if not z.is_cpu:
+        batch.check_labels()
+    try:
+        loss = F.cross_entropy(z, batch.target, weight, ignore_index=batch.ignore_index, label_smoothing=batch.alpha,
+                               reduction="none" if batch.reduction == "none" else "sum")
+    except (IndexError, RuntimeError):
+        batch.check_labels()  # raises naming the bad label
+        raise
+    if batch.reduction != "mean":
+        return batch.finish(loss)
+    if weight is None and z.is_cpu:  # the count as a number: NumPy takes ~1 µs, torch's ne + sum + clamp ~3 ops
+        return loss / max(int(np.count_nonzero(batch.target.numpy() != batch.ignore_index)), 1)
+    return loss / batch.divisor(loss.dtype)
 
 
 def focal_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
