@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from focal_calibration import constants
-from focal_calibration.losses.backend import resolve_backend
+from focal_calibration.losses.backend import select_backend
 from focal_calibration.losses.math import focal_terms
-from focal_calibration.validation import (check_finite, check_labels_in_range, check_reduction, compute_dtype,
+from focal_calibration.validation import (check_finite_logits, check_labels_in_range, check_reduction, compute_dtype,
                                           prepare_focal_inputs, value_checks_enabled)
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
@@ -61,7 +61,7 @@ class _FocalLossFunction(torch.autograd.Function):
             lse = torch.logsumexp(z, dim=-1)
             log_p = z_y - lse
         if value_checks_enabled(log_p):
-            check_finite(log_p, "logits")
+            check_finite_logits(z, log_p)
         if callable(gamma):  # sample-dependent policy: γ from the detached p_y
             gamma = gamma(torch.exp(log_p))
         if isinstance(gamma, torch.Tensor):
@@ -149,9 +149,9 @@ def _focal_loss_small_batch(logits: torch.Tensor, target: torch.Tensor, gamma, i
 
 
 def _check_finite_log_p(z: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
-    """The exact check of the fused path, every row's log p_y (ignored rows at class 0): raises naming the value."""
+    """The exact check of the fused path, every row's log p_y (ignored rows at class 0): raises naming the logit."""
     safe_target = torch.where(target != ignore_index, target, torch.zeros_like(target))
-    check_finite(z.gather(1, safe_target[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1), "logits")
+    check_finite_logits(z, z.gather(1, safe_target[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1))
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *, reduction: str = "mean",
@@ -170,17 +170,18 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
             backpropagated once). ``False`` keeps one number per row instead and recomputes the softmax in the
             backward (least memory between forward and backward; allows ``retain_graph``). Batches of at most
             ``constants.SMALL_BATCH_ELEMENTS`` logits take the small-batch path, where neither restriction applies.
-        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
-        float32 /
-            float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
-            ``"triton"``.
+        backend: ``"auto"``: the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
+            float32 / float16 / bfloat16 logits once its one-time self-check against the PyTorch path has passed on
+            that device and dtype (:mod:`focal_calibration.losses.backend`), the PyTorch path otherwise; the
+            environment variable ``FOCAL_CALIBRATION_BACKEND=torch|triton`` overrides ``"auto"``. ``"torch"`` or
+            ``"triton"``: that one, unchecked.
 
     The gradient w.r.t. the logits is ``g(p_y, γ) · (softmax - onehot)`` (Proposition 1 applied to the logits).
     Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient
     has the logits' dtype.
     """
     check_reduction(reduction)
-    backend = resolve_backend(backend, logits)
+    backend = select_backend(backend, logits, gamma, "focal loss", _backend_check_case)
     small = backend == "torch" and logits.numel() <= constants.SMALL_BATCH_ELEMENTS
     logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss",
                                                       check_labels=not (small and logits.is_cpu))
@@ -199,6 +200,11 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
         return total
     n_valid = (target1d != ignore_index).sum().clamp_min(1)
     return total / n_valid
+
+
+def _backend_check_case(logits, target, gamma, backend):
+    """What the backends' self-check compares (:func:`focal_calibration.losses.backend.select_backend`)."""
+    return focal_loss(logits, target, gamma, reduction="none", backend=backend)
 
 
 def fused_row_loss(logits2d: torch.Tensor, target1d: torch.Tensor, row_terms, param, *, ignore_index: int = -100,

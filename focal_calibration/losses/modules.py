@@ -52,7 +52,7 @@ from focal_calibration.losses.adafocal import adafocal_update, bin_calibration_g
 from focal_calibration.losses.fused import focal_loss, fused_row_loss
 from focal_calibration.losses.gamma import FixedGamma, GammaPolicy
 from focal_calibration.losses.math import inverse_focal_terms, poly1_terms, signed_focal_terms
-from focal_calibration.validation import (check_choice, check_finite, check_labels_in_range, check_n_bins,
+from focal_calibration.validation import (check_choice, check_finite_logits, check_labels_in_range, check_n_bins,
                                           check_nonnegative_number, check_number, check_reduction, compute_dtype,
                                           flatten_scores_and_labels, value_checks_enabled)
 
@@ -104,7 +104,10 @@ class CalibrationLoss(nn.Module):
         logits2d, target1d = self._flatten_checked(logits, target)
         valid = target1d != self.ignore_index
         safe_target = torch.where(valid, target1d, torch.zeros_like(target1d))
-        return logits2d.to(compute_dtype(logits2d.dtype)), safe_target, valid
+        z = logits2d.to(compute_dtype(logits2d.dtype))
+        if value_checks_enabled(z):  # a NaN / +inf logit would give a NaN loss: named instead (one sum)
+            check_finite_logits(z)
+        return z, safe_target, valid
 
     def _reduce(self, per_sample, valid, target_shape):
         per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
@@ -373,8 +376,8 @@ class AdaFocalLoss(_RowLoss):
         if logits2d.shape[0] == 0:
             raise ValueError("observe_validation needs at least one validation sample, got none")
         log_probs = torch.log_softmax(logits2d.to(compute_dtype(logits2d.dtype)), dim=-1)
-        check_finite(log_probs, "val_logits")
         log_confidence, prediction = log_probs.max(dim=-1)
+        check_finite_logits(logits2d, log_confidence, "val_logits")
         self.observe_confidences(log_confidence.exp(), prediction == labels.to(prediction.device))
 
     @torch.no_grad()
