@@ -229,3 +229,12 @@ def test_a_bad_backend_is_named(simulated, monkeypatch):
         focal_loss(logits, target, 2.0, backend="triton")
     monkeypatch.setenv(backend.BACKEND_ENV, "triton")
     focal_loss(logits, target, 2.0)  # without triton, "auto" is the PyTorch path whatever the variable says
+
+
+def test_bad_shapes_are_left_to_the_loss_without_a_check(simulated):
+    fake = simulated(FakeKernels())
+    with pytest.raises(ValueError, match="empty batch"):
+        focal_loss(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="label smoothing needs at least 2 classes"):
+        focal_label_smoothed_loss(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+    assert fake.calls == 0 and backend.self_check_results() == []

@@ -269,7 +269,7 @@ def select_backend(backend: str, logits: torch.Tensor, gamma, loss: str,
     chosen = _from_environment()
     if chosen != "auto":
         return chosen
-    if logits.dim() == 0 or logits.shape[-1] < 2:  # K < 2: left to the loss's own error
+    if logits.dim() == 0 or logits.shape[-1] < 2 or logits.numel() == 0:  # left to the loss's own error
         return "torch"
     gamma_kind = _gamma_kind(gamma)
     key = (logits.device, logits.dtype, loss, gamma_kind)
