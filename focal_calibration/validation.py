@@ -21,7 +21,7 @@ import torch
 __all__ = ["set_value_checks", "value_checks_enabled", "as_tensor", "check_int", "check_number",
            "check_nonnegative_number", "check_probability_level", "check_grid", "parse_finite_number", "check_choice",
            "check_reduction", "check_n_bins", "flatten_scores_and_labels", "check_labels_in_range", "check_finite",
-           "compute_dtype", "prepare_focal_inputs", "prepare_scores",
+           "check_finite_logits", "compute_dtype", "prepare_focal_inputs", "prepare_scores",
            "prepare_gamma", "check_label_smoothing", "check_class_weight", "prepare_class_dim_inputs"]
 
 _VALUE_CHECKS_ON_ACCELERATORS = os.environ.get("FOCAL_CALIBRATION_CHECKS", "0") not in ("", "0", "false", "False")
@@ -178,6 +178,52 @@ def check_finite(values: torch.Tensor, name: str):
     if not bool(finite.all()):
         bad = values[~finite][0]
         raise ValueError(f"{name} must be finite, got {float(bad)}")
+
+
+def check_finite_logits(logits: torch.Tensor, row_values: torch.Tensor | None = None, name: str = "logits") -> None:
+    """Raise if ``[N, K]`` logits (or ``[N, C, d1, ...]``, classes on dim 1, read as rows of C) hold a NaN or +inf,
+    naming the first one by its row and class.
+
+    A -inf logit is a class of probability 0 and passes, unless it makes ``row_values`` non-finite (a -inf logit at
+    the target: p_y = 0, an infinite loss). ``row_values``: numbers per row computed from the logits that are finite
+    exactly when the row is usable (a loss's log p_y); on good input only they are read, so the check costs nothing
+    beyond them. Without them, one sum over the logits: NaN or +inf exactly when a logit is NaN or +inf (or when
+    finite logits overflow it, which the exact search that follows lets pass).
+    """
+    logits = logits.detach()  # reads values only (no autograd warning for a tensor that requires grad)
+    if logits.dim() > 2:  # rows of classes: a copy, made only once something is not finite
+        if row_values is not None:
+            if bool(torch.isfinite(row_values.detach()).all()):
+                return
+            row_values = row_values.detach().reshape(-1)
+        elif math.isfinite(float(logits.sum())):
+            return
+        logits = logits.movedim(1, -1).reshape(-1, logits.shape[1])
+    given = row_values is not None
+    if given:
+        row_values = row_values.detach()
+        bad_rows = ~torch.isfinite(row_values)
+        if not bool(bad_rows.any()):
+            return
+        rows = bad_rows.nonzero()[:, 0]
+    else:
+        total = float(logits.sum())
+        if not (math.isnan(total) or total == math.inf):
+            return
+        rows = torch.arange(logits.shape[0], device=logits.device)
+    candidates = logits[rows]
+    searches = [torch.isnan(candidates) | (candidates == math.inf)] + ([candidates == -math.inf] if given else [])
+    for bad in searches:
+        hits = bad.nonzero()
+        if len(hits):
+            index, column = hits[0].tolist()
+            row = int(rows[index])
+            raise ValueError(f"{name} must be finite, got {float(logits[row, column])} at row {row}, class {column}")
+    if given:  # finite logits whose range the compute dtype cannot span
+        row = int(rows[0])
+        raise ValueError(f"{name} at row {row} range from {float(logits[row].min()):g} to "
+                         f"{float(logits[row].max()):g}: too far apart for a finite log-probability "
+                         f"({float(row_values[row])})")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -6,6 +6,10 @@ Start it through scripts/gpu_check.sh, which finds a Python with torch (see ther
 
   cuda-tests      pytest -m cuda: the compiled Triton kernels against the PyTorch path and the float64 naive formula,
                   the PyTorch path on CUDA against the CPU, value checks on CUDA, metrics / temperature on CUDA
+  backend-self-check  backend="auto"'s one-time self-check of every Triton kernel (plain / label-smoothed focal loss
+                  x fixed / per-sample / threshold-table / callable γ) in float32, float16 and bfloat16, at a short
+                  and a long row: each must pass (so "auto" runs the kernel), and the auto call must equal the PyTorch
+                  path; every check's largest differences go to backend-self-check.json
   bench-float32   benchmarks/focal_loss.py --device cuda: both backends, time and peak-memory ratios to
   bench-bfloat16  F.cross_entropy at [128 x 10], [128 x 100] and [8192 x 32000]; the benchmark's verdicts on the
                   issue's goal (Triton fwd+bwd <= 0.8x the time and <= 1.0x the extra peak memory of
@@ -24,6 +28,7 @@ checks are SKIPped. A check whose Python package is missing (pytest, torchvision
 counts a SKIP as a failure.
 
 --dry-run: the same entry points on the CPU with tiny sizes (no GPU needed): the CUDA tests are collected and skip,
+the self-checks run the kernels in Triton's interpreter (float32 and bfloat16, one short row),
 the benchmark runs [128 x 10] and [256 x 1000], the trainers 4 steps (fp16 needs CUDA: the second run uses --amp none),
 fairseq one epoch with --cpu, and the "CUDA = CPU" comparisons compare the CPU with itself.
 Exit status: 0 all passed (or skipped), 1 a check failed, 2 a set-up error (no CUDA device without --dry-run).
@@ -32,6 +37,7 @@ Exit status: 0 all passed (or skipped), 1 a check failed, 2 a set-up error (no C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -48,8 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                        "t10k-labels-idx1-ubyte")
 BENCH_TARGET = "8192x32000"
-CHECKS = ("cuda-tests", "bench-float32", "bench-bfloat16", "trainer-bf16", "trainer-fp16", "fairseq-train",
-          "fairseq-criterion", "fairseq-sweep", "metrics")
+CHECKS = ("cuda-tests", "backend-self-check", "bench-float32", "bench-bfloat16", "trainer-bf16", "trainer-fp16",
+          "fairseq-train", "fairseq-criterion", "fairseq-sweep", "metrics")
 TEMPERATURES = (0.5, 1.0, 2.0)
 
 
@@ -251,6 +257,18 @@ def check_fairseq_sweep(ctx) -> str:
     return f"{len(separate[1.0])} sentences x T = {', '.join(map(str, TEMPERATURES))}: identical hypotheses"
 
 
+def check_backend_self_check(ctx) -> str:
+    env = {key: value for key, value in os.environ.items() if key != "FOCAL_CALIBRATION_BACKEND"}  # "auto" as is
+    if ctx.dry_run:
+        env["TRITON_INTERPRET"] = "1"  # the interpreter stands for the GPU
+    result = run([sys.executable, __file__, "--part", "backend-self-check", "--device", ctx.device, "--output-dir",
+                  ctx.out], ctx.out, "backend-self-check", 900, env=env)
+    if result.returncode != 0:
+        raise AssertionError(tail(result, 1500))
+    detail = result.stdout.strip().splitlines()[-1]
+    return f"{detail} (dry run: Triton's interpreter on the CPU)" if ctx.dry_run else detail
+
+
 def check_metrics(ctx) -> str:
     result = run([sys.executable, __file__, "--part", "metrics", "--device", ctx.device], ctx.out, "metrics", 600)
     if result.returncode != 0:
@@ -293,6 +311,62 @@ def part_fairseq_criterion(args) -> None:
     print(f"{args.device} = cpu (loss, nll_loss, gradients): " + "; ".join(lines))
 
 
+def part_backend_self_check(args) -> None:
+    import warnings
+
+    import torch
+
+    from focal_calibration import build_loss, focal_label_smoothed_loss_classes_last, focal_loss_classes_last
+    from focal_calibration.files import write_json_atomic
+    from focal_calibration.losses import backend
+
+    dry_run = args.device == "cpu"
+    if dry_run:  # TRITON_INTERPRET=1 (set by the driver): "cpu" stands for a device the kernels run on
+        backend.TRITON_DEVICE_TYPES = ("cuda", "cpu")
+    dtypes = (torch.float32, torch.bfloat16) if dry_run else (torch.float32, torch.float16, torch.bfloat16)
+    shapes = [(24, 10)] if dry_run else [(512, 10), (64, 32003)]  # a row tile of short rows; rows of 4 tiles
+    losses = {"focal loss": focal_loss_classes_last,
+              "label-smoothed focal loss":
+                  lambda x, y, g, **kw: focal_label_smoothed_loss_classes_last(x, y, g, 0.1, **kw)}
+    results, mismatches = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", backend.TritonSelfCheckWarning)
+        for rows, classes in shapes:
+            backend.reset_self_checks()  # each shape's first calls check the kernels anew (its own compilation)
+            gen = torch.Generator().manual_seed(0)
+            for dtype in dtypes:
+                logits = (4.0 * torch.randn(rows, classes, generator=gen)).to(args.device, dtype)
+                target = torch.randint(0, classes, (rows,), generator=gen).to(args.device)
+                gammas = (2.0, (5.0 * torch.rand(rows, generator=gen)).to(args.device), build_loss("flsd-53").policy,
+                          lambda p: 1.0 + p)
+                for name, loss in losses.items():
+                    for gamma in gammas:
+                        auto = loss(logits, target, gamma, reduction="none")  # the first call checks the kernel
+                        ref = loss(logits, target, gamma, reduction="none", backend="torch")
+                        if not torch.allclose(auto, ref, rtol=1e-4, atol=1e-5):
+                            mismatches.append(f"[{rows} x {classes}] {dtype} {name}, γ {type(gamma).__name__}: auto "
+                                              f"differs from the PyTorch path by {float((auto - ref).abs().max())}")
+            for result in backend.self_check_results():
+                results.append(dict(dataclasses.asdict(result), shape=[rows, classes]))
+                print(f"[{'PASS' if result.passed else 'FAIL'}] [{rows} x {classes}] {result.device} {result.dtype} "
+                      f"{result.kernel} ({result.seconds:.2f} s): {result.detail}", flush=True)
+    write_json_atomic(Path(args.output_dir) / "backend-self-check.json",
+                      {"device": str(args.device) if dry_run else torch.cuda.get_device_name(),
+                       "torch": torch.__version__, "results": results, "warnings": [str(w.message) for w in caught]})
+    expected = len(shapes) * len(dtypes) * len(losses) * 4
+    failed = [f"{r['shape']} {r['dtype']} {r['kernel']}: {r['detail']}" for r in results if not r["passed"]]
+    assert len(results) == expected, f"{len(results)} self-checks ran, {expected} expected"
+    assert not failed and not mismatches, "; ".join(failed + mismatches)
+    per_dtype = []
+    for dtype in dtypes:
+        mine = [r for r in results if r["dtype"] == str(dtype)]
+        per_dtype.append(f"{str(dtype).replace('torch.', '')} {len(mine)}/{len(mine)} passed (largest differences "
+                         f"{max(r['value_difference'] for r in mine):.2g} values, "
+                         f"{max(r['gradient_difference'] for r in mine):.2g} gradients)")
+    print(f"self-checks of {len(losses) * 4} kernels at {' and '.join(f'[{r} x {k}]' for r, k in shapes)}: "
+          + "; ".join(per_dtype))
+
+
 def part_metrics(args) -> None:
     import numpy as np
     import torch
@@ -321,7 +395,8 @@ def part_metrics(args) -> None:
           f"(cpu {fit_cpu.temperature:g}), ECE / NLL curves over {len(fit_cpu.temperatures)} temperatures")
 
 
-PARTS = {"fairseq-criterion": part_fairseq_criterion, "metrics": part_metrics}
+PARTS = {"fairseq-criterion": part_fairseq_criterion, "metrics": part_metrics,
+         "backend-self-check": part_backend_self_check}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -340,6 +415,7 @@ class Context:
 
 RUNNERS = {
     "cuda-tests": check_cuda_tests,
+    "backend-self-check": check_backend_self_check,
     "bench-float32": lambda ctx: check_bench(ctx, "float32"),
     "bench-bfloat16": lambda ctx: check_bench(ctx, "bfloat16"),
     "trainer-bf16": lambda ctx: check_trainer(ctx, "bf16"),

@@ -52,3 +52,16 @@ def test_dry_run_of_one_check_through_the_wrapper(tmp_path):
     assert "| metrics | PASS |" in result.stdout and "all checks passed" in result.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [row["status"] for row in summary["rows"]] == ["PASS"]
+
+
+def test_dry_run_of_the_backend_self_check(driver, tmp_path, capsys, monkeypatch):
+    """The self-check part a GPU session runs, here with the kernels in Triton's interpreter: every kernel's check
+    passes per dtype, and the results are recorded in backend-self-check.json."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("FOCAL_CALIBRATION_BACKEND", "torch")  # the driver runs the part with "auto" whatever is set
+    assert driver.main(["--dry-run", "--only", "backend-self-check", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| backend-self-check | PASS |" in out and "float32 8/8 passed" in out and "bfloat16 8/8 passed" in out
+    record = json.loads((tmp_path / "backend-self-check.json").read_text())
+    assert len(record["results"]) == 16 and all(r["passed"] for r in record["results"]) and not record["warnings"]
+    assert {r["dtype"] for r in record["results"]} == {"torch.float32", "torch.bfloat16"}

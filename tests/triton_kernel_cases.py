@@ -25,7 +25,7 @@ import torch  # noqa: E402
 triton = pytest.importorskip("triton")
 
 from focal_calibration import build_loss, focal_loss, focal_loss_classes_last  # noqa: E402
-from focal_calibration.losses import triton_kernels  # noqa: E402
+from focal_calibration.losses import backend, triton_kernels  # noqa: E402
 from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss_classes_last  # noqa: E402
 from focal_calibration.losses.gamma import SampleDependentGamma, prop2_gamma_policy  # noqa: E402
 from focal_reference import IGNORE, IGNORED_ROWS, batch, naive_focal, value_and_grad  # noqa: E402
@@ -170,17 +170,23 @@ def test_default_tiles_on_a_32k_vocabulary(smoothing, monkeypatch):
             *on_device(logits, upstream), naive)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in NumPy
 def test_value_checks_and_bad_inputs(monkeypatch):
     logits = batch(rows=4, classes=5)[0].to(DEVICE)
     bad = logits.clone()
     bad[1, 2] = float("nan")
     labels = torch.tensor([0, 1, 2, 3], device=DEVICE)
     monkeypatch.setattr("focal_calibration.validation._VALUE_CHECKS_ON_ACCELERATORS", True)  # CUDA: checks on
-    with pytest.raises(ValueError, match="logits must be finite"):
+    with pytest.raises(ValueError, match="logits must be finite, got nan at row 1, class 2"):
         focal_loss_classes_last(bad, labels, 2.0, backend="triton")
-    with pytest.raises(ValueError, match="logits must be finite"):  # NaN in an ignored row is named too
+    with pytest.raises(ValueError, match="logits must be finite, got nan at row 1, class 2"):  # in an ignored row
         focal_label_smoothed_loss_classes_last(bad, torch.tensor([0, IGNORE, 2, 3], device=DEVICE), 2.0, 0.1,
                                                backend="triton")
+    bad[1, 2] = float("inf")  # off the target: log p_y = -inf, but the logit is what is named
+    with pytest.raises(ValueError, match="logits must be finite, got inf at row 1, class 2"):
+        focal_loss_classes_last(bad, labels.flip(0), 2.0, backend="triton")
+    with pytest.raises(ValueError, match="logits must be finite, got inf at row 1, class 2"):
+        focal_label_smoothed_loss_classes_last(bad, labels.flip(0), 2.0, 0.1, backend="triton")
     with pytest.raises(ValueError, match=r"target holds class index 7, outside \[0, 4\]"):
         focal_loss_classes_last(logits, torch.tensor([0, 7, 2, 3], device=DEVICE), 2.0, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' computes float32, float16 and bfloat16 logits, got "
@@ -224,3 +230,37 @@ def test_contract_segmentation_logits_with_weight_and_per_position_gamma():
     for gamma in (*on_device(torch.rand(2, 3, 4, generator=gen) * 4), build_loss("flsd-53").policy):
         compare(lambda x, backend: focal_loss(x, target, weight, ignore_index=IGNORE, reduction="none", gamma=gamma,
                                               backend=backend), *on_device(logits, upstream))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_auto_backend_checks_the_real_kernels_then_uses_them(dtype, monkeypatch):
+    """backend="auto": the one-time self-check of each kernel (plain / label-smoothed x every kind of γ) with the real
+    kernels passes, and the call and the later ones then run the kernel (on the CPU, "cpu" joins the device types
+    auto considers, so the interpreter stands for the GPU)."""
+    monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(backend, "_RESULTS", {})
+    if DEVICE == "cpu":
+        monkeypatch.setattr(backend, "TRITON_DEVICE_TYPES", ("cuda", "cpu"))
+    launches = []
+    for name in ("focal_loss_rows", "focal_smoothed_rows"):
+        real = getattr(triton_kernels, name)
+        monkeypatch.setattr(triton_kernels, name, lambda *args, real=real: launches.append(1) or real(*args))
+    logits, target, upstream = on_device(*batch(rows=24, classes=20, dtype=dtype, seed=7))  # two tiles a row
+    cases = [(focal_loss_classes_last, gamma) for gamma in (2.0, torch.linspace(0.0, 5.0, 24, device=DEVICE),
+                                               build_loss("flsd-53").policy, lambda p: 1.0 + p)]
+    cases.append((lambda x, y, gamma, **kw: focal_label_smoothed_loss_classes_last(x, y, gamma, 0.1, **kw), 2.0))
+    for i, (loss, gamma) in enumerate(cases + cases[:1]):
+        before = len(launches)
+        ours, grad = value_and_grad(lambda x: loss(x, target, gamma, reduction="none", ignore_index=IGNORE),
+                                    logits, upstream)
+        assert len(launches) - before == (2 if i < len(cases) else 1)  # the check's launch and the call's; once
+        ref, ref_grad = value_and_grad(lambda x: loss(x, target, gamma, reduction="none", ignore_index=IGNORE,
+                                                      backend="torch"), logits, upstream)
+        torch.testing.assert_close(ours, ref, **VALUE_TOL)
+        torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=GRAD_TOL["rtol"],
+                                   atol=max(GRAD_TOL["atol"], 2 * float(torch.finfo(dtype).eps)))
+    results = backend.self_check_results()
+    assert [r.kernel for r in results] == ["focal loss, fixed γ", "focal loss, per-sample γ",
+                                           "focal loss, threshold-table γ", "focal loss, γ policy callable",
+                                           "label-smoothed focal loss, fixed γ"]
+    assert all(r.passed and r.dtype == str(dtype) for r in results), results

@@ -37,10 +37,10 @@ from focal_calibration.losses.fused import (Gamma, _class_weight_of_targets, _fo
 from focal_calibration.losses.fused_soft import soft_target_loss
 from focal_calibration.losses.gamma import GammaPolicy
 from focal_calibration.losses.math import focal_terms, inverse_focal_terms, poly1_terms
-from focal_calibration.validation import (check_choice, check_class_weight, check_label_smoothing,
-                                          check_labels_in_range, check_nonnegative_number, check_number,
-                                          check_reduction, compute_dtype, prepare_class_dim_inputs, prepare_gamma,
-                                          value_checks_enabled)
+from focal_calibration.validation import (check_choice, check_class_weight, check_finite_logits,
+                                          check_label_smoothing, check_labels_in_range, check_nonnegative_number,
+                                          check_number, check_reduction, compute_dtype, prepare_class_dim_inputs,
+                                          prepare_gamma, value_checks_enabled)
 
 __all__ = ["focal_loss", "inverse_focal_loss", "poly1_loss", "brier_loss", "dual_focal_loss",
            "margin_label_smoothing_loss", "mmce_loss", "mmce_weighted", "paper_smoothing"]
@@ -90,6 +90,11 @@ class _Batch:
     def check_labels(self):
         if not self.probabilities and value_checks_enabled(self.target):
             check_labels_in_range(self.target, self.num_classes, self.ignore_index)
+
+    def check_finite_logits(self):
+        """A NaN or +inf logit named (one sum over the logits), for the losses without a fused path's check."""
+        if value_checks_enabled(self.logits):
+            check_finite_logits(self.logits)
 
     def valid(self) -> torch.Tensor:
         return self.target != self.ignore_index
@@ -147,6 +152,8 @@ def _small_smoothed_cross_entropy(batch: _Batch) -> torch.Tensor:
     except (IndexError, RuntimeError):
         batch.check_labels()  # raises naming the bad label
         raise
+    if value_checks_enabled(loss) and not math.isfinite(loss.detach().sum()):
+        check_finite_logits(z)  # a NaN / +inf logit named (a -inf one gives F.cross_entropy's inf)
     if batch.reduction != "mean":
         return batch.finish(loss)
     if weight is None and z.is_cpu:  # the count as a number: NumPy takes ~1 µs, torch's ne + sum + clamp ~3 ops
@@ -237,6 +244,7 @@ def brier_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     divides by Σ w[y]); with a soft target (probabilities or label smoothing) a class weight has no published meaning
     for the Brier score and is refused."""
     batch = _Batch("brier_loss", input, target, weight, ignore_index, reduction, label_smoothing)
+    batch.check_finite_logits()
     if batch.weight is not None and batch.soft:
         batch.refuse("weight= with probability targets or label_smoothing",
                      "a class weight of the Brier score against a distribution has no published definition (with "
@@ -275,6 +283,7 @@ def dual_focal_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     none; the paper's and the released code's) or ``"max-other"`` (the largest other probability). Plain autograd
     through p_y and p_j, as the released code."""
     batch = _Batch("dual_focal_loss", input, target, weight, ignore_index, reduction, label_smoothing)
+    batch.check_finite_logits()
     batch.refuse_soft("dual focal loss is defined for one target class per sample (its p_j is ranked against p_y)")
     gamma = check_nonnegative_number(gamma, "gamma")
     check_choice(pj, ("below-target", "max-other"), "pj")
@@ -349,6 +358,7 @@ def margin_label_smoothing_loss(input: torch.Tensor, target: torch.Tensor, weigh
     PyTorch's weighted one), sum = CE_sum + λ Σ penalty, none = CE + λ · penalty per position.
     """
     batch = _Batch("margin_label_smoothing_loss", input, target, weight, ignore_index, reduction, label_smoothing)
+    batch.check_finite_logits()
     margin = check_nonnegative_number(margin, "margin")
     lam = check_nonnegative_number(lam, "lambda")
     check_choice(normalization, ("mean", "sum"), "normalization")
@@ -418,6 +428,7 @@ def mmce_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     ignored ones).
     """
     batch = _Batch("mmce_loss", input, target, weight, ignore_index, reduction, label_smoothing)
+    batch.check_finite_logits()
     if batch.probabilities:
         batch.refuse("probability targets", "MMCE_w splits the batch into correctly and wrongly classified samples, "
                      "which needs one target class per sample; give class indices")

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from focal_calibration import constants
-from focal_calibration.losses.backend import resolve_backend
+from focal_calibration.losses.backend import select_backend
 from focal_calibration.losses.math import focal_terms
-from focal_calibration.validation import (check_finite, check_labels_in_range, check_reduction, compute_dtype,
+from focal_calibration.validation import (check_finite_logits, check_labels_in_range, check_reduction, compute_dtype,
                                           prepare_focal_inputs, value_checks_enabled)
 
 Gamma = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
@@ -69,7 +69,7 @@ class _FocalLossFunction(torch.autograd.Function):
             lse = torch.logsumexp(z, dim=1)
             log_p = z_y - lse
         if value_checks_enabled(log_p):
-            check_finite(log_p, "logits")
+            check_finite_logits(z, log_p)
         if callable(gamma):  # sample-dependent policy: γ from the detached p_y
             gamma = gamma(torch.exp(log_p))
         if isinstance(gamma, torch.Tensor):
@@ -176,9 +176,9 @@ def _focal_of_nll(nll, nll_value, gamma, reduction, n_valid):
 
 def _check_finite_log_p(z: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
     """The exact check of the fused path, every position's log p_y (ignored ones at class 0): raises naming the
-    value."""
+    logit."""
     safe_target = torch.where(target != ignore_index, target, torch.zeros_like(target)).unsqueeze(1)
-    check_finite(z.gather(1, safe_target).squeeze(1) - torch.logsumexp(z, dim=1), "logits")
+    check_finite_logits(z, z.gather(1, safe_target).squeeze(1) - torch.logsumexp(z, dim=1))
 
 
 def _reduce(per_position: torch.Tensor, reduction: str, divisor) -> torch.Tensor:
@@ -216,7 +216,11 @@ def _focal_index_loss(logits: torch.Tensor, target: torch.Tensor, gamma, *, redu
     ``constants.SMALL_BATCH_ELEMENTS`` logits, no weight), the Triton kernel (CUDA; rows of classes-last logits, so
     ``[N, C, d1, ...]`` is copied to that layout once) and the fused analytic-backward Function. ``row_terms``: another
     loss of log p_y through the fused Function (``gamma`` is then its parameter)."""
-    backend = resolve_backend(backend, logits) if row_terms is None else "torch"
+    if row_terms is not None:
+        backend = "torch"
+    else:  # the self-check reads the classes-last view (no copy)
+        backend = select_backend(backend, logits if logits.dim() == 2 else logits.movedim(1, -1), gamma, "focal loss",
+                                 _backend_check_case)
     small = backend == "torch" and weight is None and row_terms is None and \
         logits.numel() <= constants.SMALL_BATCH_ELEMENTS
     if check_labels and not (small and logits.is_cpu) and value_checks_enabled(target):
@@ -260,9 +264,11 @@ def focal_loss_classes_last(logits: torch.Tensor, target: torch.Tensor, gamma: G
             backpropagated once). ``False`` keeps one number per row instead and recomputes the softmax in the
             backward (least memory between forward and backward; allows ``retain_graph``). Batches of at most
             ``constants.SMALL_BATCH_ELEMENTS`` logits take the small-batch path, where neither restriction applies.
-        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
-            float32 / float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"``
-            or ``"triton"``.
+        backend: ``"auto"``: the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
+            float32 / float16 / bfloat16 logits once its one-time self-check against the PyTorch path has passed on
+            that device and dtype (:mod:`focal_calibration.losses.backend`), the PyTorch path otherwise; the
+            environment variable ``FOCAL_CALIBRATION_BACKEND=torch|triton`` overrides ``"auto"``. ``"torch"`` or
+            ``"triton"``: that one, unchecked.
 
     Returns:
         The loss (float32 for half inputs, float64 for float64): a scalar, or ``target``'s shape for ``"none"``.
@@ -271,12 +277,17 @@ def focal_loss_classes_last(logits: torch.Tensor, target: torch.Tensor, gamma: G
     the logits' dtype.
     """
     check_reduction(reduction)
-    resolve_backend(backend, logits)  # a bad backend is named before anything else
+    backend = select_backend(backend, logits, gamma, "focal loss", _backend_check_case)  # a bad one named first
     logits2d, target1d, gamma = prepare_focal_inputs(logits, target, gamma, ignore_index, "focal_loss_classes_last",
                                                       check_labels=False)
     loss = _focal_index_loss(logits2d, target1d, gamma, reduction=reduction, ignore_index=ignore_index,
                              keep_softmax=keep_softmax, backend=backend)
     return loss.reshape(target.shape) if reduction == "none" else loss
+
+
+def _backend_check_case(logits, target, gamma, backend):
+    """What the backends' self-check compares (:func:`focal_calibration.losses.backend.select_backend`)."""
+    return focal_loss_classes_last(logits, target, gamma, reduction="none", backend=backend)
 
 
 def fused_row_loss(logits: torch.Tensor, target: torch.Tensor, row_terms, param, *, ignore_index: int = -100,

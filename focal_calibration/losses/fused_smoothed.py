@@ -27,10 +27,10 @@ from __future__ import annotations
 import torch
 
 from focal_calibration import constants
-from focal_calibration.losses.backend import resolve_backend
+from focal_calibration.losses.backend import select_backend
 from focal_calibration.losses.fused import Gamma
 from focal_calibration.losses.math import focal_terms
-from focal_calibration.validation import (check_finite, check_nonnegative_number, check_reduction, compute_dtype,
+from focal_calibration.validation import (check_finite_logits, check_nonnegative_number, check_reduction, compute_dtype,
                                           prepare_focal_inputs, value_checks_enabled)
 
 __all__ = ["focal_label_smoothed_loss_classes_last"]
@@ -54,7 +54,7 @@ class _FocalSmoothedFunction(torch.autograd.Function):
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         log_p_y = buffer.gather(1, safe_target[:, None]).squeeze(1)
         if value_checks_enabled(log_p_y):
-            check_finite(log_p_y, "logits")
+            check_finite_logits(logits, log_p_y)
         if callable(gamma):
             gamma = gamma(torch.exp(log_p_y))
         per_row = isinstance(gamma, torch.Tensor) and gamma.dim() > 0
@@ -101,13 +101,14 @@ def focal_label_smoothed_loss_classes_last(logits: torch.Tensor, target: torch.T
         reduction: "mean" (over non-ignored rows), "sum" or "none".
         return_nll: also return the (detached) negative log-likelihood -log p_y with the same reduction, for logging
             perplexity without a second pass over the logits.
-        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
-        float32 /
-            float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
-            ``"triton"``.
+        backend: ``"auto"``: the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
+            float32 / float16 / bfloat16 logits once its one-time self-check against the PyTorch path has passed on
+            that device and dtype (:mod:`focal_calibration.losses.backend`), the PyTorch path otherwise; the
+            environment variable ``FOCAL_CALIBRATION_BACKEND=torch|triton`` overrides ``"auto"``. ``"torch"`` or
+            ``"triton"``: that one, unchecked.
     """
     check_reduction(reduction)
-    backend = resolve_backend(backend, logits)
+    backend = select_backend(backend, logits, gamma, "label-smoothed focal loss", _backend_check_case)
     alpha = check_nonnegative_number(alpha, "alpha")
     if alpha > 1:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
@@ -129,3 +130,9 @@ def focal_label_smoothed_loss_classes_last(logits: torch.Tensor, target: torch.T
             n_valid = (target1d != ignore_index).sum().clamp_min(1)
             loss, nll = loss / n_valid, nll / n_valid
     return (loss, nll) if return_nll else loss
+
+
+def _backend_check_case(logits, target, gamma, backend):
+    """What the backends' self-check compares (:func:`focal_calibration.losses.backend.select_backend`)."""
+    return focal_label_smoothed_loss_classes_last(logits, target, gamma, 0.1, reduction="none", return_nll=True,
+                                                  backend=backend)

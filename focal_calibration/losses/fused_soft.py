@@ -29,7 +29,7 @@ import torch
 
 from focal_calibration import constants
 from focal_calibration.losses.math import focal_terms
-from focal_calibration.validation import check_finite, compute_dtype, value_checks_enabled
+from focal_calibration.validation import check_finite_logits, compute_dtype, value_checks_enabled
 
 __all__ = ["soft_target_loss"]
 
@@ -113,8 +113,8 @@ class _SoftTargetFunction(torch.autograd.Function):
                 gradient.masked_fill_(~valid[chunk], 0.0)  # exact 0 whatever an ignored position's logits
         if not probabilities:
             loss = torch.where(valid.squeeze(1), loss, 0.0)
-        if value_checks_enabled(loss):
-            check_finite(loss, "logits")
+        if value_checks_enabled(loss):  # a NaN / +inf logit, or a -inf one that makes the loss infinite, named
+            check_finite_logits(logits, loss)
         ctx.gradient = buffer if needs_grad else None
         ctx.logits_dtype = logits.dtype
         return loss

@@ -61,7 +61,7 @@ from focal_calibration.losses import functional
 from focal_calibration.losses.adafocal import adafocal_update, bin_calibration_gaps, bin_of, equal_mass_edges
 from focal_calibration.losses.gamma import EpochScheduledGamma, FixedGamma, GammaPolicy
 from focal_calibration.losses.math import signed_focal_terms
-from focal_calibration.validation import (check_choice, check_class_weight, check_finite, check_label_smoothing,
+from focal_calibration.validation import (check_choice, check_class_weight, check_finite_logits, check_label_smoothing,
                                           check_labels_in_range, check_n_bins, check_nonnegative_number,
                                           check_number, check_reduction, compute_dtype, flatten_scores_and_labels)
 
@@ -396,8 +396,8 @@ class AdaFocalLoss(CalibrationLoss):
         if logits2d.shape[0] == 0:
             raise ValueError("observe_validation needs at least one validation sample, got none")
         log_probs = torch.log_softmax(logits2d.to(compute_dtype(logits2d.dtype)), dim=-1)
-        check_finite(log_probs, "val_logits")
         log_confidence, prediction = log_probs.max(dim=-1)
+        check_finite_logits(logits2d, log_confidence, "val_logits")
         self.observe_confidences(log_confidence.exp(), prediction == labels.to(prediction.device))
 
     @torch.no_grad()

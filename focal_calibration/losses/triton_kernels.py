@@ -40,7 +40,7 @@ import triton.language as tl
 from focal_calibration.losses.backend import TRITON_DTYPES
 from focal_calibration.losses.gamma import SampleDependentGamma
 from focal_calibration.losses.math import focal_terms
-from focal_calibration.validation import check_finite, value_checks_enabled
+from focal_calibration.validation import check_finite_logits, value_checks_enabled
 
 __all__ = ["focal_loss_rows", "focal_smoothed_rows", "INTERPRETER"]
 
@@ -334,10 +334,10 @@ def _resolve_gamma(logits, target, gamma, ignore_index):
     return gamma
 
 
-def _check_log_p(log_p: torch.Tensor) -> None:
+def _check_log_p(log_p: torch.Tensor, logits: torch.Tensor) -> None:
     """The torch path's check of finite logits (CPU / interpreter, or FOCAL_CALIBRATION_CHECKS=1)."""
     if value_checks_enabled(log_p):
-        check_finite(log_p, "logits")
+        check_finite_logits(logits, log_p)
 
 
 class _FocalTritonFunction(torch.autograd.Function):
@@ -346,7 +346,7 @@ class _FocalTritonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, gamma, ignore_index):
         loss, g_factor, log_p, row_max, log_norm = _focal_forward(logits, target, gamma, ignore_index)
-        _check_log_p(log_p)
+        _check_log_p(log_p, logits)
         ctx.save_for_backward(logits, target, g_factor, row_max, log_norm)
         ctx.ignore_index = ignore_index
         return loss
@@ -369,7 +369,7 @@ class _FocalPolicyTritonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, policy, ignore_index):
         _, _, log_p, row_max, log_norm = _focal_forward(logits, target, 0.0, ignore_index)
-        _check_log_p(log_p)
+        _check_log_p(log_p, logits)
         gamma = policy(torch.exp(log_p))
         if isinstance(gamma, torch.Tensor):
             gamma = gamma.to(log_p)
@@ -408,8 +408,8 @@ class _SmoothedTritonFunction(torch.autograd.Function):
                                        log_norm_ptr=log_norm, n_rows=n_rows, n_cols=n_cols,
                                        ignore_index=ignore_index, **config)
         if value_checks_enabled(loss):  # NaN logits in an ignored row show in its row statistics
-            check_finite(row_max + log_norm, "logits")
-            check_finite(loss, "logits")
+            check_finite_logits(logits, row_max + log_norm)
+            check_finite_logits(logits, loss)
         ctx.mark_non_differentiable(nll)
         ctx.save_for_backward(logits, target, gamma_rows, weighted_g, g_y, row_max, log_norm)
         ctx.ignore_index, ctx.off, ctx.on = ignore_index, off, on
