@@ -7,6 +7,8 @@ temperature scaling and the other post-hoc maps (vector / matrix scaling, Dirich
 * :mod:`~focal_calibration.calibration.bootstrap` — percentile intervals of every metric.
 * :mod:`~focal_calibration.calibration.temperature` — the paper's temperature fit (ECE grid) and NLL fits.
 * :mod:`~focal_calibration.calibration.scaling` — vector / matrix scaling and Dirichlet calibration.
+* :mod:`~focal_calibration.calibration.multilabel` — the same for binary and multi-label (sigmoid) predictions:
+  per-label, macro and micro ECE / AdaECE / MCE and the extras, bootstrap intervals, a streaming accumulator.
 
 Nothing here imports the losses: calibration is measured the same way whatever trained the model.
 """
@@ -14,6 +16,11 @@ Nothing here imports the losses: calibration is measured the same way whatever t
 from focal_calibration.calibration.bootstrap import bootstrap_ci, bootstrap_samples
 from focal_calibration.calibration.metrics import (CalibrationAccumulator, ReliabilityBins, calibration_metrics,
                                                    reliability_bins)
+from focal_calibration.calibration.multilabel import (BinaryCalibrationAccumulator, MultilabelCalibrationAccumulator,
+                                                      binary_bootstrap_ci, binary_bootstrap_samples,
+                                                      binary_calibration_metrics, multilabel_bootstrap_ci,
+                                                      multilabel_bootstrap_samples, multilabel_calibration_metrics,
+                                                      multilabel_reliability_bins)
 from focal_calibration.calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.calibration.temperature import TemperatureFit, fit_temperature
 
@@ -22,4 +29,7 @@ __all__ = [
     "bootstrap_ci", "bootstrap_samples",
     "fit_temperature", "TemperatureFit",
     "fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit",
+    "binary_calibration_metrics", "multilabel_calibration_metrics", "BinaryCalibrationAccumulator",
+    "MultilabelCalibrationAccumulator", "multilabel_reliability_bins", "binary_bootstrap_samples",
+    "binary_bootstrap_ci", "multilabel_bootstrap_samples", "multilabel_bootstrap_ci",
 ]
