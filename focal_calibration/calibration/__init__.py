@@ -5,7 +5,8 @@ temperature scaling and the other post-hoc maps (vector / matrix scaling, Dirich
   streaming :class:`~focal_calibration.calibration.metrics.CalibrationAccumulator`.
 * :mod:`~focal_calibration.calibration.extra_metrics` — beyond the paper: smooth ECE, KS, ECE-sweep, debiased L2-ECE.
 * :mod:`~focal_calibration.calibration.bootstrap` — percentile intervals of every metric.
-* :mod:`~focal_calibration.calibration.temperature` — the paper's temperature fit (ECE grid) and NLL fits.
+* :mod:`~focal_calibration.calibration.temperature` — the paper's temperature fit (ECE grid) and NLL fits; for
+  sigmoid outputs one temperature (binary) or one per label.
 * :mod:`~focal_calibration.calibration.scaling` — vector / matrix scaling and Dirichlet calibration.
 * :mod:`~focal_calibration.calibration.multilabel` — the same for binary and multi-label (sigmoid) predictions:
   per-label, macro and micro ECE / AdaECE / MCE and the extras, bootstrap intervals, a streaming accumulator.
@@ -22,7 +23,8 @@ from focal_calibration.calibration.multilabel import (BinaryCalibrationAccumulat
                                                       multilabel_bootstrap_samples, multilabel_calibration_metrics,
                                                       multilabel_reliability_bins)
 from focal_calibration.calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
-from focal_calibration.calibration.temperature import TemperatureFit, fit_temperature
+from focal_calibration.calibration.temperature import (LabelTemperatureFit, TemperatureFit, TemperatureFitWarning,
+                                                       fit_binary_temperature, fit_label_temperatures, fit_temperature)
 
 __all__ = [
     "calibration_metrics", "CalibrationAccumulator", "ReliabilityBins", "reliability_bins",
@@ -32,4 +34,5 @@ __all__ = [
     "binary_calibration_metrics", "multilabel_calibration_metrics", "BinaryCalibrationAccumulator",
     "MultilabelCalibrationAccumulator", "multilabel_reliability_bins", "binary_bootstrap_samples",
     "binary_bootstrap_ci", "multilabel_bootstrap_samples", "multilabel_bootstrap_ci",
+    "fit_binary_temperature", "fit_label_temperatures", "LabelTemperatureFit", "TemperatureFitWarning",
 ]

@@ -166,11 +166,12 @@ class RowwiseSortedGroups(SortedGroups):
     """:class:`SortedGroups` for R rows of their own samples: ``confidence / correct [R, E]`` (e.g. the labels of a
     multi-label problem, one row each), weights ``[R, E, C]`` (C weightings per row: bootstrap resamples, or one
     column of 0 / 1 that leaves masked samples out). :meth:`cumulative` gives ``R * C`` rows, row ``r * C + c``;
-    each row's groups are padded to E with empty (zero-weight) groups."""
+    each row's groups are padded to E with empty (zero-weight) groups. ``order``: indices that sort each row
+    ascending, when the caller knows them (e.g. the same order for every temperature of a fit)."""
 
-    def __init__(self, confidence: torch.Tensor, correct: torch.Tensor):
+    def __init__(self, confidence: torch.Tensor, correct: torch.Tensor, order: torch.Tensor | None = None):
         rows, n = confidence.shape
-        order = ascending_order(confidence)
+        order = ascending_order(confidence) if order is None else order
         sorted_conf = confidence.gather(1, order)
         starts = torch.ones(rows, n, dtype=torch.bool, device=confidence.device)
         starts[:, 1:] = sorted_conf[:, 1:] != sorted_conf[:, :-1]

@@ -70,7 +70,7 @@ from focal_calibration.validation import (as_tensor, check_choice, check_finite,
 __all__ = ["binary_calibration_metrics", "multilabel_calibration_metrics", "BinaryCalibrationAccumulator",
            "MultilabelCalibrationAccumulator", "multilabel_reliability_bins", "binary_bootstrap_samples",
            "binary_bootstrap_ci", "multilabel_bootstrap_samples", "multilabel_bootstrap_ci", "LabelStatistics",
-           "label_statistics", "CONFIDENCES"]
+           "label_statistics", "pair_statistics", "CONFIDENCES"]
 
 CONFIDENCES = ("positive", "top_label")
 _SUMMED = ("n", "hits", "nll_sum", "nll_infinite", "brier_sum", "bin_count", "bin_conf_sum", "bin_correct",
@@ -157,16 +157,20 @@ def label_statistics(labels, *, logits=None, probs=None, mask=None, ignore_index
         outside = ~((counted >= 0) & (counted <= 1))  # also NaN
         if bool(outside.any()):
             raise ValueError(f"probs must lie in [0, 1], got {float(counted[outside][0])}")
+    return pair_statistics(x, labels == 1, valid, confidence, from_logits=logits is not None)
+
+
+def pair_statistics(x: torch.Tensor, positive_label: torch.Tensor, valid: torch.Tensor, confidence: str, *,
+                    from_logits: bool) -> LabelStatistics:
+    """:class:`LabelStatistics` of checked scores ``x [N, L]`` (logits or probabilities, compute dtype), bool
+    targets and the pairs that count (no validation: :func:`label_statistics` validates)."""
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     x = torch.where(valid, x, zero)  # pairs that do not count may hold anything
-    y = (labels == 1) & valid
-    y64 = y.to(torch.float64)
-
-    if logits is not None:
+    y = positive_label & valid
+    if from_logits:
         p = torch.sigmoid(x)
         positive = x > 0
-        log_p, log_q = F.logsigmoid(x), F.logsigmoid(-x)
-        nll = -torch.where(y, log_p, log_q).to(torch.float64)
+        nll = -torch.where(y, F.logsigmoid(x), F.logsigmoid(-x)).to(torch.float64)
         conf = torch.sigmoid(x.abs()) if confidence == "top_label" else p
     else:
         p = x
@@ -176,10 +180,10 @@ def label_statistics(labels, *, logits=None, probs=None, mask=None, ignore_index
     hit = (positive == y) & valid
     correct = hit if confidence == "top_label" else y
     zero64 = torch.zeros((), dtype=torch.float64, device=x.device)
-    return LabelStatistics(
-        confidence=torch.where(valid, conf, zero), correct=correct & valid, hit=hit,
-        nll=torch.where(valid, nll, zero64), squared_error=torch.where(valid, (p.to(torch.float64) - y64) ** 2, zero64),
-        valid=valid)
+    squared_error = (p.to(torch.float64) - y.to(torch.float64)) ** 2
+    return LabelStatistics(confidence=torch.where(valid, conf, zero), correct=correct & valid, hit=hit,
+                           nll=torch.where(valid, nll, zero64), squared_error=torch.where(valid, squared_error, zero64),
+                           valid=valid)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,7 +250,7 @@ def _metrics_of_sums(sums: dict, smece: bool) -> tuple[dict, dict]:
 
 
 def _ordered_metrics(confidence: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor, names, n_bins: int,
-                     weights: torch.Tensor | None = None):
+                     weights: torch.Tensor | None = None, *, micro: bool = True):
     """(per-label ``{name: [L, C]}``, micro ``{name: [C]}``) of AdaECE (name ``"adaece"``) and the order-based
     extras, from every pair's (confidence, correct) ``[N, L]`` (and whether it counts) with sample weights
     ``[N, C]``."""
@@ -254,10 +258,13 @@ def _ordered_metrics(confidence: torch.Tensor, correct: torch.Tensor, valid: tor
     w = _entry_weights(valid, weights)
     chunk = w.shape[2]
     extras = [name for name in names if name in ORDER_BASED]
-    per_label, micro = {}, {}
-    for target, groups, pair_weights, rows in (
-            (per_label, RowwiseSortedGroups(confidence.t(), correct.t()), w.permute(1, 0, 2), labels),
-            (micro, SortedGroups(confidence.reshape(-1), correct.reshape(-1)), w.reshape(n * labels, chunk), None)):
+    per_label = {}
+    pooled = {}
+    passes = [(per_label, RowwiseSortedGroups(confidence.t(), correct.t()), w.permute(1, 0, 2), labels)]
+    if micro:
+        passes.append((pooled, SortedGroups(confidence.reshape(-1), correct.reshape(-1)), w.reshape(n * labels, chunk),
+                       None))
+    for target, groups, pair_weights, rows in passes:
         cumulative = groups.cumulative(pair_weights)
         if "adaece" in names:
             target["adaece"] = adaptive_ece_weighted(groups, pair_weights, n_bins, cumulative)
@@ -268,7 +275,7 @@ def _ordered_metrics(confidence: torch.Tensor, correct: torch.Tensor, valid: tor
         if rows:
             for name in target:
                 target[name] = target[name].view(labels, chunk)
-    return per_label, micro
+    return per_label, pooled
 
 
 def _macro(per_label: dict) -> dict:
