@@ -206,8 +206,9 @@ def label_reliability_diagrams(bins: Sequence, *, names: Optional[Sequence[str]]
                     bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.6", alpha=0.9), zorder=5)
         if index % columns == 0:
             ax.set_ylabel(y_title, fontsize=8)
-        if index >= len(bins) - columns:
+        if index >= len(bins) - columns:  # the lowest panel of its column (the grid's last row may be short)
             ax.set_xlabel(x_title, fontsize=8)
+            ax.tick_params(labelbottom=True)
     for ax in axes[len(bins):]:
         ax.set_visible(False)
     if title:
