@@ -85,10 +85,15 @@ def test_masks_and_ignore_index_equal_fitting_the_kept_samples():
     unknown = torch.rand(400, 3, generator=torch.Generator().manual_seed(6)) < 0.2
     labels = torch.where(unknown, -1, targets)
     fit = fit_label_temperatures(distorted, labels, ignore_index=-1)
+    masked = fit_label_temperatures(distorted.masked_fill(unknown, float("nan")), targets, "nll", method="newton",
+                                    mask=~unknown)  # pairs that do not count may hold anything
     for label in range(3):
         keep = ~unknown[:, label]
         alone = fit_binary_temperature(distorted[keep, label], targets[keep, label])
         assert fit.temperature[label] == alone.temperature
+        alone = fit_binary_temperature(distorted[keep, label], targets[keep, label], "nll", method="newton")
+        assert masked.temperature[label] == pytest.approx(alone.temperature, rel=1e-9)
+        assert masked.nll[label, 0] == pytest.approx(alone.nll[0], rel=1e-9)
     binary = fit_binary_temperature(distorted[:, 0], labels[:, 0], ignore_index=-1)
     assert binary.temperature == fit.temperature[0]
 

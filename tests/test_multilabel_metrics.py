@@ -307,3 +307,16 @@ def test_bootstrap_intervals():
 def test_bad_inputs_raise(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_adaptive_ece_with_given_order_and_counts_equals_the_kept_samples():
+    """metrics.adaptive_ece's order= / counts= (the temperature fits sort once and leave uncounted pairs last)."""
+    generator = torch.Generator().manual_seed(12)
+    conf = torch.rand(3, 40, generator=generator, dtype=torch.float64).round(decimals=1)  # many ties
+    correct = torch.rand(3, 40, generator=generator) < 0.6
+    keep = torch.rand(3, 40, generator=generator) < 0.7
+    order = torch.where(keep, conf, torch.inf).sort(dim=-1).indices
+    got = adaptive_ece(conf, correct, 6, order=order, counts=keep.sum(-1))
+    for row in range(3):
+        assert float(got[row]) == pytest.approx(float(adaptive_ece(conf[row, keep[row]], correct[row, keep[row]], 6)),
+                                                rel=1e-12)

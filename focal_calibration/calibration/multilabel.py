@@ -61,9 +61,9 @@ import torch.nn.functional as F
 from focal_calibration import constants
 from focal_calibration.calibration.bootstrap import count_weights, percentile_interval, resample_indices
 from focal_calibration.calibration.extra_metrics import (ORDER_BASED, SMECE_GRID, RowwiseSortedGroups, SortedGroups,
-                                                         adaptive_ece_weighted, check_extra, extra_metrics,
-                                                         smece_grid_sums, smooth_ece_from_grid)
-from focal_calibration.calibration.metrics import ReliabilityBins, bin_index, ece_from_sums
+                                                         adaptive_ece_weighted, ascending_order, check_extra,
+                                                         extra_metrics, smece_grid_sums, smooth_ece_from_grid)
+from focal_calibration.calibration.metrics import ReliabilityBins, adaptive_ece, bin_index, ece_from_sums
 from focal_calibration.validation import (as_tensor, check_choice, check_finite, check_int, check_n_bins,
                                           check_probability_level, compute_dtype)
 
@@ -143,20 +143,18 @@ def label_statistics(labels, *, logits=None, probs=None, mask=None, ignore_index
     scores, labels = _as_2d(scores, multilabel, name), _as_2d(labels, multilabel, "labels")
     valid = torch.ones_like(labels, dtype=torch.bool) if valid is None else _as_2d(valid, multilabel, "mask")
 
-    # values: targets 0 / 1, scores finite (probabilities in [0, 1]) -- only where they count
-    counted_labels = labels[valid]
-    bad = (counted_labels != 0) & (counted_labels != 1)
-    if bool(bad.any()):
-        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-        raise ValueError(f"labels must be 0 or 1{extra}, got {counted_labels[bad][0].item()}")
+    # values: targets 0 / 1, scores finite (probabilities in [0, 1]) -- only where they count. One flag, then the
+    # value-naming check only when it fires (boolean indexing copies).
     x = scores.to(compute_dtype(scores.dtype))
-    counted = x[valid]
-    if logits is not None:
-        check_finite(counted, "logits")
-    else:
-        outside = ~((counted >= 0) & (counted <= 1))  # also NaN
-        if bool(outside.any()):
-            raise ValueError(f"probs must lie in [0, 1], got {float(counted[outside][0])}")
+    bad_label = (labels != 0) & (labels != 1) & valid
+    bad_score = (~torch.isfinite(x) if logits is not None else ~((x >= 0) & (x <= 1))) & valid  # also NaN
+    if bool((bad_label | bad_score).any()):
+        if bool(bad_label.any()):
+            extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+            raise ValueError(f"labels must be 0 or 1{extra}, got {labels[bad_label][0].item()}")
+        if logits is not None:
+            check_finite(x[valid], "logits")
+        raise ValueError(f"probs must lie in [0, 1], got {float(x[bad_score][0])}")
     return pair_statistics(x, labels == 1, valid, confidence, from_logits=logits is not None)
 
 
@@ -170,7 +168,7 @@ def pair_statistics(x: torch.Tensor, positive_label: torch.Tensor, valid: torch.
     if from_logits:
         p = torch.sigmoid(x)
         positive = x > 0
-        nll = -torch.where(y, F.logsigmoid(x), F.logsigmoid(-x)).to(torch.float64)
+        nll = -F.logsigmoid(torch.where(y, x, -x)).to(torch.float64)
         conf = torch.sigmoid(x.abs()) if confidence == "top_label" else p
     else:
         p = x
@@ -198,32 +196,50 @@ def _entry_weights(valid: torch.Tensor, weights: torch.Tensor | None) -> torch.T
 
 def _summed(stats: LabelStatistics, n_bins: int, weights: torch.Tensor | None = None, smece: bool = False) -> dict:
     """Per-label sums ``[L, C]`` (bins ``[L, M, C]``, smECE grid ``[L, G + 1, C]``) of weights ``[N, C]`` (None:
-    C = 1, every sample once)."""
+    C = 1, every sample once: plain sums and bincounts)."""
     n, labels = stats.confidence.shape
-    w = _entry_weights(stats.valid, weights)  # [N, L, C]
-    chunk = w.shape[2]
-    flat_w = w.reshape(n * labels, chunk)
+    M = n_bins
+    device = stats.confidence.device
     nll_infinite = torch.isinf(stats.nll)
     nll = torch.where(nll_infinite, torch.zeros_like(stats.nll), stats.nll)
+    bins = bin_index(stats.confidence, M) + torch.arange(labels, device=device) * M
+    if weights is None:
+        flat_bin = torch.where(stats.valid, bins, labels * M).reshape(-1)  # uncounted pairs: a dropped extra bin
 
-    def over_samples(values):  # [N, L] -> [L, C]
-        return torch.einsum("nl,nlc->lc", values.to(torch.float64), w)
+        def over_samples(values):  # [N, L] -> [L, 1]
+            return values.sum(0, dtype=torch.float64)[:, None]
 
-    M = n_bins
-    flat_bin = (bin_index(stats.confidence, M) + torch.arange(labels, device=w.device) * M).reshape(-1)
+        def over_bins(values):  # [N, L] -> [L, M, 1]
+            weight = None if values is None else values.reshape(-1).to(torch.float64)
+            return torch.bincount(flat_bin, weights=weight, minlength=labels * M + 1)[:-1].to(
+                torch.float64).view(labels, M, 1)
 
-    def over_bins(values):  # [N, L] -> [L, M, C]
-        source = flat_w if values is None else flat_w * values.reshape(-1, 1).to(torch.float64)
-        return torch.zeros(labels * M, chunk, dtype=torch.float64, device=w.device).index_add_(
-            0, flat_bin, source).view(labels, M, chunk)
+        w = None
+        hits, valid = stats.hit, stats.valid  # both False where a pair does not count
+    else:
+        w = _entry_weights(stats.valid, weights)  # [N, L, C]
+        chunk = w.shape[2]
+        flat_w = w.reshape(n * labels, chunk)
+        flat_bin = bins.reshape(-1)
 
-    sums = {"n": w.sum(0), "hits": over_samples(stats.hit), "nll_sum": over_samples(nll),
-            "nll_infinite": over_samples(nll_infinite), "brier_sum": over_samples(stats.squared_error),
-            "bin_count": over_bins(None), "bin_conf_sum": over_bins(stats.confidence),
-            "bin_correct": over_bins(stats.correct)}
+        def over_samples(values):  # [N, L] -> [L, C]
+            return torch.einsum("nl,nlc->lc", values.to(torch.float64), w)
+
+        def over_bins(values):  # [N, L] -> [L, M, C]
+            source = flat_w if values is None else flat_w * values.reshape(-1, 1).to(torch.float64)
+            return torch.zeros(labels * M, chunk, dtype=torch.float64, device=device).index_add_(
+                0, flat_bin, source).view(labels, M, chunk)
+
+        hits, valid = stats.hit, None
+    sums = {"n": over_samples(valid) if w is None else w.sum(0), "hits": over_samples(hits),
+            "nll_sum": over_samples(nll), "nll_infinite": over_samples(nll_infinite),
+            "brier_sum": over_samples(stats.squared_error), "bin_count": over_bins(None),
+            "bin_conf_sum": over_bins(stats.confidence), "bin_correct": over_bins(stats.correct)}
     if smece:
-        grid = smece_grid_sums(stats.confidence.t(), stats.correct.t(), w.permute(1, 0, 2))  # [L * C, G + 1]
-        sums["smece_grid"] = grid.view(labels, chunk, -1).permute(0, 2, 1)
+        pair_weights = stats.valid.to(torch.float64)[..., None] if w is None else w
+        grid = smece_grid_sums(stats.confidence.t(), stats.correct.t(), pair_weights.permute(1, 0, 2))
+        chunk = pair_weights.shape[2]
+        sums["smece_grid"] = grid.view(labels, chunk, -1).permute(0, 2, 1)  # [L, G + 1, C]
     return sums
 
 
@@ -253,28 +269,37 @@ def _ordered_metrics(confidence: torch.Tensor, correct: torch.Tensor, valid: tor
                      weights: torch.Tensor | None = None, *, micro: bool = True):
     """(per-label ``{name: [L, C]}``, micro ``{name: [C]}``) of AdaECE (name ``"adaece"``) and the order-based
     extras, from every pair's (confidence, correct) ``[N, L]`` (and whether it counts) with sample weights
-    ``[N, C]``."""
+    ``[N, C]`` (None: C = 1, every sample once)."""
     n, labels = confidence.shape
+    extras = [name for name in names if name in ORDER_BASED]
+    per_label, pooled = {}, {}
+    if weights is None and "adaece" in names:
+        # every sample once: the plain AdaECE of metrics.py, uncounted pairs sorted last and left out
+        by_label = confidence.t()
+        order = ascending_order(torch.where(valid.t(), by_label, torch.inf))  # +inf: non-negative, sorts last
+        per_label["adaece"] = adaptive_ece(by_label, correct.t(), n_bins, order=order,
+                                           counts=valid.sum(0))[:, None]
+        if micro:
+            pooled["adaece"] = adaptive_ece(confidence[valid], correct[valid], n_bins).reshape(1)
+        names = extras
+    if not names:
+        return per_label, pooled
     w = _entry_weights(valid, weights)
     chunk = w.shape[2]
-    extras = [name for name in names if name in ORDER_BASED]
-    per_label = {}
-    pooled = {}
     passes = [(per_label, RowwiseSortedGroups(confidence.t(), correct.t()), w.permute(1, 0, 2), labels)]
     if micro:
         passes.append((pooled, SortedGroups(confidence.reshape(-1), correct.reshape(-1)), w.reshape(n * labels, chunk),
                        None))
     for target, groups, pair_weights, rows in passes:
         cumulative = groups.cumulative(pair_weights)
+        computed = {}
         if "adaece" in names:
-            target["adaece"] = adaptive_ece_weighted(groups, pair_weights, n_bins, cumulative)
+            computed["adaece"] = adaptive_ece_weighted(groups, pair_weights, n_bins, cumulative)
         if extras:
-            target.update(extra_metrics(extras, confidence.t() if rows else confidence.reshape(-1),
-                                        correct.t() if rows else correct.reshape(-1), n_bins, pair_weights,
-                                        groups=groups, cumulative=cumulative))
-        if rows:
-            for name in target:
-                target[name] = target[name].view(labels, chunk)
+            computed.update(extra_metrics(extras, confidence.t() if rows else confidence.reshape(-1),
+                                          correct.t() if rows else correct.reshape(-1), n_bins, pair_weights,
+                                          groups=groups, cumulative=cumulative))
+        target.update({name: value.view(labels, chunk) if rows else value for name, value in computed.items()})
     return per_label, pooled
 
 

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from focal_calibration import constants
 from focal_calibration.calibration import multilabel
-from focal_calibration.calibration.extra_metrics import RowwiseSortedGroups, adaptive_ece_weighted
 from focal_calibration.calibration.metrics import adaptive_ece, bin_index, ece_from_sums, equal_width_sums
 from focal_calibration.validation import (check_choice, check_finite, check_grid, check_int, check_n_bins,
                                           compute_dtype, prepare_scores)
@@ -259,8 +258,8 @@ def _label_curves(logits, positive, valid, temperatures: torch.Tensor, n_bins, c
     or ``[T, 1]`` (shared), with the binning and tie rules of the multi-label metrics.
 
     T > 0 keeps each label's order of confidences (σ(z / T) is non-decreasing in z, in floating point too; σ(|z| /
-    T) in |z|), so each label is sorted once for all temperatures; tie groups are taken per T from the sorted
-    values. Pairs that do not count go to a dropped extra bin and weigh 0 in AdaECE.
+    T) in |z|), so each label is sorted once for all temperatures (pairs that do not count last); tie groups are
+    taken per T from the sorted values. Pairs that do not count go to a dropped extra bin.
     """
     n, labels = logits.shape
     n_temps, M = temperatures.shape[0], n_bins
@@ -269,10 +268,10 @@ def _label_curves(logits, positive, valid, temperatures: torch.Tensor, n_bins, c
     counted = valid.t().contiguous()
     correct = (((z > 0) == positive.t()) if top_label else positive.t()) & counted
     sign = torch.where(positive.t(), 1.0, -1.0).to(z.dtype)  # NLL = -log σ(±x), + for a positive target
-    key = torch.where(counted, z.abs() if top_label else z, torch.zeros((), dtype=z.dtype, device=z.device))
+    key = torch.where(counted, z.abs() if top_label else z, torch.full((), torch.inf, dtype=z.dtype, device=z.device))
     order = key.sort(dim=-1).indices
-    counts = counted.sum(-1).to(torch.float64)
-    weights = counted.to(torch.float64)[..., None]
+    counts = counted.sum(-1)
+    correct64 = correct.to(torch.float64)
     chunk = max(1, min(n_temps, max_chunk_elements // (16 * n * labels)))
     curves = []
     for start in range(0, n_temps, chunk):
@@ -280,22 +279,16 @@ def _label_curves(logits, positive, valid, temperatures: torch.Tensor, n_bins, c
         block = temps.shape[0]
         x = z[None] / temps[:, :, None]  # [block, L, N]
         nll = -(F.logsigmoid(x * sign) * counted).sum(-1, dtype=torch.float64) / counts
-        conf = torch.where(counted, torch.sigmoid(x.abs() if top_label else x), torch.zeros((), dtype=x.dtype,
-                                                                                          device=x.device))
+        conf = torch.sigmoid(x.abs_() if top_label else x)
         del x
         rows = block * labels
         bins = torch.where(counted, bin_index(conf, M), M)  # M: the dropped bin
         flat = (bins + torch.arange(rows, device=z.device).view(block, labels, 1) * (M + 1)).view(-1)
-        bin_count = torch.bincount(flat, minlength=rows * (M + 1)).view(rows, M + 1)[:, :M]
-        bin_conf = torch.bincount(flat, weights=conf.reshape(-1).to(torch.float64),
-                                  minlength=rows * (M + 1)).view(rows, M + 1)[:, :M]
-        bin_correct = torch.bincount(flat, weights=correct.expand(block, -1, -1).reshape(-1).to(torch.float64),
-                                     minlength=rows * (M + 1)).view(rows, M + 1)[:, :M]
-        ece = ece_from_sums(bin_count, bin_conf, bin_correct)[0]
-        groups = RowwiseSortedGroups(conf.view(rows, n), correct.expand(block, -1, -1).reshape(rows, n),
-                                     order=order.repeat(block, 1))
-        adaece = adaptive_ece_weighted(groups, weights.repeat(block, 1, 1), M)
-        curves.append(torch.stack([ece.view(block, labels), adaece.view(block, labels), nll]))
+        sums = [torch.bincount(flat, weights=weights, minlength=rows * (M + 1)).view(rows, M + 1)[:, :M]
+                for weights in (None, conf.reshape(-1).to(torch.float64), correct64.expand(block, -1, -1).reshape(-1))]
+        ece = ece_from_sums(*sums)[0]
+        adaece = adaptive_ece(conf, correct, M, order=order, counts=counts.expand(block, -1))
+        curves.append(torch.stack([ece.view(block, labels), adaece, nll]))
     return torch.cat(curves, 1).permute(0, 2, 1)  # [3, L, T]
 
 
@@ -367,6 +360,7 @@ def _label_fit(logits, labels, objective, method, temperatures, n_bins, confiden
     valid = stats.valid
     positive = stats.correct  # under the "positive" convention: the target
     z = logits.to(compute_dtype(logits.dtype))
+    z = torch.where(valid, z, torch.zeros((), dtype=z.dtype, device=z.device))  # uncounted pairs may hold NaN
     counts = valid.sum(0)
     few = (counts < 2).nonzero().view(-1).tolist()
     if few:
