@@ -44,7 +44,8 @@ reused as they are):
 Streaming (:class:`MultilabelCalibrationAccumulator`): ``n``, accuracy, NLL, Brier, ECE, MCE, the reliability bins
 and ``smece`` are sums per label (per-label bin sums, ``[L, M]``; ``smece`` a ``[L, 2049]`` grid) and stream
 exactly; ``adaece``, ``ks``, ``ece_sweep`` and ``debiased_l2_ece`` need every pair's (confidence, correct), so the
-accumulator keeps them (5-9 bytes per pair) unless ``adaptive=False`` and none of those extras is asked for.
+accumulator keeps them (6-10 bytes per pair: confidence, correct, counted) unless ``adaptive=False`` and none of
+those extras is asked for.
 Everything is vectorised over labels, bins and samples (the order-based metrics sort each label's samples with
 :class:`~focal_calibration.calibration.extra_metrics.RowwiseSortedGroups`).
 """
