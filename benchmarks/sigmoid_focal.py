@@ -4,7 +4,8 @@ against ``F.binary_cross_entropy_with_logits`` and ``torchvision.ops.sigmoid_foc
     python benchmarks/sigmoid_focal.py [--repeats 7 --threads 1 --device cpu|cuda] [--shapes 4096x80 64x20x64x64]
 
 Variants run in this process, taking turns (round-robin) after a warm-up; time = median of --repeats rounds of one
-forward + backward (mean reduction, γ = 2 unless the variant says otherwise, multi-hot targets with ~10% positives);
+forward + backward (mean reduction, γ = 2 unless the variant says otherwise, multi-hot targets with ~10% positives),
+wall clock and CPU time of all threads (with --threads 1 the CPU time is the work, whatever the machine's load);
 ratio = variant / F.binary_cross_entropy_with_logits. "autograd" is sigmoid_focal_loss computed by autograd over the
 per-element formula (the path taken when targets or weights require a gradient), the comparison that decides
 whether the analytic backward pays.
@@ -64,12 +65,14 @@ def main():
         times = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, fn in runs.items():
-                times[name].append(timed(lambda: step(fn), args.device)[0])
-        base = statistics.median(times["F.binary_cross_entropy_with_logits"])
-        print(f"shape {shape_text} ({logits.numel():,} logits, {args.device}, threads {torch.get_num_threads()})")
+                times[name].append(timed(lambda: step(fn), args.device))
+        base = [statistics.median(v[i] for v in times["F.binary_cross_entropy_with_logits"]) for i in (0, 1)]
+        print(f"shape {shape_text} ({logits.numel():,} logits, {args.device}, threads {torch.get_num_threads()}): "
+              f"wall, CPU time")
         for name, values in times.items():
-            median = statistics.median(values)
-            print(f"  {name:45s} {1000 * median:8.2f} ms   {median / base:5.2f}x")
+            wall, cpu = (statistics.median(v[i] for v in values) for i in (0, 1))
+            print(f"  {name:45s} {1000 * wall:8.2f} ms {wall / base[0]:5.2f}x   CPU {1000 * cpu:8.2f} ms "
+                  f"{cpu / base[1]:5.2f}x")
 
 
 if __name__ == "__main__":

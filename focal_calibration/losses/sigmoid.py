@@ -86,9 +86,9 @@ class _SigmoidFocalFunction(torch.autograd.Function):
     """Per-element loss with the analytic gradient above, saved as one tensor (dL/dz per element).
 
     Written for few passes over the elements (each op below is one; the two terms are blended with ``lerp``, the
-    bracket with ``addcmul``): forward + backward measured 1.8-2.0x faster than autograd over :func:`_element_loss`
-    at fixed γ and 1.4-1.7x for FLSD-53, and as fast as torchvision's ``sigmoid_focal_loss`` (1.00-1.08x), for
-    327,680 and 5.2M logits (``benchmarks/sigmoid_focal.py --threads 1``, two runs; figures in
+    bracket with ``addcmul``): forward + backward measured 1.75-2.1x faster than autograd over :func:`_element_loss`
+    at fixed γ and 1.4-1.9x for FLSD-53, and about as fast as torchvision's ``sigmoid_focal_loss`` (0.89-1.23x), for
+    327,680 and 5.2M logits (``benchmarks/sigmoid_focal.py --threads 1``, wall and CPU time; figures in
     ``docs/benchmarks/binary-multilabel.md``), with one saved tensor instead of autograd's dozen.
     """
 
