@@ -155,7 +155,8 @@ def label_reliability_diagrams(bins: Sequence, *, names: Optional[Sequence[str]]
         columns: panels per row (fewer when there are fewer labels).
         confidence: the convention the bins were computed with: ``"positive"`` (x: predicted probability, y:
             fraction of positives) or ``"top_label"`` (x: confidence, y: accuracy). Only the axis titles change.
-        title: figure title (optional). path: where to save the figure (optional; atomically, as every figure).
+        title: figure title (optional). path: where to save the figure (optional; written as every figure of this
+            module is).
 
     Returns the figure; ``fig.axes[i]`` is label i's panel (then the unused cells of the grid, hidden).
     """
