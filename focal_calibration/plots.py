@@ -18,6 +18,7 @@ from matplotlib.ticker import FormatStrFormatter
 
 __all__ = [
     "reliability_diagram",
+    "label_reliability_diagrams",
     "g_curves",
     "optimal_confidence_curves",
     "temperature_curves",
@@ -130,6 +131,90 @@ def reliability_diagram(bins, *, title: Optional[str] = None, path: Optional[Pat
     ax_pct.set_ylabel("% of samples")
     ax_pct.set_ylim(0.0, max(5.0, float(percent.max()) * 1.15) if m else 100.0)
     ax_pct.grid(True, axis="y", linestyle=":", alpha=0.5)
+    return _finish(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reliability diagrams per label (binary / multi-label)
+
+def label_reliability_diagrams(bins: Sequence, *, names: Optional[Sequence[str]] = None, columns: int = 4,
+                               confidence: str = "positive", title: Optional[str] = None,
+                               path: Optional[PathLike] = None) -> Figure:
+    """One small reliability diagram per label, in a grid of panels (multi-label calibration at a glance).
+
+    Each panel: a bar per non-empty confidence bin at the bin's observed frequency (label ``"Outputs"``), the gap to
+    its mean confidence as a red hatched bar (``"Gap"``, from the observed frequency to the mean confidence), the
+    diagonal, and the label's ECE in %; a label without samples says so. Panels share both axes.
+
+    Args:
+        bins: one bins object per label (e.g.
+            :func:`focal_calibration.calibration.multilabel.multilabel_reliability_bins` or
+            :meth:`MultilabelCalibrationAccumulator.bins`): ``edges`` [M+1], ``counts`` [M], ``confidence`` [M],
+            ``accuracy`` [M] (NaN where empty), optionally ``ece``.
+        names: a title per panel (default ``"label 0"``, ``"label 1"``, ...).
+        columns: panels per row (fewer when there are fewer labels).
+        confidence: the convention the bins were computed with: ``"positive"`` (x: predicted probability, y:
+            fraction of positives) or ``"top_label"`` (x: confidence, y: accuracy). Only the axis titles change.
+        title: figure title (optional). path: where to save the figure (optional; written as every figure of this
+            module is).
+
+    Returns the figure; ``fig.axes[i]`` is label i's panel (then the unused cells of the grid, hidden).
+    """
+    bins = list(bins)
+    if not bins:
+        raise ValueError("label_reliability_diagrams needs the bins of at least one label, got none")
+    if confidence not in ("positive", "top_label"):
+        raise ValueError(f"confidence must be 'positive' or 'top_label', got {confidence!r}")
+    names = [f"label {i}" for i in range(len(bins))] if names is None else [str(n) for n in names]
+    if len(names) != len(bins):
+        raise ValueError(f"names must give one title per label: {len(bins)} labels, {len(names)} names")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an integer >= 1, got {columns!r}")
+    columns = min(columns, len(bins))
+    rows = -(-len(bins) // columns)
+    fig = _new_figure((2.3 * columns + 0.6, 2.3 * rows + 0.6))
+    axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).reshape(-1)
+    x_title, y_title = ("Predicted probability", "Fraction of positives") if confidence == "positive" else (
+        "Confidence", "Accuracy")
+    for index, (ax, label_bins, name) in enumerate(zip(axes, bins, names)):
+        edges = np.asarray(label_bins.edges, dtype=np.float64).reshape(-1)
+        counts = np.asarray(label_bins.counts, dtype=np.float64).reshape(-1)
+        accuracy = np.asarray(label_bins.accuracy, dtype=np.float64).reshape(-1)
+        mean_conf = np.asarray(label_bins.confidence, dtype=np.float64).reshape(-1)
+        m = counts.shape[0]
+        if edges.shape[0] != m + 1 or accuracy.shape[0] != m or mean_conf.shape[0] != m:
+            raise ValueError(f"bins of {name} must have edges [M+1] and counts/accuracy/confidence [M]; got edges "
+                             f"{edges.shape}, counts {counts.shape}, accuracy {accuracy.shape}, confidence "
+                             f"{mean_conf.shape}")
+        left, width = edges[:-1], np.diff(edges)
+        filled = (counts > 0) & np.isfinite(accuracy) & np.isfinite(mean_conf)
+        ax.bar(left[filled], accuracy[filled], width=width[filled], align="edge", color="#1f4e9c",
+               edgecolor="black", linewidth=0.4, label="Outputs", zorder=2)
+        ax.bar(left[filled], mean_conf[filled] - accuracy[filled], bottom=accuracy[filled], width=width[filled],
+               align="edge", color=(0.9, 0.1, 0.1, 0.3), edgecolor="red", hatch="//", linewidth=0.4, label="Gap",
+               zorder=3)
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.3", linewidth=1.0, label="Perfect calibration", zorder=4)
+        ax.set_xlim(float(edges[0]), float(edges[-1]))
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, linestyle=":", alpha=0.5, zorder=0)
+        ece = getattr(label_bins, "ece", None)
+        text = "no samples" if not filled.any() else (
+            f"ECE {100 * float(ece):.1f}%" if ece is not None and np.isfinite(ece) else "")
+        if text:
+            ax.text(0.96, 0.04, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                    bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.6", alpha=0.9), zorder=5)
+        if index % columns == 0:
+            ax.set_ylabel(y_title, fontsize=8)
+        if index >= len(bins) - columns:  # the lowest panel of its column (the grid's last row may be short)
+            ax.set_xlabel(x_title, fontsize=8)
+            ax.tick_params(labelbottom=True)
+    for ax in axes[len(bins):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _finish(fig, path)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from focal_calibration.calibration.temperature import DEFAULT_TEMPERATURES, TemperatureFit, fit_temperature
+from focal_calibration.calibration.temperature import (DEFAULT_TEMPERATURES, TemperatureFit, TemperatureFitWarning,
+                                                       fit_temperature)
 from test_metrics import ref_metrics, ref_softmax
 
 
@@ -78,13 +79,16 @@ def test_float32_curves_and_chunking():
 def test_ties_pick_smallest_temperature():
     # Huge margins: every confidence is exactly 1.0 and every prediction correct at every T <= 10, so all three
     # curves are exactly 0 everywhere; the paper's loop (strict improvement) keeps the first, i.e. smallest, T.
+    # Flat curves: the data do not determine T, and the fit says so (issue 17).
     logits = torch.tensor([[1000.0, 0.0, 0.0], [0.0, 0.0, 1000.0]] * 10)
     labels = torch.tensor([0, 2] * 10)
     for objective in ("ece", "adaece", "nll"):
-        fit = fit_temperature(logits, labels, objective)
+        with pytest.warns(TemperatureFitWarning, match=f"the {objective} is the same at every temperature"):
+            fit = fit_temperature(logits, labels, objective)
         assert np.all(getattr(fit, objective) == 0)
         assert fit.temperature == 0.1
-    unsorted = fit_temperature(logits, labels, temperatures=[3.0, 1.0, 2.0, 1.0])
+    with pytest.warns(TemperatureFitWarning):
+        unsorted = fit_temperature(logits, labels, temperatures=[3.0, 1.0, 2.0, 1.0])
     np.testing.assert_array_equal(unsorted.temperatures, [1.0, 2.0, 3.0])
     assert unsorted.temperature == 1.0
 
@@ -141,6 +145,33 @@ def test_bad_arguments(kwargs, message):
     logits, labels = calibrated_problem(20, 3, seed=6)
     with pytest.raises(ValueError, match=message):
         fit_temperature(logits, labels, **kwargs)
+
+
+def test_one_sample_cannot_determine_a_temperature():
+    """Issue 17: one sample gave T = 0.1 without a word; now an error naming the count."""
+    for method, objective in (("grid", "ece"), ("lbfgs", "nll")):
+        with pytest.raises(ValueError, match="at least 2 samples .* got 1"):
+            fit_temperature(torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([0]), objective, method=method)
+    labels = torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="got 1"):  # one sample left after ignore_index
+        fit_temperature(torch.randn(4, 3), torch.tensor([0, -100, -100, -100]), ignore_index=-100)
+    fit_temperature(torch.randn(4, 3), labels)  # two or more samples: no complaint
+
+
+def test_constant_logits_warn_that_t_is_not_determined():
+    """Issue 17: equal logits in every row gave T = 0.1 without a word: softmax(z / T) is uniform for every T."""
+    logits, labels = torch.zeros(30, 4), torch.arange(30) % 4
+    with pytest.warns(TemperatureFitWarning, match="do not determine T .*T = 0.1"):
+        assert fit_temperature(logits, labels).temperature == 0.1
+    with pytest.warns(TemperatureFitWarning, match="every row's logits are equal.*T = 1"):
+        assert fit_temperature(logits + 3.0, labels, "nll", method="lbfgs").temperature == 1.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TemperatureFitWarning)  # an informative fit does not warn
+        logits, labels = calibrated_problem(300, 4, seed=8)
+        fit_temperature(logits * 2, labels)
+        fit_temperature(logits * 2, labels, "nll", method="lbfgs")
 
 
 @pytest.mark.parametrize("logits, labels, message", [

@@ -37,10 +37,12 @@ for all resamples at once. (Samples on the first axis: gathering and scattering 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["ascending_order", "EXTRA_METRICS", "check_extra", "extra_metrics", "SortedGroups", "adaptive_ece_weighted",
+__all__ = ["ascending_order", "EXTRA_METRICS", "check_extra", "extra_metrics", "Cumulative", "SortedGroups",
+           "RowwiseSortedGroups", "adaptive_ece_weighted",
            "ks_error", "ece_sweep", "debiased_l2_ece", "smooth_ece", "smece_grid_sums", "smooth_ece_from_grid",
            "SMECE_GRID"]
 
@@ -78,12 +80,35 @@ def check_extra(extra) -> tuple[str, ...]:
 # Equal-mass machinery: cumulative sums over ranks for weighted samples
 # ----------------------------------------------------------------------------------------------------------------
 
+class Cumulative(NamedTuple):
+    """Weighted sums over the groups of equal confidence, in ascending order, one row per (weighted) evaluation:
+    each ``[R, G]`` float64 (``group_confidence`` ``[G]`` when every row shares the groups)."""
+    group_weight: torch.Tensor  # total weight of each group
+    group_correct: torch.Tensor  # weighted number correct of each group
+    ends: torch.Tensor  # cumulative weight at each group's end (rank position after it)
+    cum_correct: torch.Tensor  # cumulative weighted number correct
+    cum_conf: torch.Tensor  # cumulative weighted confidence
+    group_confidence: torch.Tensor  # each group's confidence
+
+    @property
+    def total(self) -> torch.Tensor:
+        """The number of (weighted) samples of each row ``[R]``: N for a bootstrap resample."""
+        return self.ends[:, -1]
+
+
+def _take_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` for values shared by all rows ``[G]``, the row-wise gather for ``[R, G]``."""
+    return values[index] if values.dim() == 1 else values.gather(1, index)
+
+
 class SortedGroups:
     """Groups of equal confidence in ascending order, and weighted cumulative sums over the ranks.
 
-    A sample of weight w occupies w consecutive ranks of the (resampled) sorted list. Each rank of group g carries the
-    group's mean correctness (the tie rule of AdaECE) and its confidence, so the sums of correctness and confidence
-    over the first x ranks are piecewise linear in x; :meth:`at` evaluates them at any rank positions.
+    A sample of weight w occupies w consecutive ranks of the (resampled) sorted list (weights are counts:
+    non-negative integers; 0 leaves a sample out). Each rank of group g carries the group's mean correctness (the tie
+    rule of AdaECE) and its confidence, so the sums of correctness and confidence over the first x ranks are piecewise
+    linear in x; :meth:`at` evaluates them at any rank positions. Every metric below divides by each row's own
+    total weight (:attr:`Cumulative.total`), so a row may hold fewer samples than another.
     """
 
     def __init__(self, confidence: torch.Tensor, correct: torch.Tensor):
@@ -99,45 +124,86 @@ class SortedGroups:
         self.group_confidence = sorted_conf[starts].to(torch.float64)
         self.correct = correct.to(torch.float64)
 
-    def cumulative(self, weights: torch.Tensor):
-        """Per group (weight, correct) and cumulative (ends, correct) sums of weights ``[N, R]``, each ``[R, G]``
-        float64 (resamples first: ``searchsorted`` needs each resample's ends contiguous)."""
+    def cumulative(self, weights: torch.Tensor) -> Cumulative:
+        """The :class:`Cumulative` sums of weights ``[N, R]`` (rows = resamples: ``searchsorted`` needs each
+        resample's ends contiguous)."""
         zeros = torch.zeros(self.n_groups, weights.shape[1], dtype=torch.float64, device=weights.device)
         group_weight = zeros.index_add(0, self.group, weights).t().contiguous()
         group_correct = zeros.index_add(0, self.group, weights * self.correct[:, None]).t().contiguous()
-        return group_weight, group_correct, group_weight.cumsum(1), group_correct.cumsum(1)
+        return Cumulative(group_weight, group_correct, group_weight.cumsum(1), group_correct.cumsum(1),
+                          (group_weight * self.group_confidence).cumsum(1), self.group_confidence)
 
-    def at(self, cumulative, positions: torch.Tensor):
+    @staticmethod
+    def at(cumulative: Cumulative, positions: torch.Tensor):
         """Sums of (correctness, confidence) over the first x ranks for rank positions ``x [R, P]`` (float64)."""
-        group_weight, group_correct, ends, cum_correct = cumulative
-        chunk = positions.shape[0]
+        c = cumulative
+        rows = positions.shape[0]
+        n_groups = c.ends.shape[1]
         # g = number of groups ending at or before x, so x lies in group g (ends[g-1] <= x < ends[g])
-        g = torch.searchsorted(ends, positions.contiguous(), right=True)
-        pad = torch.zeros(chunk, 1, dtype=torch.float64, device=positions.device)
-        ends_before = torch.cat([pad, ends], 1).gather(1, g)
-        correct_before = torch.cat([pad, cum_correct], 1).gather(1, g)
-        cum_conf = (group_weight * self.group_confidence).cumsum(1)
-        conf_before = torch.cat([pad, cum_conf], 1).gather(1, g)
-        inside = g.clamp(max=self.n_groups - 1)  # x = N lies past the last group; its partial term is 0 anyway
+        g = torch.searchsorted(c.ends, positions.contiguous(), right=True)
+        pad = torch.zeros(rows, 1, dtype=torch.float64, device=positions.device)
+        ends_before = torch.cat([pad, c.ends], 1).gather(1, g)
+        correct_before = torch.cat([pad, c.cum_correct], 1).gather(1, g)
+        conf_before = torch.cat([pad, c.cum_conf], 1).gather(1, g)
+        inside = g.clamp(max=n_groups - 1)  # x = N lies past the last group; its partial term is 0 anyway
         partial = positions - ends_before
-        correct_per_rank = group_correct.gather(1, inside) / group_weight.gather(1, inside).clamp(min=1)
+        correct_per_rank = c.group_correct.gather(1, inside) / c.group_weight.gather(1, inside).clamp(min=1)
         return (correct_before + partial * correct_per_rank,
-                conf_before + partial * self.group_confidence[inside])
+                conf_before + partial * _take_rows(c.group_confidence, inside))
 
-    def bin_sums(self, cumulative, n_bins: int):
-        """Per equal-mass bin (correct, confidence) sums ``[R, M]`` and bin sizes ``[M]``: rank r is in bin
-        floor(r M / N)."""
-        b = torch.arange(n_bins + 1, device=self.group.device)
-        boundaries = ((b * self.n + n_bins - 1) // n_bins).to(torch.float64)  # bin b starts at rank ceil(b N / M)
-        correct, conf = self.at(cumulative, boundaries.expand(cumulative[0].shape[0], -1))
-        return correct.diff(dim=1), conf.diff(dim=1), boundaries.diff()
+    @classmethod
+    def bin_sums(cls, cumulative: Cumulative, n_bins: int):
+        """Per equal-mass bin (correct, confidence) sums and bin sizes, each ``[R, M]``: of a row with n samples,
+        rank r is in bin floor(r M / n)."""
+        total = cumulative.total.round().long()
+        b = torch.arange(n_bins + 1, device=total.device)
+        boundaries = ((b * total[:, None] + n_bins - 1) // n_bins).to(torch.float64)  # bin b starts at ceil(b n / M)
+        correct, conf = cls.at(cumulative, boundaries)
+        return correct.diff(dim=1), conf.diff(dim=1), boundaries.diff(dim=1)
+
+
+class RowwiseSortedGroups(SortedGroups):
+    """:class:`SortedGroups` for R rows of their own samples: ``confidence / correct [R, E]`` (e.g. the labels of a
+    multi-label problem, one row each), weights ``[R, E, C]`` (C weightings per row: bootstrap resamples, or one
+    column of 0 / 1 that leaves masked samples out). :meth:`cumulative` gives ``R * C`` rows, row ``r * C + c``;
+    each row's groups are padded to E with empty (zero-weight) groups. ``order``: indices that sort each row
+    ascending, when the caller knows them (e.g. the same order for every temperature of a fit)."""
+
+    def __init__(self, confidence: torch.Tensor, correct: torch.Tensor, order: torch.Tensor | None = None):
+        rows, n = confidence.shape
+        order = ascending_order(confidence) if order is None else order
+        sorted_conf = confidence.gather(1, order)
+        starts = torch.ones(rows, n, dtype=torch.bool, device=confidence.device)
+        starts[:, 1:] = sorted_conf[:, 1:] != sorted_conf[:, :-1]
+        group_of_sorted = starts.cumsum(1) - 1
+        self.n = n
+        self.n_groups = n  # padded
+        self.group = torch.empty_like(group_of_sorted).scatter_(1, order, group_of_sorted)  # group of each sample
+        self.group_confidence = torch.zeros(rows, n, dtype=torch.float64, device=confidence.device).scatter_(
+            1, group_of_sorted, sorted_conf.to(torch.float64))
+        self.correct = correct.to(torch.float64)
+
+    def cumulative(self, weights: torch.Tensor) -> Cumulative:
+        rows, n, chunk = weights.shape
+        flat_group = (self.group + torch.arange(rows, device=weights.device)[:, None] * n).view(-1)
+        zeros = torch.zeros(rows * n, chunk, dtype=torch.float64, device=weights.device)
+
+        def per_group(values):  # [R, E, C] per sample -> [R * C, G] per group
+            sums = zeros.index_add(0, flat_group, values.reshape(rows * n, chunk))
+            return sums.view(rows, n, chunk).permute(0, 2, 1).reshape(rows * chunk, n)
+
+        group_weight = per_group(weights)
+        group_correct = per_group(weights * self.correct[:, :, None])
+        confidence = self.group_confidence[:, None, :].expand(rows, chunk, n).reshape(rows * chunk, n)
+        return Cumulative(group_weight, group_correct, group_weight.cumsum(1), group_correct.cumsum(1),
+                          (group_weight * confidence).cumsum(1), confidence)
 
 
 def adaptive_ece_weighted(groups: SortedGroups, weights: torch.Tensor, n_bins: int, cumulative=None):
     """AdaECE (eq. 3 of Mukhoti et al.) of each weighted sample ``[R]``."""
     cumulative = groups.cumulative(weights) if cumulative is None else cumulative
     correct, conf, _ = groups.bin_sums(cumulative, n_bins)
-    return (correct - conf).abs().sum(1) / groups.n
+    return (correct - conf).abs().sum(1) / cumulative.total
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,9 +212,8 @@ def adaptive_ece_weighted(groups: SortedGroups, weights: torch.Tensor, n_bins: i
 
 def ks_error(groups: SortedGroups, weights: torch.Tensor, cumulative=None) -> torch.Tensor:
     """KS calibration error ``max over thresholds |sum_{c_i <= t} w_i (correct_i - c_i)| / N`` ``[R]``."""
-    group_weight, _, _, cum_correct = groups.cumulative(weights) if cumulative is None else cumulative
-    cum_conf = (group_weight * groups.group_confidence).cumsum(1)
-    return (cum_correct - cum_conf).abs().amax(1) / groups.n
+    c = groups.cumulative(weights) if cumulative is None else cumulative
+    return (c.cum_correct - c.cum_conf).abs().amax(1) / c.total
 
 
 def debiased_l2_ece(groups: SortedGroups, weights: torch.Tensor, n_bins: int, cumulative=None) -> torch.Tensor:
@@ -159,41 +224,45 @@ def debiased_l2_ece(groups: SortedGroups, weights: torch.Tensor, n_bins: int, cu
     accuracy, mean_conf = correct / filled, conf / filled
     variance = accuracy * (1 - accuracy) / (size - 1).clamp(min=1)
     per_bin = torch.where(size >= 2, (mean_conf - accuracy).square() - variance, torch.zeros_like(accuracy))
-    return ((size / groups.n) * per_bin).sum(1).clamp(min=0).sqrt()
+    return ((size * per_bin).sum(1) / cumulative.total).clamp(min=0).sqrt()
 
 
 def ece_sweep(groups: SortedGroups, weights: torch.Tensor, cumulative=None) -> tuple[torch.Tensor, torch.Tensor]:
     """ECE-sweep (Roelofs et al., 2022) and its number of bins, each ``[R]``.
 
-    Bin counts are tried in blocks of doubling size (2-3, 4-7, 8-15, ...), all counts of a block and all resamples
-    at once, until every resample has met a count whose accuracies decrease (or b = N).
+    Bin counts are tried in blocks of doubling size (2-3, 4-7, 8-15, ...), all counts of a block and all rows at
+    once, until every row has met a count whose accuracies decrease or that exceeds its number of samples.
     """
     cumulative = groups.cumulative(weights) if cumulative is None else cumulative
-    chunk, n, device = weights.shape[1], groups.n, weights.device
-    everything = torch.tensor([0.0, float(n)], dtype=torch.float64, device=device).expand(chunk, -1)
+    total = cumulative.total
+    n = total.round().long()
+    rows, device = total.shape[0], total.device
+    everything = torch.stack([torch.zeros_like(total), total], 1)
     correct, conf = groups.at(cumulative, everything)
-    value = (correct.diff(dim=1) - conf.diff(dim=1)).abs().squeeze(1) / n  # one bin: always monotone
-    chosen = torch.ones(chunk, dtype=torch.long, device=device)
-    open_ = torch.ones(chunk, dtype=torch.bool, device=device)  # no decrease met yet
+    value = (correct.diff(dim=1) - conf.diff(dim=1)).abs().squeeze(1) / total  # one bin: always monotone
+    chosen = torch.ones(rows, dtype=torch.long, device=device)
+    open_ = torch.ones(rows, dtype=torch.bool, device=device)  # no decrease met yet
+    largest = int(n.max())
     low = 2
-    while low <= n and bool(open_.any()):
-        high = min(2 * low - 1, n)
+    while low <= largest and bool(open_.any()):
+        high = min(2 * low - 1, largest)
         counts = torch.arange(low, high + 1, device=device)
         # boundary k = 0..b of every count b (rank ceil(k n / b)), concatenated; owner = index of the count
         owner = torch.repeat_interleave(torch.arange(len(counts), device=device), counts + 1)
         first = torch.cumsum(counts + 1, 0) - (counts + 1)
         k = torch.arange(owner.numel(), device=device) - first[owner]
         b = counts[owner]
-        boundaries = ((k * n + b - 1) // b).to(torch.float64)
-        correct, conf = groups.at(cumulative, boundaries.expand(chunk, -1))
+        boundaries = ((k * n[:, None] + b - 1) // b).to(torch.float64)  # [R, P]
+        correct, conf = groups.at(cumulative, boundaries)
         same_count = owner[1:] == owner[:-1]  # a difference of two consecutive boundaries is a bin of that count
         bin_correct, bin_conf = correct.diff(dim=1), conf.diff(dim=1)
-        zeros = torch.zeros(chunk, len(counts), dtype=torch.float64, device=device)
-        ece = zeros.index_add(1, owner[:-1][same_count], (bin_correct - bin_conf)[:, same_count].abs()) / n
-        height = bin_correct / boundaries.diff().clamp(min=1)
+        zeros = torch.zeros(rows, len(counts), dtype=torch.float64, device=device)
+        ece = zeros.index_add(1, owner[:-1][same_count], (bin_correct - bin_conf)[:, same_count].abs()) / total[:, None]
+        height = bin_correct / boundaries.diff(dim=1).clamp(min=1)
         pair = same_count[1:] & same_count[:-1]  # two consecutive bins of one count
         decrease = (height[:, 1:] < height[:, :-1] - _SWEEP_TOLERANCE) & pair
         bad = zeros.index_add(1, owner[:-2], decrease.to(torch.float64)) > 0
+        bad |= counts > n[:, None]  # more bins than samples: a row's sweep ends at b = n
         any_bad = bad.any(1)
         first_bad = bad.to(torch.int8).argmax(1)  # first decreasing count of the block (0 if none)
         last_good = (first_bad - 1).clamp(min=0)
@@ -213,16 +282,25 @@ def ece_sweep(groups: SortedGroups, weights: torch.Tensor, cumulative=None) -> t
 def smece_grid_sums(confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor,
                     grid: int = SMECE_GRID) -> torch.Tensor:
     """Residuals ``correct - c`` split linearly onto the grid points g / grid, for weights ``[N, R]``: ``[R, grid + 1]``
-    float64 (sums over samples, so batches add up exactly)."""
+    float64 (sums over samples, so batches add up exactly). Rows of their own samples (as
+    :class:`RowwiseSortedGroups`): ``confidence / correct [R, E]`` with weights ``[R, E, C]`` give ``[R * C,
+    grid + 1]``, row ``r * C + c``."""
     position = confidence.to(torch.float64) * grid
     left = position.floor().clamp(0, grid - 1)
     right_share = position - left
     left = left.long()
-    residual = weights * (correct.to(torch.float64) - confidence.to(torch.float64))[:, None]
-    sums = torch.zeros(grid + 1, weights.shape[1], dtype=torch.float64, device=weights.device)
-    sums.index_add_(0, left, residual * (1 - right_share)[:, None])
-    sums.index_add_(0, left + 1, residual * right_share[:, None])
-    return sums.t().contiguous()
+    residual = weights * (correct.to(torch.float64) - confidence.to(torch.float64))[..., None]
+    if confidence.dim() == 1:
+        sums = torch.zeros(grid + 1, weights.shape[1], dtype=torch.float64, device=weights.device)
+        sums.index_add_(0, left, residual * (1 - right_share)[:, None])
+        sums.index_add_(0, left + 1, residual * right_share[:, None])
+        return sums.t().contiguous()
+    rows, n, chunk = weights.shape
+    left = (left + torch.arange(rows, device=left.device)[:, None] * (grid + 1)).reshape(-1)
+    sums = torch.zeros(rows * (grid + 1), chunk, dtype=torch.float64, device=weights.device)
+    sums.index_add_(0, left, (residual * (1 - right_share)[..., None]).reshape(-1, chunk))
+    sums.index_add_(0, left + 1, (residual * right_share[..., None]).reshape(-1, chunk))
+    return sums.view(rows, grid + 1, chunk).permute(0, 2, 1).reshape(rows * chunk, grid + 1)
 
 
 def _smooth_ece_at(spectrum: torch.Tensor, sigma: torch.Tensor, grid: int, n: float) -> torch.Tensor:
@@ -238,9 +316,10 @@ def _smooth_ece_at(spectrum: torch.Tensor, sigma: torch.Tensor, grid: int, n: fl
     return integral / n
 
 
-def smooth_ece_from_grid(sums: torch.Tensor, n: float, *, sigma: float | None = None,
+def smooth_ece_from_grid(sums: torch.Tensor, n, *, sigma: float | None = None,
                          iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """(smECE, sigma) ``[R]`` from grid sums ``[R, G + 1]`` of N samples; ``sigma=None``: the fixed point."""
+    """(smECE, sigma) ``[R]`` from grid sums ``[R, G + 1]`` of n samples (a number, or one per row ``[R]``);
+    ``sigma=None``: the fixed point."""
     grid = sums.shape[1] - 1
     # mirror about both ends (period 2): the reflected kernel counts each end point's own mass twice
     mirrored = torch.cat([sums, sums[:, 1:-1].flip(1)], 1)
@@ -265,20 +344,25 @@ def smooth_ece_from_grid(sums: torch.Tensor, n: float, *, sigma: float | None = 
 
 
 def smooth_ece(confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """smECE at its fixed-point width ``[R]``."""
-    return smooth_ece_from_grid(smece_grid_sums(confidence, correct, weights), confidence.shape[0])[0]
+    """smECE at its fixed-point width ``[R]`` (each row's n = its total weight; shapes as :func:`smece_grid_sums`)."""
+    n = weights.to(torch.float64).sum(-2).reshape(-1)
+    return smooth_ece_from_grid(smece_grid_sums(confidence, correct, weights), n)[0]
 
 
 def extra_metrics(names, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int,
                   weights: torch.Tensor | None = None, *, groups: SortedGroups | None = None,
                   cumulative=None) -> dict:
     """``{name: float64 [R]}`` for the requested extra metrics of samples ``confidence / correct [N]`` with weights
-    ``[N, R]`` (None: one unweighted evaluation, R = 1). ``groups`` / ``cumulative``: reuse those of the caller."""
+    ``[N, R]`` (None: one unweighted evaluation, R = 1) -- or of rows of their own samples ``[R0, E]`` with weights
+    ``[R0, E, C]`` (None: all ones, C = 1), giving ``[R0 * C]`` (:class:`RowwiseSortedGroups`). ``groups`` /
+    ``cumulative``: reuse those of the caller."""
+    rowwise = confidence.dim() == 2
     if weights is None:
-        weights = torch.ones(confidence.shape[0], 1, dtype=torch.float64, device=confidence.device)
+        weights = torch.ones(*confidence.shape, 1, dtype=torch.float64, device=confidence.device)
     out = {}
     if any(name in ORDER_BASED for name in names):
-        groups = SortedGroups(confidence, correct) if groups is None else groups
+        if groups is None:
+            groups = (RowwiseSortedGroups if rowwise else SortedGroups)(confidence, correct)
         cumulative = groups.cumulative(weights) if cumulative is None else cumulative
         if "ks" in names:
             out["ks"] = ks_error(groups, weights, cumulative)

@@ -110,39 +110,55 @@ def ece_from_sums(count: torch.Tensor, conf_sum: torch.Tensor, correct_sum: torc
     return ece, mce
 
 
-def adaptive_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> torch.Tensor:
+def adaptive_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int, *, order: torch.Tensor | None = None,
+                 counts: torch.Tensor | None = None) -> torch.Tensor:
     """AdaECE (eq. 3) over the last dim of ``confidence`` / ``correct`` ``[..., N]`` -> float64 ``[...]``.
 
     Equal-mass bins: rank r of the ascending sort goes to bin floor(r * M / N) (sizes differ by at most one). Tied
     confidences are exchangeable: each member's correctness is replaced by its tie group's mean, which makes the
     value independent of the order a sort leaves ties in.
+
+    ``order``: indices that sort each row ascending (broadcast to ``[..., N]``), when the caller knows them (e.g. one
+    order for every temperature of a fit). ``counts`` ``[...]``: each row's number of samples that count, which the
+    order must put first: the rest are left out (N above is then the row's count; NaN for a count of 0).
     """
     *batch, n = confidence.shape
     rows = math.prod(batch)
     device = confidence.device
     conf = confidence.reshape(rows, n)
     correct = correct.expand_as(confidence).reshape(rows, n)
-    order = ascending_order(conf)
+    order = ascending_order(conf) if order is None else order.expand(*batch, n).reshape(rows, n)
     conf_sorted = conf.gather(1, order).view(-1)
     correct_sorted = correct.gather(1, order).view(-1).to(torch.float64)
 
-    # Tie groups: a new group starts wherever the sorted value changes and at each row start. Buffers are sized by
-    # the element count, so nothing waits on the data (no host sync on accelerators).
+    # Tie groups: a new group starts wherever the sorted value changes, at each row start and (with counts) where
+    # the samples that count end. Buffers are sized by the element count, so nothing waits on the data (no host sync
+    # on accelerators).
     total = rows * n
     starts = torch.ones(total, dtype=torch.bool, device=device)
     starts[1:] = conf_sorted[1:] != conf_sorted[:-1]
     starts[::n] = True
+    rank = torch.arange(n, device=device)
+    if counts is not None:
+        counts = counts.reshape(rows, 1).to(device)
+        starts |= (rank == counts).view(-1)
     group = starts.cumsum(0) - 1
     group_correct = torch.zeros(total, dtype=torch.float64, device=device).index_add_(0, group, correct_sorted)
     group_size = torch.zeros(total, dtype=torch.float64, device=device).index_add_(
         0, group, torch.ones(total, dtype=torch.float64, device=device))
     correct_sorted = (group_correct / group_size.clamp(min=1))[group]
 
-    bin_of_rank = torch.arange(n, device=device) * n_bins // n
-    flat_bin = (bin_of_rank + torch.arange(0, rows * n_bins, n_bins, device=device)[:, None]).view(-1)
-    gap = torch.zeros(rows * n_bins, dtype=torch.float64, device=device).index_add_(
+    if counts is None:
+        bin_of_rank = (rank * n_bins // n).expand(rows, n)
+        size = torch.full((rows,), float(n), dtype=torch.float64, device=device)
+    else:  # rank r < count goes to floor(r M / count); the rest to a dropped extra bin M
+        bin_of_rank = torch.where(rank < counts, rank * n_bins // counts.clamp(min=1), n_bins)
+        size = counts.view(rows).to(torch.float64)
+    width = n_bins + (counts is not None)
+    flat_bin = (bin_of_rank + torch.arange(0, rows * width, width, device=device)[:, None]).reshape(-1)
+    gap = torch.zeros(rows * width, dtype=torch.float64, device=device).index_add_(
         0, flat_bin, correct_sorted - conf_sorted.to(torch.float64))
-    return (gap.view(rows, n_bins).abs().sum(-1) / n).view(batch)
+    return (gap.view(rows, width)[:, :n_bins].abs().sum(-1) / size).view(batch)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ Layers, bottom up (each imports only the ones below it):
   (``focal_loss``, ...).
 * :mod:`~focal_calibration.losses.modules` — the losses as modules with ``nn.CrossEntropyLoss``'s contract;
   :mod:`~focal_calibration.losses.specs` — ``build_loss(spec)``.
+* :mod:`~focal_calibration.losses.sigmoid` — the sigmoid focal loss for binary and multi-label logits (every γ
+  policy per element), ``build_sigmoid_loss(spec)``.
 """
 
 from focal_calibration.losses.functional import focal_loss, mmce_weighted
@@ -27,6 +29,7 @@ from focal_calibration.losses.math import g, gamma_star, optimal_confidence
 from focal_calibration.losses.modules import (AdaFocalLoss, BrierLoss, CalibrationLoss, CrossEntropyLoss, DualFocalLoss,
                                               FocalLoss, InverseFocalLoss, LabelSmoothingLoss, MarginLabelSmoothingLoss,
                                               MMCELoss, PolyLoss)
+from focal_calibration.losses.sigmoid import SigmoidFocalLoss, build_sigmoid_loss, sigmoid_focal_loss
 from focal_calibration.losses.specs import BEYOND_PAPER_LOSS_SPECS, PAPER_LOSS_SPECS, build_loss
 
 __all__ = [
@@ -37,4 +40,5 @@ __all__ = [
     "CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss", "mmce_weighted",
     "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
     "build_loss", "PAPER_LOSS_SPECS", "BEYOND_PAPER_LOSS_SPECS",
+    "sigmoid_focal_loss", "SigmoidFocalLoss", "build_sigmoid_loss",
 ]

