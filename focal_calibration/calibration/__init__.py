@@ -7,6 +7,8 @@ temperature scaling and the other post-hoc maps (vector / matrix scaling, Dirich
 * :mod:`~focal_calibration.calibration.bootstrap` — percentile intervals of every metric.
 * :mod:`~focal_calibration.calibration.temperature` — the paper's temperature fit (ECE grid) and NLL fits.
 * :mod:`~focal_calibration.calibration.scaling` — vector / matrix scaling and Dirichlet calibration.
+* :mod:`~focal_calibration.calibration.scalers` — the fitted maps as modules around a model (``TemperatureScaler``
+  & co.), fitted from a validation ``DataLoader``, saved with ``state_dict``, exportable.
 
 Nothing here imports the losses: calibration is measured the same way whatever trained the model.
 """
@@ -14,6 +16,8 @@ Nothing here imports the losses: calibration is measured the same way whatever t
 from focal_calibration.calibration.bootstrap import bootstrap_ci, bootstrap_samples
 from focal_calibration.calibration.metrics import (CalibrationAccumulator, ReliabilityBins, calibration_metrics,
                                                    reliability_bins)
+from focal_calibration.calibration.scalers import (DirichletScaler, MatrixScaler, TemperatureScaler, VectorScaler,
+                                                   collect_logits)
 from focal_calibration.calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.calibration.temperature import TemperatureFit, fit_temperature
 
@@ -22,4 +26,5 @@ __all__ = [
     "bootstrap_ci", "bootstrap_samples",
     "fit_temperature", "TemperatureFit",
     "fit_vector_scaling", "fit_matrix_scaling", "fit_dirichlet", "ScalingFit",
+    "TemperatureScaler", "VectorScaler", "MatrixScaler", "DirichletScaler", "collect_logits",
 ]
