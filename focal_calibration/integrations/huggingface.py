@@ -92,10 +92,11 @@ class CalibrationLossFunction:
         **options: ``build_loss`` options for a spec (``epochs=``, ``milestones=``, AdaFocal's ``lam=``, ...).
 
     The logits are flattened to ``[M, K]`` and the labels to ``[M]`` (``-100`` ignored). When the Trainer passes
-    ``num_items_in_batch`` (the non-ignored labels of the whole accumulated batch), the loss is its sum over this
-    batch divided by that number, so gradient accumulation gives the mean over the accumulated batch (the contract of
-    ``compute_loss_func``); a ``"mean"`` loss is turned into that sum by multiplying with the batch's count (exact
-    for unweighted losses; a per-class ``weight`` needs ``reduction="sum"``). Without it, the loss's own reduction.
+    ``num_items_in_batch`` (the non-ignored labels of the whole accumulated batch), the result is the loss's sum over
+    this batch divided by that number, so gradient accumulation gives the mean over the accumulated batch (the
+    contract of ``compute_loss_func``); a ``"mean"`` loss is turned into that sum by multiplying with the batch's
+    count (exact for unweighted losses; a per-class ``weight`` needs ``reduction="sum"``). Without it (evaluation),
+    the mean over this batch's non-ignored labels.
     """
 
     def __init__(self, loss: CalibrationLoss | str, *, class_dim: int = -1, shift_labels: bool = False,
@@ -118,14 +119,16 @@ class CalibrationLossFunction:
             raise ValueError("CalibrationLossFunction needs the batch's labels (the dataset has no 'labels' column)")
         logits2d, labels1d = _flat_pairs(_logits_of(outputs, self.logits_index), labels, self.class_dim,
                                          self.shift_labels)
-        value = self.loss(logits2d, labels1d.to(logits2d.device))
-        if num_items_in_batch is None:
-            return value
+        labels1d = labels1d.to(logits2d.device)
+        value = self.loss(logits2d, labels1d)
+        counted = (labels1d != self.loss.ignore_index).sum()
+        if num_items_in_batch is None:  # this batch's mean (e.g. evaluation)
+            return value if self.loss.reduction == "mean" else value / counted.clamp(min=1)
         if self.loss.reduction == "mean":
             if getattr(self.loss, "weight", None) is not None:
                 raise ValueError("a class-weighted loss with reduction='mean' cannot be rescaled to the accumulated "
                                  "batch: build it with reduction='sum'")
-            value = value * (labels1d != self.loss.ignore_index).sum()
+            value = value * counted
         return value / num_items_in_batch
 
     def __repr__(self):
