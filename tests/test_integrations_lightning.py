@@ -62,7 +62,7 @@ class RecordValidation(L.Callback):
         self.val, self.after = val, []
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         with torch.no_grad():
             logits = torch.cat([pl_module.net(x) for x, _ in self.val])
@@ -82,9 +82,13 @@ def test_adafocal_gamma_moves_after_each_validation_as_observe_validation(loader
     train, val = loaders
     loss = build_loss("adafocal")
     record = RecordValidation(val)
-    L.Trainer(max_epochs=3, callbacks=[CalibrationLossCallback("criterion"), record], enable_checkpointing=False,
-              num_sanity_val_steps=2, **TRAINER).fit(Module(loss), train, val)
+    module = Module(loss)
+    trainer = L.Trainer(max_epochs=3, callbacks=[CalibrationLossCallback("criterion"), record],
+                        enable_checkpointing=False, num_sanity_val_steps=2, **TRAINER)
+    trainer.fit(module, train, val)
     assert int(loss.updates) == 3  # one per validation; the sanity check does not count
+    trainer.validate(module, val, verbose=False)
+    assert int(loss.updates) == 3  # a validation outside fit does not update the loss
     reference = AdaFocalLoss()
     previous = reference.gammas.clone()
     for gammas, logits, labels in record.after:
