@@ -10,6 +10,8 @@ temperature scaling and the other post-hoc maps (vector / matrix scaling, Dirich
 * :mod:`~focal_calibration.calibration.scaling` — vector / matrix scaling and Dirichlet calibration.
 * :mod:`~focal_calibration.calibration.multilabel` — the same for binary and multi-label (sigmoid) predictions:
   per-label, macro and micro ECE / AdaECE / MCE and the extras, bootstrap intervals, a streaming accumulator.
+* :mod:`~focal_calibration.calibration.scalers` — the fitted maps as modules around a model (``TemperatureScaler``
+  & co.), fitted from a validation ``DataLoader``, saved with ``state_dict``, exportable.
 
 Nothing here imports the losses: calibration is measured the same way whatever trained the model.
 """
@@ -22,6 +24,8 @@ from focal_calibration.calibration.multilabel import (BinaryCalibrationAccumulat
                                                       binary_calibration_metrics, multilabel_bootstrap_ci,
                                                       multilabel_bootstrap_samples, multilabel_calibration_metrics,
                                                       multilabel_reliability_bins)
+from focal_calibration.calibration.scalers import (DirichletScaler, MatrixScaler, TemperatureScaler, VectorScaler,
+                                                   collect_logits)
 from focal_calibration.calibration.scaling import ScalingFit, fit_dirichlet, fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.calibration.temperature import (LabelTemperatureFit, TemperatureFit, TemperatureFitWarning,
                                                        fit_binary_temperature, fit_label_temperatures, fit_temperature)
@@ -35,4 +39,5 @@ __all__ = [
     "MultilabelCalibrationAccumulator", "multilabel_reliability_bins", "binary_bootstrap_samples",
     "binary_bootstrap_ci", "multilabel_bootstrap_samples", "multilabel_bootstrap_ci",
     "fit_binary_temperature", "fit_label_temperatures", "LabelTemperatureFit", "TemperatureFitWarning",
+    "TemperatureScaler", "VectorScaler", "MatrixScaler", "DirichletScaler", "collect_logits",
 ]
