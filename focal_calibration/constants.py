@@ -7,7 +7,7 @@ them at call time (``constants.NAME``), so a test can shrink one to exercise the
 __all__ = ["SMALL_BATCH_ELEMENTS", "SMOOTHED_FOCAL_CHUNK_ELEMENTS", "METRICS_CHUNK_ELEMENTS",
            "METRICS_CPU_CHUNK_ELEMENTS",
            "BOOTSTRAP_CHUNK_ELEMENTS", "BOOTSTRAP_PROB_CHUNK_ELEMENTS", "CPU_CACHE_BLOCK_ELEMENTS",
-           "METRICS_CPU_FAST_PATH"]
+           "METRICS_CPU_FAST_PATH", "LINEAR_CHUNK_ELEMENTS", "LINEAR_MIN_ROWS"]
 
 # --- losses
 # Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
@@ -16,6 +16,11 @@ __all__ = ["SMALL_BATCH_ELEMENTS", "SMOOTHED_FOCAL_CHUNK_ELEMENTS", "METRICS_CHU
 SMALL_BATCH_ELEMENTS = 2 ** 16
 # Rows per chunk of the label-smoothed focal loss = this / K: its per-class temporaries stay a few MB.
 SMOOTHED_FOCAL_CHUNK_ELEMENTS = 2 ** 20
+# Logits (rows x classes) per chunk of the focal loss from features (losses/linear.py): rows = this / V. PROVISIONAL
+LINEAR_CHUNK_ELEMENTS = 2 ** 23
+# Fewest rows per chunk of that loss; a vocabulary so large that fewer would fit is cut into blocks of classes instead
+# (each block's logits are then computed twice: once for the softmax's normaliser, once for the gradient).
+LINEAR_MIN_ROWS = 64
 
 # --- calibration
 # Scores per row chunk of the metrics' plain path (accelerators prefer few, large kernels).

@@ -21,12 +21,12 @@ import torch
 __all__ = ["set_value_checks", "value_checks_enabled", "as_tensor", "check_int", "check_number",
            "check_nonnegative_number", "check_probability_level", "check_grid", "parse_finite_number", "check_choice",
            "check_reduction", "check_n_bins", "flatten_scores_and_labels", "check_labels_in_range", "check_finite",
-           "compute_dtype", "prepare_focal_inputs", "prepare_scores"]
+           "compute_dtype", "prepare_focal_inputs", "prepare_gamma", "prepare_scores"]
 
 __all__ = ["set_value_checks", "value_checks_enabled", "as_tensor", "check_int", "check_number",
            "check_nonnegative_number", "check_probability_level", "check_grid", "parse_finite_number", "check_choice",
            "check_reduction", "check_n_bins", "flatten_scores_and_labels", "check_labels_in_range", "check_finite",
-           "compute_dtype", "prepare_focal_inputs", "prepare_scores"]
+           "compute_dtype", "prepare_focal_inputs", "prepare_gamma", "prepare_scores"]
 
 _VALUE_CHECKS_ON_ACCELERATORS = os.environ.get("FOCAL_CALIBRATION_CHECKS", "0") not in ("", "0", "false", "False")
 
@@ -198,20 +198,28 @@ def prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str, *, ch
         raise ValueError(f"{caller} got an empty batch (logits shape {tuple(logits.shape)})")
     if check_labels and value_checks_enabled(target1d):
         check_labels_in_range(target1d, logits2d.shape[1], ignore_index)
+    return logits2d, target1d, prepare_gamma(gamma, target.shape)
+
+
+def prepare_gamma(gamma, target_shape, *, signed: bool = False):
+    """The γ of a focal loss, checked: a number (>= 0; any finite number when ``signed``, AdaFocal's signed γ), a
+    per-sample tensor shaped like the target (returned flattened and detached), or a policy callable (returned as
+    is: it is called with the detached p_y)."""
     if isinstance(gamma, torch.Tensor):
         if gamma.dim() > 0:
-            if gamma.shape != target.shape:
-                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target.shape)}, "
+            if gamma.shape != target_shape:
+                raise ValueError(f"a per-sample gamma must have the target's shape {tuple(target_shape)}, "
                                  f"got {tuple(gamma.shape)}")
             gamma = gamma.reshape(-1)
         if value_checks_enabled(gamma):
-            bad = (gamma < 0) | ~torch.isfinite(gamma)
+            bad = ~torch.isfinite(gamma) if signed else (gamma < 0) | ~torch.isfinite(gamma)
             if bool(bad.any()):
-                raise ValueError(f"gamma must be >= 0, got {float(gamma[bad].reshape(-1)[0])}")
-        return logits2d, target1d, gamma.detach()
+                raise ValueError(f"gamma must be {'finite' if signed else '>= 0'}, got "
+                                 f"{float(gamma[bad].reshape(-1)[0])}")
+        return gamma.detach()
     if callable(gamma):
-        return logits2d, target1d, gamma
-    return logits2d, target1d, check_nonnegative_number(gamma, "gamma")
+        return gamma
+    return check_number(gamma, "gamma") if signed else check_nonnegative_number(gamma, "gamma")
 
 
 def prepare_scores(labels, logits, probs, ignore_index):

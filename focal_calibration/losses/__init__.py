@@ -12,12 +12,15 @@ Layers, bottom up (each imports only the ones below it):
 * :mod:`~focal_calibration.losses.adafocal` — AdaFocal's per-bin γ update.
 * :mod:`~focal_calibration.losses.modules` — the losses as modules; :mod:`~focal_calibration.losses.specs` —
   ``build_loss(spec)``.
+* :mod:`~focal_calibration.losses.linear` — focal loss straight from the features and the output projection, in
+  chunks (the ``[tokens × vocabulary]`` logits never exist).
 """
 
 from focal_calibration.losses.fused import focal_loss, fused_row_loss
 from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss
 from focal_calibration.losses.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                             flsc_milestones, parse_gamma_policy, prop2_gamma_policy)
+from focal_calibration.losses.linear import LinearFocalLoss, LinearFocalStats, linear_focal_loss
 from focal_calibration.losses.math import g, gamma_star, optimal_confidence
 from focal_calibration.losses.modules import (AdaFocalLoss, BrierLoss, CalibrationLoss, CrossEntropyLoss, DualFocalLoss,
                                               FocalLoss, InverseFocalLoss, LabelSmoothingLoss, MarginLabelSmoothingLoss,
@@ -31,4 +34,5 @@ __all__ = [
     "CalibrationLoss", "CrossEntropyLoss", "FocalLoss", "LabelSmoothingLoss", "BrierLoss", "MMCELoss", "mmce_weighted",
     "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
     "build_loss", "PAPER_LOSS_SPECS", "BEYOND_PAPER_LOSS_SPECS",
+    "linear_focal_loss", "LinearFocalLoss", "LinearFocalStats",
 ]
