@@ -13,6 +13,7 @@ from focal_calibration import constants
 from focal_calibration.losses import (AdaFocalLoss, EpochScheduledGamma, LinearFocalLoss, build_loss,
                                       focal_label_smoothed_loss, linear_focal_loss, parse_gamma_policy)
 from focal_calibration.losses.fused import focal_loss
+from focal_calibration.losses.linear import chunk_plan
 
 IGNORE = -100
 N, D, V = 37, 6, 23  # ragged: neither a multiple of the forced chunk sizes
@@ -322,13 +323,12 @@ def test_no_tensor_is_larger_than_one_chunk_of_logits(monkeypatch, smoothing, re
 
 
 def test_default_plan_rows_from_the_budget(monkeypatch):
-    from focal_calibration.losses.linear import _chunk_plan
     monkeypatch.setattr(constants, "LINEAR_CHUNK_ELEMENTS", 1000)
     monkeypatch.setattr(constants, "LINEAR_MIN_ROWS", 4)
-    assert _chunk_plan(50, 100, None, None) == (10, 100)  # 10 rows of every class
-    assert _chunk_plan(5, 100, None, None) == (5, 100)  # never more rows than there are
-    assert _chunk_plan(50, 1000, None, None) == (4, 250)  # too few rows: blocks of classes
-    assert _chunk_plan(50, 100, 3, None) == (3, 100) and _chunk_plan(50, 100, 3, 7) == (3, 7)
+    assert chunk_plan(50, 100, None, None) == (10, 100)  # 10 rows of every class
+    assert chunk_plan(5, 100, None, None) == (5, 100)  # never more rows than there are
+    assert chunk_plan(50, 1000, None, None) == (4, 250)  # too few rows: blocks of classes
+    assert chunk_plan(50, 100, 3, None) == (3, 100) and chunk_plan(50, 100, 3, 7) == (3, 7)
 
 
 # ----------------------------------------------------------------------------------------------------------------

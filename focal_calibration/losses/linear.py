@@ -45,7 +45,7 @@ from focal_calibration.losses.modules import AdaFocalLoss
 from focal_calibration.validation import (check_finite, check_int, check_labels_in_range, check_nonnegative_number,
                                           check_reduction, compute_dtype, prepare_gamma, value_checks_enabled)
 
-__all__ = ["linear_focal_loss", "LinearFocalLoss", "LinearFocalStats"]
+__all__ = ["linear_focal_loss", "LinearFocalLoss", "LinearFocalStats", "chunk_plan"]
 
 GammaArg = Union[float, torch.Tensor, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
@@ -80,9 +80,12 @@ class _Options(NamedTuple):
     classes: int
 
 
-def _chunk_plan(n_rows: int, n_classes: int, chunk_rows: Optional[int], chunk_classes: Optional[int]):
-    """(rows, classes) per chunk: rows = LINEAR_CHUNK_ELEMENTS // V (at least LINEAR_MIN_ROWS), all classes when
-    rows × V fits the budget, else blocks of budget // rows classes."""
+def chunk_plan(n_rows: int, n_classes: int, chunk_rows: Optional[int] = None,
+               chunk_classes: Optional[int] = None) -> tuple[int, int]:
+    """(rows, classes) per chunk of :func:`linear_focal_loss` for N rows and V classes: by default
+    rows = ``constants.LINEAR_CHUNK_ELEMENTS`` // V (at least ``constants.LINEAR_MIN_ROWS``, at most N) of every
+    class when rows × V fits that budget, else blocks of budget // rows classes; given sizes are used as they are
+    (capped at N and V)."""
     budget = constants.LINEAR_CHUNK_ELEMENTS
     rows = chunk_rows if chunk_rows is not None else max(budget // n_classes, constants.LINEAR_MIN_ROWS)
     rows = max(1, min(rows, n_rows))
@@ -438,7 +441,7 @@ def linear_focal_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.
     for value, name in ((chunk_rows, "chunk_rows"), (chunk_classes, "chunk_classes")):
         if value is not None:
             check_int(value, name, 1)
-    rows, classes = _chunk_plan(hidden2d.shape[0], weight.shape[0], chunk_rows, chunk_classes)
+    rows, classes = chunk_plan(hidden2d.shape[0], weight.shape[0], chunk_rows, chunk_classes)
     grads_needed = (hidden2d.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
     if not (torch.is_grad_enabled() and any(grads_needed)):
         mode = "value"
