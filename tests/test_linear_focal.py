@@ -382,3 +382,36 @@ def test_bad_input_is_a_clear_error(change, error, message):
     with pytest.raises(error) as info:
         linear_focal_loss(*tensors, **args)
     assert message in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CUDA (pytest -m cuda; scripts/gpu_check.sh runs them)
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name, smoothing", [("fl-3", 0.0), ("flsd-53", 0.1), ("adafocal", 0.0)])
+def test_on_cuda_matches_float64_on_the_cpu(dtype, name, smoothing):
+    """CUDA tensors (float32, bfloat16) against float64 on the CPU, on the same (rounded) inputs: several chunks of
+    rows and of classes; value and the three gradients."""
+    hidden, weight, bias, target = inputs(n=300, d=64, v=1000, dtype=dtype, scale=0.3, seed=12)
+    kwargs, reference = gamma_case(name, "sum", target)
+    if smoothing:
+        gamma = kwargs["gamma"]
+        kwargs = dict(kwargs, label_smoothing=smoothing)
+
+        def reference(z, y):
+            return focal_label_smoothed_loss(z, y, gamma, smoothing, reduction="sum", ignore_index=IGNORE)
+
+    on_cuda = [t.cuda() for t in (hidden, weight, bias)]
+    target_cuda = target.cuda()
+    ours = value_and_grads(lambda h, w, b: linear_focal_loss(h, w, target_cuda, b, reduction="sum",
+                                                             ignore_index=IGNORE, chunk_rows=64, chunk_classes=300,
+                                                             **kwargs), *on_cuda, torch.tensor(1.0, device="cuda"))
+    ref = value_and_grads(lambda h, w, b: reference(F.linear(h, w, b), target),
+                          *(t.double() for t in (hidden, weight, bias)), torch.tensor(1.0, dtype=torch.float64))
+    rtol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(ours[0].cpu().double(), ref[0], rtol=rtol, atol=rtol)
+    for a, b in zip(ours[1], ref[1]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.cpu().double(), b, rtol=rtol, atol=rtol * float(b.abs().max()))
