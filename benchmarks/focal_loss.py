@@ -32,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import add_device_and_threads, apply_threads
+from common import add_device_and_threads, apply_threads, high_water_rss
 from focal_calibration import build_loss, focal_loss, constants
 from focal_calibration.files import write_json_atomic
 
@@ -155,15 +155,6 @@ def time_variants(fns, rows, classes, device, dtype, repeats, clock="wall", seed
             sync(device)
             best[name] = min(best[name], (now() - start) / calls)
     return best
-
-
-def high_water_rss():
-    """This process's peak resident memory in bytes (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def peak_memory_here(fn, rows, classes, device, dtype):

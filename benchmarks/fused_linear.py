@@ -37,7 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import add_device_and_threads, apply_threads
+from common import add_device_and_threads, apply_threads, high_water_rss
 from focal_calibration import constants, focal_loss, linear_focal_loss, parse_gamma_policy
 from focal_calibration.files import write_json_atomic
 
@@ -121,15 +121,6 @@ def time_rounds(fns, inputs, device, rounds, clock):
         results.append(seconds)
         print("  round: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()), flush=True)
     return results
-
-
-def high_water_rss():
-    """This process's peak resident memory in bytes (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def peak_here(fn, shape, device, dtype):

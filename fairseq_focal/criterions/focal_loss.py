@@ -321,15 +321,7 @@ class FocalLossCriterion(FairseqCriterion):
                 tokens_nll = torch.where(p_y >= tiny, -torch.log(p_y), tokens_loss.detach())
                 tokens_nll = torch.where(not_pad, tokens_nll, torch.zeros_like(tokens_nll))
         loss = tokens_loss.sum() if reduce else tokens_loss
-        nll_loss = tokens_nll.sum() if reduce else tokens_nll
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        sample_size, logging_output = self._logging_output(sample, loss, tokens_nll.sum() if reduce else tokens_nll)
         with torch.no_grad():
             if recorder is not None:
                 gamma = recorder.gamma
@@ -346,10 +338,7 @@ class FocalLossCriterion(FairseqCriterion):
         returns the per-token NLL, γ, top-1 confidence and correctness from the same pass (the logits never exist)."""
         weight, bias = output_projection(model)
         features, extra = model(**sample["net_input"], features_only=True)
-        target = model.get_targets(sample, (features, extra))
-        if self.ignore_prefix_size > 0:
-            target = target.clone()
-            target[:, : self.ignore_prefix_size] = self.padding_idx
+        target = self._targets(model, sample, (features, extra))
         if features.shape[:-1] != target.shape:
             raise ValueError(f"decoder features {tuple(features.shape)} do not match the targets "
                              f"{tuple(target.shape)}")
@@ -362,15 +351,8 @@ class FocalLossCriterion(FairseqCriterion):
         tokens_loss, stats = linear_focal_loss(features, weight, target, bias, gamma=gamma, label_smoothing=self.eps,
                                                signed_gamma=signed, ignore_index=self.padding_idx,
                                                reduction="sum" if reduce else "none", return_stats=True)
-        loss, nll_loss = tokens_loss, (stats.nll.sum() if reduce else stats.nll)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        loss = tokens_loss
+        sample_size, logging_output = self._logging_output(sample, loss, stats.nll.sum() if reduce else stats.nll)
         with torch.no_grad():
             if self.loss_module is None:
                 logging_output["gamma_sum"] = (stats.gamma * not_pad).sum()
@@ -380,6 +362,21 @@ class FocalLossCriterion(FairseqCriterion):
                 self._log_calibration(stats.confidence, stats.correct, not_pad, logging_output, model.training)
         return loss, sample_size, logging_output
 
+    def _logging_output(self, sample, loss, nll_loss):
+        """(sample_size, the logging output's sums) like fairseq's criteria."""
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        return sample_size, {"loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
+                             "nsentences": sample["target"].size(0), "sample_size": sample_size}
+
+    def _targets(self, model, sample, net_output):
+        """The targets, with the first --ignore-prefix-size positions masked as padding (not sliced off, which
+        would copy the logits)."""
+        target = model.get_targets(sample, net_output)
+        if self.ignore_prefix_size > 0:
+            target = target.clone()
+            target[:, : self.ignore_prefix_size] = self.padding_idx
+        return target
+
     def get_logits_and_target(self, model, net_output, sample):
         """Decoder logits [tokens, V] (a view, no copy) and targets; prefix tokens are masked as padding instead of
         sliced off, which would copy the logits."""
@@ -387,10 +384,7 @@ class FocalLossCriterion(FairseqCriterion):
             raise ValueError("focal_loss needs the full-vocabulary logits; this model uses an adaptive softmax "
                              "(--adaptive-softmax-cutoff), which focal_loss does not support")
         logits = net_output[0]
-        target = model.get_targets(sample, net_output)
-        if self.ignore_prefix_size > 0:
-            target = target.clone()
-            target[:, : self.ignore_prefix_size] = self.padding_idx
+        target = self._targets(model, sample, net_output)
         if logits.shape[:-1] != target.shape:
             raise ValueError(f"decoder output {tuple(logits.shape)} does not match the targets {tuple(target.shape)}")
         return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
