@@ -329,6 +329,7 @@ def test_default_plan_rows_from_the_budget(monkeypatch):
     assert chunk_plan(5, 100, None, None) == (5, 100)  # never more rows than there are
     assert chunk_plan(50, 1000, None, None) == (4, 250)  # too few rows: blocks of classes
     assert chunk_plan(50, 100, 3, None) == (3, 100) and chunk_plan(50, 100, 3, 7) == (3, 7)
+    assert chunk_plan(50, 1000, 20, None) == (20, 1000)  # rows given: every class, whatever the budget
 
 
 # ----------------------------------------------------------------------------------------------------------------

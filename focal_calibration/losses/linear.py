@@ -82,15 +82,19 @@ class _Options(NamedTuple):
 
 def chunk_plan(n_rows: int, n_classes: int, chunk_rows: Optional[int] = None,
                chunk_classes: Optional[int] = None) -> tuple[int, int]:
-    """(rows, classes) per chunk of :func:`linear_focal_loss` for N rows and V classes: by default
-    rows = ``constants.LINEAR_CHUNK_ELEMENTS`` // V (at least ``constants.LINEAR_MIN_ROWS``, at most N) of every
-    class when rows × V fits that budget, else blocks of budget // rows classes; given sizes are used as they are
-    (capped at N and V)."""
+    """(rows, classes) per chunk of :func:`linear_focal_loss` for N rows and V classes. By default
+    rows = ``constants.LINEAR_CHUNK_ELEMENTS`` // V of every class; where that is fewer than
+    ``constants.LINEAR_MIN_ROWS``, that many rows and blocks of budget // rows classes. Given sizes are used as they
+    are (``chunk_rows`` alone: of every class); everything capped at N and V."""
     budget = constants.LINEAR_CHUNK_ELEMENTS
     rows = chunk_rows if chunk_rows is not None else max(budget // n_classes, constants.LINEAR_MIN_ROWS)
     rows = max(1, min(rows, n_rows))
-    classes = chunk_classes if chunk_classes is not None else (
-        n_classes if rows * n_classes <= budget else max(1, budget // rows))
+    if chunk_classes is not None:
+        classes = chunk_classes
+    elif chunk_rows is not None or rows * n_classes <= budget:
+        classes = n_classes
+    else:
+        classes = max(1, budget // rows)
     return rows, min(classes, n_classes)
 
 
