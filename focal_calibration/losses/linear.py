@@ -185,7 +185,7 @@ def _scan(problem: _Problem, rows: slice, target: torch.Tensor, keep: str, want_
             row_max = block_max
         if problem.single_block and keep == "logits":
             kept = z
-            block_sum = torch.exp(z - row_max[:, None]).sum(1)
+            block_sum = (z - row_max[:, None]).exp_().sum(1)
         else:
             z.sub_(row_max[:, None]).exp_()  # the logits are not needed any more (or kept as exp(z - m))
             block_sum = z.sum(1)
@@ -220,6 +220,26 @@ def _smoothed_block(log_p, index, inside, gamma_col):
     zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
     return (terms, g, torch.where(inside, terms.gather(1, index).squeeze(1), zero),
             torch.where(inside, g.gather(1, index).squeeze(1), zero))
+
+
+def _sub_rows(shape):
+    """Row slices of a [rows, classes] block with at most SMOOTHED_FOCAL_CHUNK_ELEMENTS entries each: the per-class
+    focal terms take several temporaries of that size."""
+    step = max(1, constants.SMOOTHED_FOCAL_CHUNK_ELEMENTS // shape[1])
+    return [slice(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
+
+
+def _rows_of(gamma_col, sub: slice):
+    return gamma_col[sub] if _per_row(gamma_col) else gamma_col
+
+
+def _smoothed_block_gradient(log_p, target, block, gamma_col, g_y, weighted_sum, coef, off, on):
+    """A block's G from its log p (in place, sub-chunk by sub-chunk of rows), g recomputed."""
+    index, inside = _block_target(target, block, log_p.shape[1])
+    for sub in _sub_rows(log_p.shape):
+        _, g = focal_terms(log_p[sub], _rows_of(gamma_col, sub))
+        _smoothed_gradient(log_p[sub], g, index[sub], inside[sub], g_y[sub], weighted_sum[sub], coef[sub], off, on)
+    return log_p
 
 
 def _smoothed_gradient(log_p, g, index, inside, g_y, weighted_sum, coef, off, on):
@@ -269,30 +289,29 @@ def _forward_chunk(problem: _Problem, rows: slice, target, valid, gamma, options
     else:
         off, on = _smoothing_weights(options.alpha, problem.n_classes)
         gamma_col = row_gamma[:, None] if _per_row(row_gamma) else row_gamma
-        sum_terms = sum_g = term_y = g_y = 0.0
-        cached = None
+        sum_terms, sum_g, term_y, g_y = (torch.zeros_like(lse) for _ in range(4))
+        one_block = scan.kept is not None
         for block in problem.blocks:  # Σ_k f(p_k) and Σ_k g_k need the normaliser: after step 1
-            log_p = (scan.kept if scan.kept is not None else problem.logits(rows, block)).sub_(lse[:, None])
+            log_p = (scan.kept if one_block else problem.logits(rows, block)).sub_(lse[:, None])
             index, inside = _block_target(target, block, log_p.shape[1])
-            terms, g, t_y, gy = _smoothed_block(log_p, index, inside, gamma_col)
-            sum_terms, sum_g = sum_terms + terms.sum(1), sum_g + g.sum(1)
-            term_y, g_y = term_y + t_y, g_y + gy
-            if scan.kept is not None:
-                cached = (log_p, g, index, inside)
-            del terms
+            for sub in _sub_rows(log_p.shape):  # per-class temporaries of a few MB (as fused_smoothed)
+                terms, g, t_y, gy = _smoothed_block(log_p[sub], index[sub], inside[sub], _rows_of(gamma_col, sub))
+                sum_terms[sub] += terms.sum(1)
+                sum_g[sub] += g.sum(1)
+                term_y[sub] += t_y
+                g_y[sub] += gy
+                if one_block and eager:  # these rows' sums are complete: their gradient now, reusing g
+                    _smoothed_gradient(log_p[sub], g, index[sub], inside[sub], g_y[sub],
+                                       off * sum_g[sub] + on * g_y[sub], coef_scale[sub], off, on)
+            if one_block and eager:
+                problem.add_gradient(rows, block, log_p)  # log_p now holds G
         loss = torch.where(valid, off * sum_terms + on * term_y, zero)
         weighted_sum = off * sum_g + on * g_y  # Σ_k s_k g_k
-        if eager:
-            coef = coef_scale  # 0 at ignored rows
+        if eager and not one_block:
             for block in problem.blocks:
-                if cached is not None:
-                    log_p, g, index, inside = cached
-                else:
-                    log_p = problem.logits(rows, block).sub_(lse[:, None])
-                    index, inside = _block_target(target, block, log_p.shape[1])
-                    _, g, _, _ = _smoothed_block(log_p, index, inside, gamma_col)
-                grad = _smoothed_gradient(log_p, g, index, inside, g_y, weighted_sum, coef, off, on)
-                problem.add_gradient(rows, block, grad)
+                log_p = problem.logits(rows, block).sub_(lse[:, None])
+                problem.add_gradient(rows, block, _smoothed_block_gradient(
+                    log_p, target, block, gamma_col, g_y, weighted_sum, coef_scale, off, on))
         elif options.mode == "recompute":
             saved = (lse, weighted_sum, torch.zeros_like(lse) + row_gamma, g_y)
     confidence = torch.reciprocal(scan.sum_exp)  # max_j p_j = exp(m - lse) = 1 / S
@@ -315,10 +334,8 @@ def _backward_chunk(problem: _Problem, rows: slice, target, saved, coef_scale, o
     off, on = _smoothing_weights(options.alpha, problem.n_classes)
     for block in problem.blocks:
         log_p = problem.logits(rows, block).sub_(lse[:, None])
-        index, inside = _block_target(target, block, log_p.shape[1])
-        _, g = focal_terms(log_p, gamma_rows[:, None])
-        grad = _smoothed_gradient(log_p, g, index, inside, g_y, weighted_sum, coef_scale, off, on)
-        problem.add_gradient(rows, block, grad)
+        problem.add_gradient(rows, block, _smoothed_block_gradient(
+            log_p, target, block, gamma_rows[:, None], g_y, weighted_sum, coef_scale, off, on))
 
 
 class _LinearFocalFunction(torch.autograd.Function):
