@@ -18,11 +18,12 @@ variant's peak.
 The issue's goals (issue 18) at [8192 × 1024] × [32000 × 1024]: linear_focal_loss (γ = 3, default chunks) takes
 <= 0.25x the extra peak memory and <= 1.1x the time of F.cross_entropy(h @ W.T); printed as "goal ..." lines.
 
---fairseq: the focal_loss criterion on a Transformer with the NMT demo's model (scripts/nmt_demo.py's Config: 2+2
-layers, embedding 128, FFN 512, 4 heads, pre-norm, shared embeddings) and a joined dictionary of about --vocab
-symbols (fairseq_focal/toy_corpus.py), one batch of --max-tokens tokens; a training step is forward + backward + an
-Adam step. Updates/s (interleaved rounds, as above) and the step's extra peak memory (a fresh subprocess per
-variant), with and without --fused-linear, for the demo's three models (CE, FL γ=1, LS α=0.1).
+--fairseq: the focal_loss criterion on a Transformer with the NMT demo's model (fairseq_focal/demo.py's Config:
+2+2 layers, embedding 128, FFN 512, 4 heads, dropout 0.1, pre-norm, shared embeddings, 4096 tokens per batch; --dim,
+--layers, --max-tokens override them) and a joined dictionary of about --vocab symbols (fairseq_focal/toy_corpus.py),
+one batch; a training step is forward + backward + an Adam step. Updates/s (interleaved rounds, as above) and the
+step's extra peak memory (a fresh subprocess per variant), with and without --fused-linear, for the demo's three
+models (CE, FL γ=1, LS α=0.1).
 """
 
 import argparse
@@ -255,10 +256,10 @@ def fairseq_setup(args):
         data = write_corpus(tmp, n_words=args.vocab // 2, sizes=(("train", 3000),), min_len=10, max_len=30)
         parser = options.get_training_parser()
         cli = [str(data), "--arch", "transformer", "--share-all-embeddings", "--encoder-normalize-before",
-               "--decoder-normalize-before", "--dropout", "0.1"]
+               "--decoder-normalize-before", "--dropout", str(args.dropout)]
         for side in ("encoder", "decoder"):
             cli += [f"--{side}-layers", str(args.layers), f"--{side}-embed-dim", str(args.dim),
-                    f"--{side}-ffn-embed-dim", str(4 * args.dim), f"--{side}-attention-heads", "4"]
+                    f"--{side}-ffn-embed-dim", str(args.ffn), f"--{side}-attention-heads", str(args.heads)]
         cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cli))
         task = tasks.setup_task(cfg.task)
         model = task.build_model(cfg.model)
@@ -288,7 +289,20 @@ def fairseq_steps(task, model):
     return out
 
 
+def demo_model(args):
+    """The NMT demo's model dimensions (fairseq_focal/demo.py's Config), where the command line gives none."""
+    from fairseq_focal.demo import Config
+
+    demo = Config(train_pairs=None, train_eval_pairs=None)
+    args.ffn = demo.ffn_dim if args.dim is None else 4 * args.dim
+    args.dim = demo.embed_dim if args.dim is None else args.dim
+    args.layers = demo.layers if args.layers is None else args.layers
+    args.max_tokens = demo.max_tokens if args.max_tokens is None else args.max_tokens
+    args.heads, args.dropout = demo.heads, demo.dropout
+
+
 def run_fairseq(args):
+    demo_model(args)
     task, model, batch = fairseq_setup(args)
     steps = fairseq_steps(task, model)
     if args.memory_variant:
@@ -298,8 +312,9 @@ def run_fairseq(args):
         return None
     tokens = int(batch["ntokens"])
     header = (f"training step (forward + backward + Adam), vocabulary {len(task.target_dictionary)}, d={args.dim}, "
-              f"{args.layers}+{args.layers} layers, {tokens} target tokens, CPU, {torch.get_num_threads()} threads, "
-              f"{args.clock} time, {args.runs} interleaved rounds, load average {os.getloadavg()[0]:.1f}")
+              f"FFN {args.ffn}, {args.layers}+{args.layers} layers, {tokens} target tokens, CPU, "
+              f"{torch.get_num_threads()} threads, {args.clock} time, {args.runs} interleaved rounds, "
+              f"load average {os.getloadavg()[0]:.1f}")
     print(header, flush=True)
     now = CLOCKS[args.clock]
     for fn in steps.values():
@@ -346,9 +361,10 @@ def main(argv=None):
     parser.add_argument("--report", default=None, metavar="JSON", help="print the tables of a --json file")
     parser.add_argument("--fairseq", action="store_true", help="the NMT demo's training step instead")
     parser.add_argument("--vocab", type=int, default=4000, help="--fairseq: dictionary size (the demo's 4000)")
-    parser.add_argument("--dim", type=int, default=128, help="--fairseq: model dimension (FFN 4x)")
-    parser.add_argument("--layers", type=int, default=2, help="--fairseq: encoder and decoder layers")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="--fairseq: tokens per batch")
+    parser.add_argument("--dim", type=int, default=None, help="--fairseq: model dimension, FFN 4x (default: the "
+                        "demo's 128, FFN 512)")
+    parser.add_argument("--layers", type=int, default=None, help="--fairseq: encoder and decoder layers (the demo's)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="--fairseq: tokens per batch (the demo's)")
     parser.add_argument("--memory-variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
