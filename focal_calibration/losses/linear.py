@@ -255,10 +255,19 @@ def _plain_gradient(exp_z, index, inside, coef, scale_rows):
     return grad.scatter_add_(1, index, (-coef * inside)[:, None])
 
 
-def _forward_chunk(problem: _Problem, rows: slice, target, valid, gamma, options: _Options, coef_scale):
-    """Loss, statistics and (mode "eager") the gradient of one row chunk. ``coef_scale`` ([r] or 0-d) multiplies each
-    row's gradient (the reduction's 1/n, 0 at ignored rows). Returns (loss [r], per-row tensors for the backward,
-    nll [r], confidence [r], prediction [r] or None, γ [r])."""
+class _ChunkResult(NamedTuple):
+    loss: torch.Tensor  # [r]
+    saved: Optional[tuple]  # per-row tensors for the backward (mode "recompute")
+    nll: torch.Tensor
+    confidence: torch.Tensor
+    prediction: Optional[torch.Tensor]
+    gamma: torch.Tensor
+
+
+def _forward_chunk(problem: _Problem, rows: slice, target, valid, gamma, options: _Options,
+                   coef_scale) -> _ChunkResult:
+    """Loss, statistics and (mode "eager") the gradient of one row chunk. ``coef_scale`` [r] multiplies each row's
+    gradient (the reduction's 1/n, 0 at ignored rows)."""
     smoothing = options.alpha > 0
     eager = options.mode == "eager"
     keep = "logits" if smoothing else "exp"
@@ -317,7 +326,7 @@ def _forward_chunk(problem: _Problem, rows: slice, target, valid, gamma, options
     confidence = torch.reciprocal(scan.sum_exp)  # max_j p_j = exp(m - lse) = 1 / S
     gamma_rows = torch.zeros_like(lse) + row_gamma  # no host sync for a 0-d tensor γ
     nll = torch.where(valid, -log_p_y, zero)
-    return loss, saved, nll, confidence, scan.prediction, gamma_rows
+    return _ChunkResult(loss, saved, nll, confidence, scan.prediction, gamma_rows)
 
 
 def _backward_chunk(problem: _Problem, rows: slice, target, saved, coef_scale, options: _Options) -> None:
@@ -361,11 +370,11 @@ class _LinearFocalFunction(torch.autograd.Function):
             row_valid = valid[rows]
             coef_scale = torch.where(row_valid, scale, torch.zeros_like(scale))
             out = _forward_chunk(problem, rows, safe_target[rows], row_valid, options.gamma, options, coef_scale)
-            loss[rows], nll[rows], confidence[rows], gamma_rows[rows] = out[0], out[2], out[3], out[5]
+            loss[rows], nll[rows], confidence[rows], gamma_rows[rows] = out.loss, out.nll, out.confidence, out.gamma
             if options.want_stats:
-                prediction[rows] = out[4]
-            if out[1] is not None:
-                saved.append(out[1])
+                prediction[rows] = out.prediction
+            if out.saved is not None:
+                saved.append(out.saved)
         correct = (prediction == target) & valid if options.want_stats else \
             torch.zeros(0, dtype=torch.bool, device=hidden.device)
         result = loss if options.reduction == "none" else loss.sum() * scale
