@@ -39,7 +39,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import add_device_and_threads, apply_threads
+from common import add_device_and_threads, apply_threads, high_water_rss
 from focal_calibration import build_loss, constants, focal_loss
 from focal_calibration.files import write_json_atomic
 
@@ -180,15 +180,6 @@ def time_variants(fns, shape, device, dtype, repeats, clock="wall", seed=0):
             sync(device)
             best[name] = min(best[name], (now() - start) / calls)
     return best
-
-
-def high_water_rss():
-    """This process's peak resident memory in bytes (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def peak_memory_here(fn, shape, device, dtype):

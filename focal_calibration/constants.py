@@ -7,7 +7,8 @@ them at call time (``constants.NAME``), so a test can shrink one to exercise the
 __all__ = ["SMALL_BATCH_ELEMENTS", "SMOOTHED_FOCAL_CHUNK_ELEMENTS", "METRICS_CHUNK_ELEMENTS",
            "METRICS_CPU_CHUNK_ELEMENTS",
            "BOOTSTRAP_CHUNK_ELEMENTS", "BOOTSTRAP_PROB_CHUNK_ELEMENTS", "CPU_CACHE_BLOCK_ELEMENTS",
-           "METRICS_CPU_FAST_PATH", "SOFT_TARGET_CHUNK_ELEMENTS", "UNSCHEDULED_LOSS_WARNING_CALLS"]
+           "METRICS_CPU_FAST_PATH", "SOFT_TARGET_CHUNK_ELEMENTS", "UNSCHEDULED_LOSS_WARNING_CALLS",
+           "LINEAR_CHUNK_ELEMENTS", "LINEAR_MIN_ROWS"]
 
 # --- losses
 # Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
@@ -23,6 +24,13 @@ SOFT_TARGET_CHUNK_ELEMENTS = 2 ** 18
 # epoch (set_epoch) or a validation (observe_validation) warns once: ~2.5 epochs of CIFAR-10 at batch 128 (391 steps
 # an epoch), well past the first epoch's end, where a training loop that drives the loss has made the call.
 UNSCHEDULED_LOSS_WARNING_CALLS = 1000
+# Logits (rows x classes) per chunk of the focal loss from features (losses/linear.py): rows = this / V, 262 at
+# V = 32000 (32 MiB in fp32). On the CPU (benchmarks/fused_linear.py, d = 1024, V = 32000) fwd+bwd took 1.21x
+# F.cross_entropy's time at 64 rows, 1.07x at 128 and 0.94-0.99x from 256 to 2048 rows, whose memory grows with them.
+LINEAR_CHUNK_ELEMENTS = 2 ** 23
+# Fewest rows per chunk of that loss; a vocabulary so large that fewer would fit is cut into blocks of classes instead
+# (each block's logits are then computed twice: once for the softmax's normaliser, once for the gradient).
+LINEAR_MIN_ROWS = 64
 
 # --- calibration
 # Scores per row chunk of the metrics' plain path (accelerators prefer few, large kernels).

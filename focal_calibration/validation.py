@@ -246,22 +246,23 @@ def prepare_focal_inputs(logits, target, gamma, ignore_index, caller: str, *, ch
     return logits2d, target1d, gamma
 
 
-def prepare_gamma(gamma, sample_shape):
-    """A focal loss's γ, checked: a number >= 0 (as a float), a detached tensor of one γ per sample (shape
-    ``sample_shape``, the target's shape for class indices) or a 0-d tensor, or a callable of the detached
-    probabilities (a sample-dependent policy), returned as is."""
+def prepare_gamma(gamma, sample_shape, *, signed: bool = False):
+    """A focal loss's γ, checked: a number (>= 0; any finite number when ``signed``, AdaFocal's signed γ), as a
+    float; a detached tensor of one γ per sample (shape ``sample_shape``, the target's shape for class indices) or a
+    0-d tensor; or a callable of the detached probabilities (a sample-dependent policy), returned as is."""
     if isinstance(gamma, torch.Tensor):
         if gamma.dim() > 0 and gamma.shape != sample_shape:
             raise ValueError(f"a per-sample gamma must have the target's shape {tuple(sample_shape)}, "
                              f"got {tuple(gamma.shape)}")
         if value_checks_enabled(gamma):
-            bad = (gamma < 0) | ~torch.isfinite(gamma)
+            bad = ~torch.isfinite(gamma) if signed else (gamma < 0) | ~torch.isfinite(gamma)
             if bool(bad.any()):
-                raise ValueError(f"gamma must be >= 0, got {float(gamma[bad].reshape(-1)[0])}")
+                raise ValueError(f"gamma must be {'finite' if signed else '>= 0'}, got "
+                                 f"{float(gamma[bad].reshape(-1)[0])}")
         return gamma.detach()
     if callable(gamma):
         return gamma
-    return check_nonnegative_number(gamma, "gamma")
+    return check_number(gamma, "gamma") if signed else check_nonnegative_number(gamma, "gamma")
 
 
 def prepare_scores(labels, logits, probs, ignore_index):

@@ -14,10 +14,16 @@ Start it through scripts/gpu_check.sh, which finds a Python with torch (see ther
   bench-bfloat16  F.cross_entropy at [128 x 10], [128 x 100] and [8192 x 32000]; the benchmark's verdicts on the
                   issue's goal (Triton fwd+bwd <= 0.8x the time and <= 1.0x the extra peak memory of
                   F.cross_entropy at [8192 x 32000]) are rows of the table, MET / MISSED (a measurement, not a failure)
+  fused-linear    benchmarks/fused_linear.py --device cuda in float32 and bfloat16: linear_focal_loss (focal loss from
+                  the features, in chunks) against F.cross_entropy(h @ W.T) and focal_loss on the materialised logits
+                  at [8192 x 1024] x [32000 x 1024], time and peak-memory ratios, and a few chunk sizes; the issue's
+                  goals (<= 1.1x the time, <= 0.25x the extra peak memory of F.cross_entropy) are rows of the table,
+                  MET / MISSED (a measurement, not a failure); its correctness on CUDA is in cuda-tests
   trainer-bf16    classification/train.py, Fashion-MNIST, small_cnn, FLSD-53, --amp bf16 --channels-last, 300 steps
   trainer-fp16    the same with --amp fp16 (GradScaler)
   fairseq-train   fairseq-train --criterion focal_loss (FLSD-53, label smoothing 0.1) on a toy corpus, on the GPU
-  fairseq-criterion  the criterion's loss and gradients on CUDA (Triton) equal to the CPU (PyTorch path)
+  fairseq-criterion  the criterion's loss and gradients on CUDA (Triton) equal to the CPU (PyTorch path), also with
+                  --fused-linear (the loss from the decoder's features)
   fairseq-sweep   fairseq-generate --task translation_temperature_sweep on the GPU: hypotheses identical to one
                   fairseq-generate --temperature T run per T
   metrics         calibration_metrics / fit_temperature on CUDA tensors equal to the CPU results
@@ -29,8 +35,9 @@ counts a SKIP as a failure.
 
 --dry-run: the same entry points on the CPU with tiny sizes (no GPU needed): the CUDA tests are collected and skip,
 the self-checks run the kernels in Triton's interpreter (float32 and bfloat16, one short row),
-the benchmark runs [128 x 10] and [256 x 1000], the trainers 4 steps (fp16 needs CUDA: the second run uses --amp none),
-fairseq one epoch with --cpu, and the "CUDA = CPU" comparisons compare the CPU with itself.
+the benchmark runs [128 x 10] and [256 x 1000], the features benchmark [256 x 64] x [1000 x 64] in float32, the
+trainers 4 steps (fp16 needs CUDA: the second run uses --amp none), fairseq one epoch with --cpu, and the "CUDA = CPU"
+comparisons compare the CPU with itself.
 Exit status: 0 all passed (or skipped), 1 a check failed, 2 a set-up error (no CUDA device without --dry-run).
 """
 
@@ -54,8 +61,9 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                        "t10k-labels-idx1-ubyte")
 BENCH_TARGET = "8192x32000"
-CHECKS = ("cuda-tests", "backend-self-check", "bench-float32", "bench-bfloat16", "trainer-bf16", "trainer-fp16",
-          "fairseq-train", "fairseq-criterion", "fairseq-sweep", "metrics")
+LINEAR_TARGET = "8192x1024x32000"
+CHECKS = ("cuda-tests", "backend-self-check", "bench-float32", "bench-bfloat16", "fused-linear", "trainer-bf16",
+          "trainer-fp16", "fairseq-train", "fairseq-criterion", "fairseq-sweep", "metrics")
 TEMPERATURES = (0.5, 1.0, 2.0)
 
 
@@ -125,6 +133,31 @@ def check_bench(ctx, dtype: str) -> str:
             goal, verdict = line.split(": ", 1)
             ctx.goals[f"{goal} ({dtype})"] = (verdict.split(" ", 1)[0], verdict.split(" ", 1)[1])
     return detail
+
+
+def check_fused_linear(ctx) -> str:
+    shape = "256x64x1000" if ctx.dry_run else LINEAR_TARGET
+    parts = []
+    for dtype in ("float32",) if ctx.dry_run else ("float32", "bfloat16"):  # dry run: the code paths, once
+        report = ctx.out / f"fused-linear-{dtype}.json"
+        result = run([sys.executable, "benchmarks/fused_linear.py", "--device", ctx.device, "--dtype", dtype,
+                      "--shape", shape, "--runs", "1" if ctx.dry_run else "3",
+                      "--chunk-rows", "" if ctx.dry_run else "256,1024,4096", "--json", report], ctx.out,
+                     f"fused-linear-{dtype}", 600)
+        if result.returncode != 0:
+            raise AssertionError(f"fused_linear.py --dtype {dtype} failed: {tail(result)}")
+        print(result.stdout, flush=True)
+        data = json.loads(report.read_text())["result"]
+        rounds, peaks = data["seconds_per_round"], data["peak_bytes"]
+        base = "F.cross_entropy(h @ W.T)"
+        for name in ("linear_focal_loss γ=3", "linear_focal_loss FLSD-53"):
+            time_ratio = sum(r[name] / r[base] for r in rounds) / len(rounds)
+            parts.append(f"{dtype} {name}: {time_ratio:.2f}x time, {peaks[name] / peaks[base]:.2f}x peak")
+        for line in result.stdout.splitlines():  # the benchmark's verdicts on the issue's goals
+            if line.startswith("goal ["):
+                goal, verdict = line.split(": ", 1)
+                ctx.goals[f"{goal} ({dtype})"] = (verdict.split(" ", 1)[0], verdict.split(" ", 1)[1])
+    return f"[{shape}] " + "; ".join(parts)
 
 
 def fashion_mnist_dir(ctx) -> Path:
@@ -300,7 +333,8 @@ def part_fairseq_criterion(args) -> None:
 
     lines = []
     for options in (dict(gamma=1.0), dict(gamma=1.0, gamma_policy="flsd-53"), dict(gamma=1.0, label_smoothing=0.1),
-                    dict(gamma=0.0)):
+                    dict(gamma=0.0), dict(gamma_policy="flsd-53", fused_linear=True),
+                    dict(gamma=1.0, label_smoothing=0.1, fused_linear=True)):
         cpu, gpu = step("cpu", options), step(args.device, options)
         assert math.isclose(gpu[0], cpu[0], rel_tol=1e-5), f"{options}: loss {gpu[0]} vs CPU {cpu[0]}"
         assert math.isclose(gpu[1], cpu[1], rel_tol=1e-5), f"{options}: nll_loss {gpu[1]} vs CPU {cpu[1]}"
@@ -418,6 +452,7 @@ RUNNERS = {
     "backend-self-check": check_backend_self_check,
     "bench-float32": lambda ctx: check_bench(ctx, "float32"),
     "bench-bfloat16": lambda ctx: check_bench(ctx, "bfloat16"),
+    "fused-linear": check_fused_linear,
     "trainer-bf16": lambda ctx: check_trainer(ctx, "bf16"),
     "trainer-fp16": lambda ctx: check_trainer(ctx, "fp16"),
     "fairseq-train": check_fairseq_train,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check (issue 11): the CUDA tests, the focal benchmark on CUDA (both backends, fp32 and bf16), the
-# image trainer with --amp bf16 --channels-last and --amp fp16, the fairseq criterion and temperature sweep on CUDA,
-# and metrics / temperature scaling on CUDA tensors; one summary table; exit 1 if a check fails (see
-# scripts/gpu_check.py for the checks and their criteria). About 5 minutes on one GPU once the Python is there.
+# focal loss from the features (benchmarks/fused_linear.py, fp32 and bf16), the image trainer with --amp bf16
+# --channels-last and --amp fp16, the fairseq criterion and temperature sweep on CUDA, and metrics / temperature
+# scaling on CUDA tensors; one summary table; exit 1 if a check fails (see scripts/gpu_check.py for the checks and
+# their criteria). About 5 minutes on one GPU once the Python is there.
 #
 #   bash scripts/gpu_check.sh [--dry-run] [--fashion-mnist DIR] [--output-dir DIR] [--only NAME,...] [--strict]
 #

@@ -529,3 +529,93 @@ def test_nll_loss_is_exact_where_p_y_underflows():
         _, _, log = FocalLossCriterion(Task(), False, gamma=gamma)(_LogitsModel(logits), sample)
         expected = torch.nn.functional.cross_entropy(logits[0, :3].double(), target[0, :3], reduction="sum")
         assert float(log["nll_loss"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --fused-linear: the loss from the decoder's features and its output projection
+
+def _fused_and_materialised(task, sentence_avg=False, **options):
+    return (FocalLossCriterion(copy.copy(task), sentence_avg, fused_linear=True, **options),
+            FocalLossCriterion(copy.copy(task), sentence_avg, **options))
+
+
+def _assert_same_logs(ours, theirs):
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        if key.startswith(("_ece_count", "n_correct", "total", "ntokens", "nsentences", "sample_size")):
+            assert float(ours[key]) == float(value), key  # counts: exact
+        else:
+            torch.testing.assert_close(torch.as_tensor(ours[key]).double(), torch.as_tensor(value).double(),
+                                       rtol=1e-5, atol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("options", [
+    dict(gamma=1.0), dict(gamma=0.0, sentence_avg=True), dict(gamma_policy="flsd-53", report_accuracy=True),
+    dict(gamma_policy="flsd-prop2-0.2-0.25"), dict(gamma=1.0, label_smoothing=0.1, ignore_prefix_size=1),
+    dict(gamma_policy="flsd-532", label_smoothing=0.1, report_accuracy=True), dict(loss_spec="adafocal"),
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_fused_linear_step_equals_the_materialised_criterion(loaded, options):
+    """Loss, every parameter's gradient (the tied embedding's included) and every logging output, in training and
+    in validation (the ECE's per-bin sums, AdaFocal's statistics), equal to the criterion on the logits."""
+    model, task, batches = loaded
+    options = dict(options)
+    ours, theirs = _fused_and_materialised(task, options.pop("sentence_avg", False), **options)
+    if ours._adafocal is not None:  # a mixed state: focal and inverse-focal bins
+        for criterion in (ours, theirs):
+            criterion._adafocal.gammas.copy_(torch.tensor([3.0, -0.5, 1.0, -1.5, 2.0] * 3, dtype=torch.float64))
+            criterion._adafocal._lookup = {}
+    for training in (True, False):
+        a, b = step(model, ours, batches[1], training), step(model, theirs, batches[1], training)
+        assert_same_step(a, b)
+        _assert_same_logs(a[2], b[2])
+        assert training or "_ece_count_0" in a[2]
+    model.eval()
+    with torch.no_grad():
+        for reduce in (False,):  # per-token losses (fairseq's reduce=False)
+            torch.testing.assert_close(ours(model, batches[0], reduce=reduce)[0],
+                                       theirs(model, batches[0], reduce=reduce)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_linear_refuses_what_it_cannot_compute(loaded):
+    model, task, _ = loaded
+    with pytest.raises(ValueError, match="--fused-linear computes focal loss .* not --loss-spec poly-1"):
+        FocalLossCriterion(copy.copy(task), False, fused_linear=True, loss_spec="poly-1")
+    criterion = FocalLossCriterion(copy.copy(task), False, fused_linear=True)
+    sample = {"net_input": {}, "target": torch.zeros(1, 1, dtype=torch.long), "ntokens": 1}
+
+    class NoProjection(torch.nn.Module):  # e.g. fairseq's LSTM decoder: an fc_out, no output_projection
+        adaptive_softmax = None
+
+    class Model(torch.nn.Module):
+        def __init__(self, decoder):
+            super().__init__()
+            self.decoder = decoder
+
+    with pytest.raises(ValueError, match="needs a decoder whose output layer is an nn.Linear output_projection"):
+        criterion(Model(NoProjection()), sample)
+    adaptive = copy.deepcopy(model)
+    adaptive.decoder.adaptive_softmax = torch.nn.Identity()
+    with pytest.raises(ValueError, match="this model uses an adaptive softmax"):
+        criterion(adaptive, sample)
+
+
+def _inner_values(log: str, key: str):
+    """Per-update values of `key` in fairseq's train_inner lines (--log-interval 1)."""
+    lines = [line for line in log.splitlines() if "| train_inner |" in line]
+    return [float(re.search(rf" {key}=([-\d.e+na]+)", line).group(1)) for line in lines]
+
+
+def test_fused_linear_trains_like_the_materialised_criterion(corpus, tmp_path):
+    """fairseq-train, same seed, 75 updates (FLSD-53, label smoothing, dropout): the same loss, γ and gradient norm
+    at every update and the same validation loss, NLL and ECE at every epoch (to the log's 3 decimals)."""
+    options = ["--criterion", "focal_loss", "--gamma-policy", "flsd-53", "--label-smoothing", "0.1",
+               "--batch-size", "16", "--no-save"]
+    ours = train(corpus["data"], tmp_path / "fused", *options, "--fused-linear", epochs=3)
+    theirs = train(corpus["data"], tmp_path / "logits", *options, epochs=3)
+    losses = _inner_values(theirs, "loss")
+    assert len(losses) >= 60 and _inner_values(ours, "loss") == pytest.approx(losses, abs=1.5e-3)
+    for key in ("gamma", "gnorm"):
+        assert _inner_values(ours, key) == pytest.approx(_inner_values(theirs, key), abs=1.5e-3)
+    for key in ("loss", "nll_loss", "ece"):
+        assert log_values(ours, "valid", key) == pytest.approx(log_values(theirs, "valid", key), abs=1.5e-3)
+    assert len(log_values(ours, "valid", "ece")) == 3

@@ -65,3 +65,14 @@ def test_dry_run_of_the_backend_self_check(driver, tmp_path, capsys, monkeypatch
     record = json.loads((tmp_path / "backend-self-check.json").read_text())
     assert len(record["results"]) == 16 and all(r["passed"] for r in record["results"]) and not record["warnings"]
     assert {r["dtype"] for r in record["results"]} == {"torch.float32", "torch.bfloat16"}
+
+
+def test_dry_run_of_the_fused_linear_check(driver, tmp_path, capsys):
+    """The features benchmark on a tiny shape (float32; bfloat16 too on a GPU); its goal verdicts become rows of the
+    summary."""
+    assert driver.main(["--dry-run", "--only", "fused-linear", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| fused-linear | PASS |" in out and "linear_focal_loss γ=3:" in out
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    goals = [row for row in rows if row["check"].startswith("goal [256x64x1000]")]
+    assert len(goals) == 2 and all(row["status"] in ("MET", "MISSED") for row in goals)  # time, memory

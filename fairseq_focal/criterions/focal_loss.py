@@ -18,6 +18,12 @@
   confidences on ``_HIST_CELLS`` cells of equal width in logit space, whose quantiles place the next equal-mass bins.
   γ is updated after every validation (``task.post_validate``), logged, and kept in a named fairseq metrics
   aggregator, which fairseq saves in every checkpoint and restores on resume.
+* ``--fused-linear``: the loss straight from the decoder's features and its output projection
+  (:func:`focal_calibration.losses.linear.linear_focal_loss`, in chunks of tokens), so the ``[tokens × vocabulary]``
+  logits and their gradient never exist; the same losses, gradients and logged statistics (ECE included) to float
+  rounding. Focal loss (any γ policy, ``--label-smoothing``) and ``--loss-spec adafocal``; decoders whose output
+  layer is an ``nn.Linear`` ``output_projection`` (fairseq's Transformer decoders, tied embeddings included), not an
+  adaptive softmax.
 * Logged like fairseq's criteria: ``loss`` (base 2, per ``sample_size``), ``nll_loss`` (base 2, per token), ``ppl``,
   optionally ``accuracy``; plus ``gamma`` (mean γ per target token) and, on validation, ``ece`` (token-level top-1
   ECE in %, eq. 1, ``--calibration-bins`` equal-width bins). ECE is derived from per-bin sums carried in the logging
@@ -25,6 +31,7 @@
 """
 
 
+import inspect
 import logging
 import math
 import os
@@ -43,7 +50,7 @@ from focal_calibration.losses.adafocal import bin_of
 from focal_calibration.losses.fused import focal_loss_classes_last
 from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss_classes_last
 from focal_calibration.losses.gamma import FixedGamma, GammaPolicy, parse_gamma_policy
-from focal_calibration.losses import BEYOND_PAPER_LOSS_SPECS, build_loss
+from focal_calibration.losses import BEYOND_PAPER_LOSS_SPECS, build_loss, linear_focal_loss
 from focal_calibration.calibration.metrics import ece_from_sums, equal_width_sums
 
 logger = logging.getLogger(__name__)
@@ -76,6 +83,10 @@ class FocalLossCriterionConfig(FairseqDataclass):
     ignore_prefix_size: int = field(default=0, metadata={"help": "Ignore first N tokens"})
     calibration_bins: int = field(default=15, metadata={
         "help": "equal-width bins of the token-level validation ECE (0 = do not compute it)"})
+    fused_linear: bool = field(default=False, metadata={
+        "help": "compute the loss from the decoder's features and its output projection, in chunks of tokens: the "
+                "[tokens x vocabulary] logits never exist (focal loss, --label-smoothing, --loss-spec adafocal; "
+                "Transformer decoders, no adaptive softmax)"})
     sentence_avg: bool = II("optimization.sentence_avg")
     max_epoch: int = II("optimization.max_epoch")
     save_dir: str = II("checkpoint.save_dir")
@@ -160,7 +171,8 @@ class _RecordingPolicy:
 class FocalLossCriterion(FairseqCriterion):
     def __init__(self, task, sentence_avg, gamma=1.0, gamma_policy=None, gamma_milestones=None, gamma_thresholds=None,
                  loss_spec=None, loss_options=None, label_smoothing=0.0, report_accuracy=False, ignore_prefix_size=0,
-                 calibration_bins=15, max_epoch=0, save_dir=None, restore_file=None, disable_validation=False):
+                 calibration_bins=15, max_epoch=0, save_dir=None, restore_file=None, disable_validation=False,
+                 fused_linear=False):
         super().__init__(task)
         self.sentence_avg = sentence_avg
         self.eps = check_nonnegative_number(label_smoothing, "label_smoothing")
@@ -187,6 +199,10 @@ class FocalLossCriterion(FairseqCriterion):
         self.report_accuracy = report_accuracy
         self.calibration_bins = calibration_bins
         self._adafocal = self.loss_module if getattr(self.loss_module, "uses_validation", False) else None
+        self.fused_linear = bool(fused_linear)
+        if self.fused_linear and self.loss_module is not None and self._adafocal is None:
+            raise ValueError(f"--fused-linear computes focal loss (--gamma / --gamma-policy, --label-smoothing) and "
+                             f"--loss-spec adafocal from the features, not --loss-spec {loss_spec}")
         if self._adafocal is not None and disable_validation:
             raise ValueError(f"--loss-spec {loss_spec} updates its γ from the validation set: it cannot run with "
                              f"--disable-validation")
@@ -278,6 +294,8 @@ class FocalLossCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         """Returns (loss, sample_size, logging_output) like fairseq's criteria."""
+        if self.fused_linear:
+            return self._forward_from_features(model, sample, reduce)
         net_output = model(**sample["net_input"])
         logits, target = self.get_logits_and_target(model, net_output, sample)
         not_pad = target != self.padding_idx
@@ -304,15 +322,7 @@ class FocalLossCriterion(FairseqCriterion):
                 tokens_nll = torch.where(p_y >= tiny, -torch.log(p_y), tokens_loss.detach())
                 tokens_nll = torch.where(not_pad, tokens_nll, torch.zeros_like(tokens_nll))
         loss = tokens_loss.sum() if reduce else tokens_loss
-        nll_loss = tokens_nll.sum() if reduce else tokens_nll
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        sample_size, logging_output = self._logging_output(sample, loss, tokens_nll.sum() if reduce else tokens_nll)
         with torch.no_grad():
             if recorder is not None:
                 gamma = recorder.gamma
@@ -324,6 +334,50 @@ class FocalLossCriterion(FairseqCriterion):
                 self._add_calibration(logits, target, not_pad, logging_output, model.training)
         return loss, sample_size, logging_output
 
+    def _forward_from_features(self, model, sample, reduce):
+        """``--fused-linear``: the decoder's features and its output projection into linear_focal_loss, which also
+        returns the per-token NLL, γ, top-1 confidence and correctness from the same pass (the logits never exist)."""
+        weight, bias = output_projection(model)
+        features, extra = model(**sample["net_input"], features_only=True)
+        target = self._targets(model, sample, (features, extra))
+        if features.shape[:-1] != target.shape:
+            raise ValueError(f"decoder features {tuple(features.shape)} do not match the targets "
+                             f"{tuple(target.shape)}")
+        features, target = features.reshape(-1, features.shape[-1]), target.reshape(-1)
+        not_pad = target != self.padding_idx
+        if self._adafocal is not None:
+            gamma, signed = self._adafocal.gamma_of, True
+        else:
+            gamma, signed = (self.policy if self.policy.sample_dependent else self.policy(None)), False
+        tokens_loss, stats = linear_focal_loss(features, weight, target, bias, gamma=gamma, label_smoothing=self.eps,
+                                               signed_gamma=signed, ignore_index=self.padding_idx,
+                                               reduction="sum" if reduce else "none", return_stats=True)
+        loss = tokens_loss
+        sample_size, logging_output = self._logging_output(sample, loss, stats.nll.sum() if reduce else stats.nll)
+        with torch.no_grad():
+            if self.loss_module is None:
+                logging_output["gamma_sum"] = (stats.gamma * not_pad).sum()
+                logging_output["gamma_tokens"] = not_pad.sum()
+            validation = not model.training and (self.calibration_bins > 0 or self._adafocal is not None)
+            if self.report_accuracy or validation:
+                self._log_calibration(stats.confidence, stats.correct, not_pad, logging_output, model.training)
+        return loss, sample_size, logging_output
+
+    def _logging_output(self, sample, loss, nll_loss):
+        """(sample_size, the logging output's sums) like fairseq's criteria."""
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        return sample_size, {"loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
+                             "nsentences": sample["target"].size(0), "sample_size": sample_size}
+
+    def _targets(self, model, sample, net_output):
+        """The targets, with the first --ignore-prefix-size positions masked as padding (not sliced off, which
+        would copy the logits)."""
+        target = model.get_targets(sample, net_output)
+        if self.ignore_prefix_size > 0:
+            target = target.clone()
+            target[:, : self.ignore_prefix_size] = self.padding_idx
+        return target
+
     def get_logits_and_target(self, model, net_output, sample):
         """Decoder logits [tokens, V] (a view, no copy) and targets; prefix tokens are masked as padding instead of
         sliced off, which would copy the logits."""
@@ -331,10 +385,7 @@ class FocalLossCriterion(FairseqCriterion):
             raise ValueError("focal_loss needs the full-vocabulary logits; this model uses an adaptive softmax "
                              "(--adaptive-softmax-cutoff), which focal_loss does not support")
         logits = net_output[0]
-        target = model.get_targets(sample, net_output)
-        if self.ignore_prefix_size > 0:
-            target = target.clone()
-            target[:, : self.ignore_prefix_size] = self.padding_idx
+        target = self._targets(model, sample, net_output)
         if logits.shape[:-1] != target.shape:
             raise ValueError(f"decoder output {tuple(logits.shape)} does not match the targets {tuple(target.shape)}")
         return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
@@ -344,14 +395,21 @@ class FocalLossCriterion(FairseqCriterion):
         AdaFocal's validation statistics. Row-wise reductions of the logits only: no N×V copy."""
         z_max, prediction = logits.max(dim=-1)
         correct = (prediction == target) & not_pad
+        confidence = None
+        if not training:
+            lse = torch.logsumexp(logits.float(), dim=-1)
+            confidence = torch.exp(z_max.float() - lse)  # max softmax probability, float32 for half logits
+        self._log_calibration(confidence, correct, not_pad, logging_output, training)
+
+    def _log_calibration(self, confidence, correct, not_pad, logging_output, training):
+        """Accuracy counts and (on validation) ECE's and AdaFocal's per-bin sums from the per-token top-1
+        confidence and correctness (``correct`` False at padding)."""
         if self.report_accuracy:
             logging_output["n_correct"] = correct.sum()
             logging_output["total"] = not_pad.sum()
         if training:
             return
-        lse = torch.logsumexp(logits.float(), dim=-1)
-        confidence = torch.exp(z_max.float() - lse)[not_pad]  # max softmax probability, float32 for half logits
-        correct = correct[not_pad]
+        confidence, correct = confidence[not_pad], correct[not_pad]
         if self._adafocal is not None:
             logging_output.update(_adafocal_sums(confidence, correct, self._adafocal.inner_edges))
         if self.calibration_bins == 0:
@@ -410,6 +468,29 @@ class FocalLossCriterion(FairseqCriterion):
         """Every logging output is a 0-d sum (the ECE bins too), so workers' outputs can be summed before
         reduce_metrics."""
         return True
+
+
+def output_projection(model):
+    """(weight [V, d], bias or None) of the decoder's output layer, for ``--fused-linear``; a clear error for the
+    decoders whose logits are not ``output_projection(features)``."""
+    from fairseq.models.transformer import TransformerDecoderBase
+
+    decoder = getattr(model, "decoder", None)
+    name = type(decoder).__name__
+    if getattr(decoder, "adaptive_softmax", None) is not None:
+        raise ValueError("--fused-linear needs the full-vocabulary output projection; this model uses an adaptive "
+                         "softmax (--adaptive-softmax-cutoff), which focal_loss does not support")
+    projection = getattr(decoder, "output_projection", None)
+    if not isinstance(projection, torch.nn.Linear):
+        raise ValueError(f"--fused-linear needs a decoder whose output layer is an nn.Linear output_projection "
+                         f"(fairseq's Transformer decoders); {name} has none: train without --fused-linear")
+    if type(decoder).output_layer is not TransformerDecoderBase.output_layer:
+        raise ValueError(f"--fused-linear: {name} overrides output_layer, so its logits need not be "
+                         f"output_projection(features); train without --fused-linear")
+    if "features_only" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"--fused-linear calls the model with features_only=True, which "
+                         f"{type(model).__name__}.forward does not take; train without --fused-linear")
+    return projection.weight, projection.bias
 
 
 # ----------------------------------------------------------------------------------------------------------------

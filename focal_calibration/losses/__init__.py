@@ -18,6 +18,8 @@ Layers, bottom up (each imports only the ones below it):
   :mod:`~focal_calibration.losses.specs` — ``build_loss(spec)``.
 * :mod:`~focal_calibration.losses.sigmoid` — the sigmoid focal loss for binary and multi-label logits (every γ
   policy per element), ``build_sigmoid_loss(spec)``.
+* :mod:`~focal_calibration.losses.linear` — focal loss straight from the features and the output projection, in
+  chunks (the ``[tokens × vocabulary]`` logits never exist).
 """
 
 from focal_calibration.losses.functional import focal_loss, mmce_weighted
@@ -25,6 +27,7 @@ from focal_calibration.losses.fused import focal_loss_classes_last, fused_row_lo
 from focal_calibration.losses.fused_smoothed import focal_label_smoothed_loss_classes_last
 from focal_calibration.losses.gamma import (EpochScheduledGamma, FixedGamma, GammaPolicy, SampleDependentGamma,
                                             flsc_milestones, parse_gamma_policy, prop2_gamma_policy)
+from focal_calibration.losses.linear import LinearFocalLoss, LinearFocalStats, linear_focal_loss
 from focal_calibration.losses.math import g, gamma_star, optimal_confidence
 from focal_calibration.losses.modules import (AdaFocalLoss, BrierLoss, CalibrationLoss, CrossEntropyLoss, DualFocalLoss,
                                               FocalLoss, InverseFocalLoss, LabelSmoothingLoss, MarginLabelSmoothingLoss,
@@ -41,4 +44,5 @@ __all__ = [
     "AdaFocalLoss", "InverseFocalLoss", "DualFocalLoss", "PolyLoss", "MarginLabelSmoothingLoss",
     "build_loss", "PAPER_LOSS_SPECS", "BEYOND_PAPER_LOSS_SPECS",
     "sigmoid_focal_loss", "SigmoidFocalLoss", "build_sigmoid_loss",
+    "linear_focal_loss", "LinearFocalLoss", "LinearFocalStats",
 ]
