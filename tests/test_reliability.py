@@ -399,6 +399,7 @@ def test_result_files_respect_the_umask(tmp_path, umask):
 
     previous = os.umask(umask)
     try:
+        assert files.current_umask() == umask and files.current_umask() == umask  # read without changing it
         files.write_json_atomic(tmp_path / "results.json", {"a": 1})
         files.write_text_atomic(tmp_path / "table.md", "x")
         save_checkpoint(tmp_path / "checkpoint.pt", {"w": torch.zeros(2)})
