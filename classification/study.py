@@ -21,7 +21,8 @@ training-set size and keeps one recipe for every cell:
 Each finished run becomes one record of ``OUT/study.json`` (written atomically by this process only); a restarted
 study skips finished runs and resumes unfinished ones from their checkpoints, and refuses to mix recipes or settings:
 everything that reaches a run's command line besides its cell is the :class:`Recipe` or a keyword-only parameter of
-:func:`train_command` (:func:`study_settings`), and both are recorded in ``study.json`` and checked on a restart.
+:func:`train_command` (:func:`study_settings`), and both are recorded in ``study.json`` and checked on a restart. The
+runs go through :mod:`focal_calibration.experiments.runner` (local processes, or a SLURM job array).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import inspect
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -41,10 +41,12 @@ import numpy as np
 
 from focal_calibration.files import write_json_atomic
 from focal_calibration.experiments.evidence import regime_check, seed_summary
+from focal_calibration.experiments.runner import Job, Launcher, run_jobs
 from focal_calibration.validation import check_int
 
 __all__ = ["Recipe", "Cell", "FULL_TRAIN_SIZE", "run_cells", "read_study", "study_settings", "run_record", "summarise",
-           "study_markdown", "plot_study", "STUDY_FORMAT_VERSION"]
+           "study_markdown", "plot_study", "STUDY_FORMAT_VERSION", "train_command", "train_environment",
+           "TRAIN_ENVIRONMENT"]
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_TRAIN_SIZE = 55_000  # Fashion-MNIST training images after the 5,000-image validation hold-out
@@ -123,10 +125,14 @@ def train_command(cell: Cell, recipe: Recipe, run_dir: Path, *, data_dir=None, l
     return command
 
 
+# One CPU thread per run (the runs themselves go in parallel; a thread count also changes float summation order, so
+# it is part of what makes a run reproducible) and no display.
+TRAIN_ENVIRONMENT = {"MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def train_environment() -> dict:
-    """One CPU thread per run (the runs themselves go in parallel; a thread count also changes float summation order,
-    so it is part of what makes a run reproducible) and no display."""
-    return dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    """This process's environment with :data:`TRAIN_ENVIRONMENT`: the environment a cell trains in."""
+    return dict(os.environ, **TRAIN_ENVIRONMENT)
 
 
 def run_record(cell: Cell, recipe: Recipe, run_dir: Path) -> dict:
@@ -208,59 +214,43 @@ def read_study(path: Path, recipe: Recipe, settings: dict | None = None) -> dict
     return study
 
 
-def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, jobs: int = 2, data_dir=None,
+def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, launcher: Launcher = Launcher(), data_dir=None,
               limit_eval=None, log: Callable[[str], None] = print) -> dict:
-    """Train every cell not yet in ``out/study.json``, ``jobs`` at a time (one CPU thread each), adding each finished
-    run's record to the study file as soon as it ends. Returns the study; raises ``RuntimeError`` listing failed runs
-    (their ``train.out`` says why) after every other run has finished."""
+    """Train every cell not yet in ``out/study.json`` with ``launcher`` (local: ``launcher.jobs`` processes at a time,
+    one CPU thread each; SLURM: a job array), adding each finished run's record to the study file as soon as it
+    ends; an unfinished run resumes from its checkpoint. Returns the study; the first failed run stops the study with
+    :class:`~focal_calibration.experiments.runner.JobFailedError` naming it and its ``train.out`` (the finished runs
+    stay recorded)."""
     from focal_calibration.experiments.cli import RunFolder
 
-    check_int(jobs, "--jobs", 1)
     out = Path(out)
     RunFolder(out).lock()  # one study writes study.json at a time (each run's trainer locks its own folder)
     study_path = out / "study.json"
     study = read_study(study_path, recipe, study_settings(data_dir=data_dir, limit_eval=limit_eval))
     done = {(r["size"], r["loss"], r["seed"]) for r in study["runs"]}
     pending = sorted({c for c in cells if (c.size, c.loss, c.seed) not in done})
-    total, finished, failed = len(pending), 0, []
-    env = train_environment()
-    start = time.perf_counter()
     if done:
-        log(f"{len(done)} runs already in {study_path}; {total} to go")
-    running: list = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            cell = pending.pop(0)
-            run_dir = out / "runs" / cell.name
-            run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(run_dir / "train.out", "a")
-            process = subprocess.Popen(train_command(cell, recipe, run_dir, data_dir=data_dir, limit_eval=limit_eval),
-                                       stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-            running.append((cell, run_dir, handle, process, time.perf_counter()))
-        time.sleep(0.2)
-        for item in list(running):
-            cell, run_dir, handle, process, began = item
-            if process.poll() is None:
-                continue
-            handle.close()
-            running.remove(item)
-            finished += 1
-            elapsed = time.perf_counter() - start
-            if process.returncode != 0:
-                failed.append(cell.name)
-                tail = (run_dir / "train.out").read_text().strip().splitlines()[-1:]
-                log(f"[{finished}/{total} {elapsed:5.0f}s] {cell.name} FAILED (exit {process.returncode}): "
-                    f"{tail[0] if tail else ''}")
-                continue
-            record = run_record(cell, recipe, run_dir)
-            study["runs"].append(record)
-            write_json_atomic(study_path, study)
-            log(f"[{finished}/{total} {elapsed:5.0f}s] {cell.name}: {time.perf_counter() - began:.0f}s, train error "
-                f"{100 * record['train_error']:.2f}%, test error {100 * record['error']:.2f}%, ECE "
-                f"{100 * record['ece_pre']:.2f}% -> {100 * record['ece_post']:.2f}% (T = {record['temperature']:g}), "
-                f"misclassified NLL {'rising' if record['nll_misclassified_rising'] else 'not rising'}")
-    if failed:
-        raise RuntimeError(f"{len(failed)} runs failed: {', '.join(failed)} (see runs/<name>/train.out)")
+        log(f"{len(done)} runs already in {study_path}; {len(pending)} to go")
+    jobs, cell_of = [], {}
+    for cell in pending:
+        run_dir = out / "runs" / cell.name
+        jobs.append(Job(cell.name, train_command(cell, recipe, run_dir, data_dir=data_dir, limit_eval=limit_eval),
+                        run_dir / "train.out", env=TRAIN_ENVIRONMENT, cwd=REPO))
+        cell_of[cell.name] = (cell, run_dir)
+    start = time.perf_counter()
+
+    def record(job: Job, times: dict) -> None:
+        cell, run_dir = cell_of[job.name]
+        record = run_record(cell, recipe, run_dir)
+        study["runs"].append(record)
+        write_json_atomic(study_path, study)
+        log(f"[{len(study['runs']) - len(done)}/{len(pending)} {time.perf_counter() - start:5.0f}s] {cell.name}: "
+            f"{times['wall_s']:.0f}s, train error {100 * record['train_error']:.2f}%, test error "
+            f"{100 * record['error']:.2f}%, ECE {100 * record['ece_pre']:.2f}% -> {100 * record['ece_post']:.2f}% "
+            f"(T = {record['temperature']:g}), misclassified NLL "
+            f"{'rising' if record['nll_misclassified_rising'] else 'not rising'}")
+
+    run_jobs(jobs, launcher, folder=out / "launcher", name="regime-study", on_done=record, log=None)
     return study
 
 

@@ -27,7 +27,7 @@ from classification.claims import CLAIMS, claims_markdown, compute_claims, versu
 from classification.datasets import load_dataset
 from classification.figures import plot_runs
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, run_cells, study_markdown
-from focal_calibration.experiments import cli
+from focal_calibration.experiments import cli, runner
 from focal_calibration.files import write_json_atomic, write_text_atomic
 from focal_calibration.losses import build_loss
 
@@ -55,12 +55,12 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N")
     parser.add_argument("--epochs", type=int, default=8,
                         help="passes over 55,000 images = the updates of every run")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="runs at once, one CPU thread each")
     parser.add_argument("--n-resamples", type=int, default=1000,
                         help="test-set bootstrap resamples per run (default: %(default)s; 0 = seeds only)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--limit-eval", type=int, default=None, help="smoke tests only")
+    runner.add_launcher_arguments(parser, jobs_default=os.cpu_count() or 1,
+                                  jobs_help="runs at once, one CPU thread each")
     return parser
 
 
@@ -89,8 +89,9 @@ def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     print(f"demo: {len(cells)} runs of {recipe.updates} updates ({args.size:,} training images: "
           f"{', '.join(args.losses)}; contrast {args.contrast_size:,}: {', '.join(args.contrast_losses)}; "
-          f"{args.seeds} seeds), {args.jobs} at a time -> {out}", flush=True)
-    study = run_cells(cells, recipe, out, jobs=args.jobs, data_dir=args.data_dir, limit_eval=args.limit_eval,
+          f"{args.seeds} seeds), {args.jobs} at a time ({args.launcher}) -> {out}", flush=True)
+    study = run_cells(cells, recipe, out, launcher=runner.launcher_from_args(args), data_dir=args.data_dir,
+                      limit_eval=args.limit_eval,
                       log=lambda line: print(line, flush=True))
     trained = time.perf_counter() - start
 
@@ -120,12 +121,5 @@ def main(args: argparse.Namespace) -> dict:
     return claims
 
 
-def run(args: argparse.Namespace) -> dict:
-    try:
-        return main(args)
-    except RuntimeError as error:  # training runs failed (the others finished and are recorded): exit status 1
-        raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
-
-
 if __name__ == "__main__":
-    sys.exit(cli.run_cli(get_args_parser(), run))
+    sys.exit(runner.run_cli(get_args_parser(), main))  # a failed run: one error naming it, exit status 1

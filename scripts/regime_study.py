@@ -10,6 +10,9 @@ size); only the training-set size differs. Writes under --output-dir:
   study.md                   mean ± std over seeds per cell, and the §3 regime per size and loss
   study_*_vs_size.png        pre-T ECE, optimal T and final training error against size (band: spread over seeds)
   runs/<cell>/               each run's folder (checkpoint, log.jsonl, results.json, logits.pt, diagrams, train.out)
+
+The runs go through the grid runner: processes on this machine (--jobs at a time), or a SLURM job array with
+--launcher slurm (docs/guide/running-grids.md).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 from classification.datasets import load_dataset
 from classification.study import FULL_TRAIN_SIZE, Cell, Recipe, plot_study, run_cells, study_markdown
 from classification.claims import compute_claims, verdicts_by_size_markdown
-from focal_calibration import bootstrap_samples, cli
+from focal_calibration import bootstrap_samples
+from focal_calibration.experiments import cli, runner
 from focal_calibration.files import write_json_atomic, write_text_atomic
 from focal_calibration.losses import build_loss
 
@@ -43,18 +47,19 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("--model", default=defaults.model, choices=("mlp", "small_cnn"), help="image model")
     parser.add_argument("--epochs", type=int, default=8,
                         help="passes over the full 55,000-image set; every size gets that many updates")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="runs trained at once, one CPU thread each (default: the number of cores)")
     parser.add_argument("--n-resamples", type=int, default=1000,
                         help="test-set bootstrap resamples of the per-size verdicts (0: seed intervals only)")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
     parser.add_argument("--limit-eval", type=int, default=None, help="evaluate on the first N val / test images "
                         "only (smoke tests)")
+    runner.add_launcher_arguments(parser, jobs_default=os.cpu_count() or 1,
+                                  jobs_help="runs trained at once, one CPU thread each (default: the number of cores)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     recipe = Recipe.from_epochs(args.epochs, model=args.model)
+    launcher = runner.launcher_from_args(args)
     bad_sizes = [s for s in args.sizes if not 1 <= s <= FULL_TRAIN_SIZE]
     if bad_sizes:
         raise ValueError(f"--sizes must lie in [1, {FULL_TRAIN_SIZE}], got {bad_sizes[0]}")
@@ -70,9 +75,9 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.output_dir)
     print(f"regime study: {len(cells)} runs ({len(args.sizes)} sizes x {len(args.losses)} losses x "
           f"{args.seeds} seeds), "
-          f"{recipe.updates} updates each, {args.jobs} at a time -> {out}", flush=True)
+          f"{recipe.updates} updates each, {args.jobs} at a time ({args.launcher}) -> {out}", flush=True)
     start = time.perf_counter()
-    study = run_cells(cells, recipe, out, jobs=args.jobs, data_dir=args.data_dir, limit_eval=args.limit_eval,
+    study = run_cells(cells, recipe, out, launcher=launcher, data_dir=args.data_dir, limit_eval=args.limit_eval,
                       log=lambda line: print(line, flush=True))
     table = study_markdown(study)
     write_text_atomic(out / "study.md", table)
@@ -89,12 +94,5 @@ def main(args: argparse.Namespace) -> dict:
     return study
 
 
-def run(args: argparse.Namespace) -> dict:
-    try:
-        return main(args)
-    except RuntimeError as error:  # training runs failed (the others finished and are recorded): exit status 1
-        raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
-
-
 if __name__ == "__main__":
-    sys.exit(cli.run_cli(get_args_parser(), run))
+    sys.exit(runner.run_cli(get_args_parser(), main))  # a failed run: one error naming it, exit status 1

@@ -4,12 +4,12 @@
     python scripts/text_demo.py --output-dir results/text --config C1 --losses ce   # the criterion alone (CE runs only)
 
 Trains the GP-CNN (``treelstm/train.py --model gpcnn``) on the offline TREC questions with each loss and seed, one
-single-threaded process per run, ``--jobs`` at a time (a killed demo resumes: finished runs are skipped, unfinished
-ones continue from their checkpoints). Then, from the runs' ``results.json`` / ``log.jsonl`` / ``logits.pt``:
+single-threaded process per run, ``--jobs`` at a time, or a SLURM job array with ``--launcher slurm`` (a killed demo
+resumes: finished runs are skipped, unfinished ones continue from their checkpoints). Then, from the runs'
+``results.json`` / ``log.jsonl`` / ``logits.pt``:
 
 * the §3 regime of every CE run (:func:`focal_calibration.experiments.evidence.regime_check` on the log up to the
-reported
-  epoch: training error <= 0.5 % and the test NLL of misclassified samples risen >= 5 % above its minimum);
+  reported epoch: training error <= 0.5 % and the test NLL of misclassified samples risen >= 5 % above its minimum);
 * the claims, FLSD-53 against CE paired by seed (:func:`classification.claims.compute_claims`): mean ± std over
   seeds, a Student-t 95 % interval over seeds, a paired test-set bootstrap 95 % interval, a computed verdict.
 
@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from classification.claims import CLAIMS, claims_markdown, compute_claims
-from focal_calibration import bootstrap_samples, cli
+from focal_calibration import bootstrap_samples
+from focal_calibration.experiments import cli, runner
 from focal_calibration.files import write_json_atomic, write_text_atomic
 from treelstm.experiments import read_log, regime_of, run_all, summary_cell
 
@@ -50,9 +51,9 @@ def get_args_parser() -> cli.ArgumentParser:
                         help="build_loss specs; the claims need ce and flsd-53")
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="training seeds 1..N")
     parser.add_argument("--epochs", type=cli.positive_int, default=None, help="default: the recipe's 50")
-    parser.add_argument("--jobs", type=cli.positive_int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--bootstrap", type=cli.nonnegative_int, default=1000,
                         help="test-set bootstrap resamples (0: intervals over seeds only)")
+    runner.add_launcher_arguments(parser, jobs_default=2, jobs_help="runs in parallel, one thread each")
     return parser
 
 
@@ -100,10 +101,11 @@ def main(args) -> dict:
     out = Path(args.output_dir)
     runs = [(loss, seed) for loss in args.losses for seed in range(1, args.seeds + 1)]
     print(f"text demo: GP-CNN on TREC questions, configuration {args.config} ({' '.join(CONFIGS[args.config])}), "
-          f"losses {', '.join(args.losses)}, seeds 1-{args.seeds}, {args.jobs} jobs", flush=True)
+          f"losses {', '.join(args.losses)}, seeds 1-{args.seeds}, {args.jobs} jobs ({args.launcher})", flush=True)
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     run_all({run_dir(out, args.config, loss, seed): [*CONFIGS[args.config], "--loss", loss, "--seed", str(seed),
-                                                      *epochs] for loss, seed in runs}, jobs=args.jobs)
+                                                      *epochs] for loss, seed in runs},
+            runner.launcher_from_args(args), folder=out / "launcher")
     records = [run_record(run_dir(out, args.config, loss, seed)) for loss, seed in runs]
     summary = {"config": args.config, "arguments": CONFIGS[args.config], "epochs": args.epochs,
                "records": records, "seconds": time.time() - started}
@@ -126,4 +128,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_cli(get_args_parser(), main))
+    sys.exit(runner.run_cli(get_args_parser(), main))  # a failed run: one error naming it, exit status 1

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from focal_calibration.experiments import cli
+from focal_calibration.experiments import cli, runner
 from focal_calibration.files import write_json_atomic, write_text_atomic
 from focal_calibration.experiments.evidence import claim_result
 from treelstm.experiments import epoch_view, focal_optimum_temperature, read_log, run_all, summary_cell
@@ -81,9 +81,9 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("--variants", nargs="+", default=["recipe"], choices=tuple(VARIANTS))
     parser.add_argument("--losses", nargs="+", default=["ce", "flsd-53"])
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="training seeds 1..N")
-    parser.add_argument("--jobs", type=cli.positive_int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--data-dir", default="data/text", help="folder of the link-grammar parse cache")
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs that have finished")
+    runner.add_launcher_arguments(parser, jobs_default=2, jobs_help="runs in parallel, one thread each")
     return parser
 
 
@@ -147,7 +147,7 @@ def main(args) -> dict:
         cells = [cell for cell, run_dir in zip(cells, commands) if (run_dir / "results.json").exists()]
         commands = {run_dir: command for run_dir, command in commands.items() if (run_dir / "results.json").exists()}
     else:
-        run_all(commands, jobs=args.jobs)
+        run_all(commands, runner.launcher_from_args(args), folder=out / "launcher")
     runs = []
     for (variant, loss, seed), run_dir in zip(cells, commands):
         log = read_log(run_dir)
@@ -165,4 +165,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_cli(get_args_parser(), main))
+    sys.exit(runner.run_cli(get_args_parser(), main))  # a failed run: one error naming it, exit status 1

@@ -1,13 +1,14 @@
-"""scripts/nmt_demo.py's pure parts on hand-made inputs: fairseq's JSON log -> epoch records, the training-pair
-subset, the §3 regime criterion, the refusal of a run folder that holds another run, and the claims (Student-t
-intervals and verdicts computed by hand)."""
+"""fairseq_focal/demo.py (``make demo-nmt``)'s pure parts on hand-made inputs: fairseq's JSON log -> epoch records,
+the training-pair subset, the §3 regime criterion, the refusal of a run folder that holds another run, and the claims
+(Student-t intervals and verdicts computed by hand); and scripts/nmt_demo.py's command line. Its job scheduling is
+the grid runner's (tests/test_runner.py)."""
 
 import json
 import math
 
 import pytest
 
-from scripts import nmt_demo
+from fairseq_focal import demo as nmt_demo
 
 LOG = """\
 2026-11-30 08:21:43 | INFO | fairseq_cli.train | begin validation on "valid" subset
@@ -137,21 +138,15 @@ def test_table3_markdown_is_mean_and_std_over_seeds():
     assert "| ECE % pre T | 2.00 ± 1.41 |" in text  # std of (1, 3) with ddof = 1 = sqrt(2)
 
 
-def test_run_jobs_runs_in_parallel_and_stops_everything_on_a_failure(tmp_path):
-    import sys
-    import time
+def test_the_script_is_argument_parsing_over_the_demo(tmp_path, capsys):
+    from focal_calibration.experiments import runner
+    from scripts.nmt_demo import get_args_parser
 
-    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
-    jobs = [(f"job{i}", [sys.executable, "-c", burn + f"print('ran {i}')"], tmp_path / f"job{i}.txt")
-            for i in range(3)]
-    times = nmt_demo.run_jobs(jobs, parallel=2, threads=1)
-    assert set(times) == {"job0", "job1", "job2"}
-    assert all(t["cpu_s"] >= 0.25 and t["wall_s"] >= t["cpu_s"] * 0.5 for t in times.values())  # the job's own CPU
-    assert (tmp_path / "job1.txt").read_text().strip() == "ran 1"
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    failing = [sys.executable, "-c", "import sys; print('bad input'); sys.exit(3)"]
-    start = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"fail failed with exit status 3; see .*fail.txt:\nbad input"):
-        nmt_demo.run_jobs([("sleep", sleeper, tmp_path / "sleep.txt"), ("fail", failing, tmp_path / "fail.txt")],
-                          parallel=2, threads=1)
-    assert time.perf_counter() - start < 30  # the sleeper was stopped, not waited for
+    args = get_args_parser().parse_args(["--jobs", "3", "--threads", "2", "--launcher", "slurm", "--slurm-time", "60"])
+    assert (args.config, args.models, args.seeds, args.jobs) == ("regime", ["ce", "fl1", "ls"], [1, 2, 3], 3)
+    launcher = runner.launcher_from_args(args, cpus_per_task=args.threads)
+    assert (launcher.kind, launcher.jobs, launcher.time_min, launcher.cpus_per_task) == ("slurm", 3, 60, 2)
+    # a bad value is one error line before anything runs (here: no data fetched, no job started)
+    with pytest.raises(SystemExit) as info:
+        runner.run_cli(get_args_parser(), nmt_demo.main, ["--temperatures", "0.5,2", "--output-dir", str(tmp_path)])
+    assert info.value.code == 2 and "error: --temperatures must contain 1" in capsys.readouterr().err

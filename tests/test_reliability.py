@@ -154,19 +154,21 @@ def test_the_text_trainer_is_refused_too(tmp_path, capsys):
 
 def test_a_study_rerun_cannot_start_a_second_trainer_in_a_run_folder(fmnist, tmp_path):
     from classification.study import Cell, Recipe, run_cells
+    from focal_calibration.experiments.runner import JobFailedError, Launcher
 
     cell, out = Cell(1, 64, "ce"), tmp_path / "study"
     recipe = Recipe(updates=2, batch_size=32, eval_points=1)
-    orphan = hold_folder(out / "runs" / cell.name)  # the trainer a killed study left running
+    orphan = hold_folder(out / "runs" / cell.name)  # a trainer still running in the run folder (e.g. a killed study's)
     try:
-        with pytest.raises(RuntimeError, match=f"1 runs failed: {cell.name}"):
-            run_cells([cell], recipe, out, jobs=1, data_dir=fmnist, limit_eval=20, log=lambda line: None)
+        with pytest.raises(JobFailedError, match=f"{cell.name} failed with exit status 2"):
+            run_cells([cell], recipe, out, launcher=Launcher(jobs=1), data_dir=fmnist, limit_eval=20,
+                      log=lambda line: None)
         train_out = (out / "runs" / cell.name / "train.out").read_text()
         assert f"is in use by another run: process {orphan.pid}" in train_out
         assert not (out / "runs" / cell.name / "log.jsonl").exists()
         second_study = hold_folder(tmp_path / "busy")  # and two studies cannot share an output folder
         with pytest.raises(cli.RunFolderBusyError, match=f"process {second_study.pid}"):
-            run_cells([cell], recipe, tmp_path / "busy", jobs=1, data_dir=fmnist, log=lambda line: None)
+            run_cells([cell], recipe, tmp_path / "busy", data_dir=fmnist, log=lambda line: None)
         second_study.kill()
         second_study.wait()
     finally:
@@ -328,9 +330,9 @@ def test_a_study_rerun_with_other_settings_is_refused(tmp_path, fmnist):
     files.write_json_atomic(out / "study.json", read_study(out / "study.json", recipe,
                                                            study_settings(data_dir=fmnist, limit_eval=256)))
     with pytest.raises(ValueError, match="limit_eval was 256, now 128"):
-        run_cells([], recipe, out, jobs=1, data_dir=fmnist, limit_eval=128, log=lambda line: None)
+        run_cells([], recipe, out, data_dir=fmnist, limit_eval=128, log=lambda line: None)
     with pytest.raises(ValueError, match="data_dir was .*, now .*other"):
-        run_cells([], recipe, out, jobs=1, data_dir=tmp_path / "other", limit_eval=256, log=lambda line: None)
+        run_cells([], recipe, out, data_dir=tmp_path / "other", limit_eval=256, log=lambda line: None)
     # every option that reaches a run's command line besides the recipe and the cell is covered, by derivation
     settings = {p.name for p in inspect.signature(train_command).parameters.values() if p.kind is p.KEYWORD_ONLY}
     assert settings and set(study_settings()) == settings
@@ -347,7 +349,7 @@ def test_a_corrupt_study_file_says_how_to_rebuild_it(tmp_path):
 
     (tmp_path / "study.json").write_text('{"format_version": 1, "runs": [')
     with pytest.raises(ValueError, match="remove it to rebuild it from the runs' checkpoints"):
-        run_cells([], Recipe(), tmp_path, jobs=1, log=lambda line: None)
+        run_cells([], Recipe(), tmp_path, log=lambda line: None)
 
 
 # ----------------------------------------------------------------------------------------------------------------

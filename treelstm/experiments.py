@@ -1,8 +1,9 @@
 """Many runs of ``treelstm/train.py`` and their numbers: the machinery of ``scripts/text_demo.py`` and
 ``scripts/text_treelstm_study.py``.
 
-* :func:`run_all` trains every run whose ``results.json`` is missing, a few single-threaded processes at a time, each
-  with ``--resume auto`` (a killed script resumes where it stopped; a finished run is never trained twice).
+* :func:`run_all` trains every run whose ``results.json`` is missing through the grid runner
+  (:mod:`focal_calibration.experiments.runner`: a few single-threaded processes at a time, or a SLURM job array),
+  each with ``--resume auto`` (a killed script resumes where it stopped; a finished run is never trained twice).
 * :func:`epoch_view` reads one run's numbers *as if* it had stopped after a given epoch and reported the model a
   selection rule picks among those epochs: every epoch of ``log.jsonl`` holds the test metrics and the temperature
   fitted on that epoch's validation logits, i.e. what the final evaluation would report for that model. This is how
@@ -16,15 +17,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from focal_calibration.experiments.evidence import regime_check, seed_summary
+from focal_calibration.experiments.runner import Job, Launcher, run_jobs
 
 __all__ = ["TRAIN_SCRIPT", "run_all", "read_log", "epoch_view", "regime_of", "summary_cell",
            "focal_optimum_temperature"]
@@ -32,32 +32,18 @@ __all__ = ["TRAIN_SCRIPT", "run_all", "read_log", "epoch_view", "regime_of", "su
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 
 
-def run_all(commands: dict[Path, Sequence[str]], *, jobs: int = 2) -> None:
+def run_all(commands: dict[Path, Sequence[str]], launcher: Launcher, *, folder) -> dict[str, dict]:
     """Run ``treelstm/train.py`` with ``commands[run_dir]`` (its own flags) for every run folder lacking
-    ``results.json``, ``jobs`` processes at a time, one thread each; output in ``RUN_DIR/train.out``."""
-    todo = [run_dir for run_dir in commands if not (Path(run_dir) / "results.json").exists()]
+    ``results.json``, with ``--resume auto`` and one thread, through ``launcher`` (local: ``launcher.jobs`` processes
+    at a time; submitit's files under ``folder``); output in ``RUN_DIR/train.out``. Returns each trained run's times
+    (``run_dir.name`` -> ``{"wall_s", "cpu_s"}``); the first failed run stops the others
+    (:class:`~focal_calibration.experiments.runner.JobFailedError`)."""
+    todo = [Path(run_dir) for run_dir in commands if not (Path(run_dir) / "results.json").exists()]
     print(f"{len(commands) - len(todo)} of {len(commands)} runs already finished; training {len(todo)}", flush=True)
-    running, failed = [], []
-    while todo or running:
-        while todo and len(running) < jobs:
-            run_dir = Path(todo.pop(0))
-            run_dir.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, str(TRAIN_SCRIPT), *commands[run_dir], "--threads", "1", "--no-progress",
-                       "--output-dir", str(run_dir), "--resume", "auto"]
-            handle = open(run_dir / "train.out", "a")
-            running.append((run_dir, handle, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT),
-                            time.time()))
-        time.sleep(1)
-        for item in [r for r in running if r[2].poll() is not None]:
-            running.remove(item)
-            run_dir, handle, process, began = item
-            handle.close()
-            status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
-            print(f"  {run_dir.name}: {status} in {time.time() - began:.0f}s", flush=True)
-            if process.returncode != 0:
-                failed.append(f"{run_dir.name} (see {run_dir / 'train.out'})")
-    if failed:
-        raise RuntimeError(f"runs failed: {', '.join(failed)}")
+    jobs = [Job(run_dir.name, [sys.executable, str(TRAIN_SCRIPT), *commands[run_dir], "--threads", "1",
+                               "--no-progress", "--output-dir", str(run_dir), "--resume", "auto"],
+                run_dir / "train.out") for run_dir in todo]
+    return run_jobs(jobs, launcher, folder=folder, name="text", log=lambda line: print(line, flush=True))
 
 
 def read_log(run_dir) -> list[dict]:
