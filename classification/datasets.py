@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -59,7 +60,7 @@ DATASET_INFO = {
     "fashion-mnist": DatasetInfo(10, 1, (0.2860,), (0.3530,), 5000),
     "imagefolder": DatasetInfo(0, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 5000),
 }
-DATASET_NAMES = tuple(DATASET_INFO)
+DATASET_NAMES = tuple(DATASET_INFO)  # == classification.names.DATASET_NAMES (the parser's list; tested)
 
 
 @dataclass
@@ -118,6 +119,41 @@ def _holdout(labels: torch.Tensor, val_size: int, seed: int, per_class: bool):
     return rows[~is_val], rows[is_val]
 
 
+def _check_labels(labels: torch.Tensor, num_classes: int, where) -> None:
+    """Labels outside [0, num_classes) fail here, naming the file, not at the first batch without a name."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        raise ValueError(f"{str(where)!r} holds the label {int(bad[0])} ({bad.numel()} labels outside 0..."
+                         f"{num_classes - 1}): the file is corrupted or not this dataset's")
+
+
+class _download_errors:
+    """Turn a failed download (no network: ``URLError``; an unreachable mirror; a refused write) into one
+    :class:`DatasetNotFoundError` saying what failed and how to get the data without a network."""
+
+    def __init__(self, name: str, folder: Path, active: bool = True):
+        self.name, self.folder, self.active = name, folder, active
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        from urllib.error import URLError
+
+        if error is None or not self.active:
+            return False
+        # torchvision tries each mirror and reports "Error downloading <file>" once all failed
+        download_failed = isinstance(error, (URLError, TimeoutError, ConnectionError)) or (
+            isinstance(error, RuntimeError) and str(error).startswith("Error downloading"))
+        if not download_failed:
+            return False
+        reason = " ".join(str(getattr(error, "reason", None) or error).split())  # one line
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        raise DatasetNotFoundError(f"downloading {self.name} into {str(self.folder)!r} failed ({reason}): check the "
+                                   f"network, or copy the files there and drop --download") from error
+
+
 def _not_found(name: str, looked: Sequence, how: str) -> DatasetNotFoundError:
     where = ", ".join(str(p) for p in looked)
     return DatasetNotFoundError(f"{name} not found: looked in {where}. {how}")
@@ -127,10 +163,16 @@ def _not_found(name: str, looked: Sequence, how: str) -> DatasetNotFoundError:
 # Fashion-MNIST (IDX files)
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (LeCun's MNIST format, optionally gzipped): big-endian magic, dims, then uint8 data."""
+    """Read an IDX file (LeCun's MNIST format, optionally gzipped): big-endian magic, dims, then uint8 data.
+    A file that cannot be read (truncated or corrupt gzip, random bytes) is a ``ValueError`` naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # BadGzipFile: not gzip; EOFError: truncated
+        kind = "zlib.error" if isinstance(error, zlib.error) else type(error).__name__
+        raise ValueError(f"{str(path)!r} is not a readable gzip file: it is truncated or corrupted ({kind}: "
+                         f"{error}); download it again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file")
     ndim = data[3]
@@ -164,14 +206,17 @@ def _load_fashion_mnist(data_dir: Optional[Path], download: bool):
                              "--data-dir), or point --data-dir at a folder holding the four IDX files.")
         from torchvision.datasets import FashionMNIST
         folder = folders[0]
-        FashionMNIST(str(folder), train=True, download=True)
-        FashionMNIST(str(folder), train=False, download=True)
+        with _download_errors("Fashion-MNIST", folder):
+            FashionMNIST(str(folder), train=True, download=True)
+            FashionMNIST(str(folder), train=False, download=True)
         found = [_find_idx(folder, stem) for stem in stems]
     train_x, train_y, test_x, test_y = (torch.from_numpy(read_idx(p).copy()) for p in found)
-    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
+    for images, labels, split, labels_file in ((train_x, train_y, "train", found[1]),
+                                               (test_x, test_y, "t10k", found[3])):
         if images.dim() != 3 or images.shape[0] != labels.shape[0]:
             raise ValueError(f"Fashion-MNIST {split} files disagree: images {tuple(images.shape)}, "
                              f"labels {tuple(labels.shape)}")
+        _check_labels(labels, DATASET_INFO["fashion-mnist"].num_classes, labels_file)
     return train_x[:, None], train_y.long(), test_x[:, None], test_y.long()
 
 
@@ -183,14 +228,18 @@ def _load_cifar(name: str, data_dir: Optional[Path], download: bool):
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     root = data_dir if data_dir is not None else Path("data")
     try:
-        train, test = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+        with _download_errors(name.upper(), root, active=download):
+            train, test = (cls(str(root), train=True, download=download),
+                           cls(str(root), train=False, download=download))
     except RuntimeError as error:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         raise _not_found(name.upper(), [root / cls.base_folder],
                          "Pass --download to fetch it with torchvision, or point --data-dir at the folder that "
                          f"holds {cls.base_folder}/ (the standard python version).") from error
 
     def to_tensors(ds):
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets, dtype=torch.long)
+        labels = torch.tensor(ds.targets, dtype=torch.long)
+        _check_labels(labels, len(ds.classes), root / cls.base_folder)
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), labels
 
     return (*to_tensors(train), *to_tensors(test), list(train.classes))
 

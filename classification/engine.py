@@ -100,19 +100,19 @@ def write_final_report(out_dir: Path, *, val_logits, val_labels, test_logits, te
     JSON of one run. With ``train_logits`` the training-set metrics (eval mode) go to ``evaluation["train"]``.
     Returns the record written to ``out_dir / "results.json"``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    evaluation = evaluate_calibration(val_logits, val_labels, test_logits, test_labels, n_bins=n_bins)
-    if train_logits is not None:
-        evaluation["train"] = calibration_metrics(train_labels, logits=train_logits, n_bins=n_bins)
-    diagrams = save_reliability_diagrams(test_logits, test_labels, evaluation["temperature"], out_dir,
-                                         n_bins=n_bins, title=title)
-    folder = RunFolder(out_dir)
-    logits_path = folder.save_logits(val_logits, val_labels, test_logits, test_labels)
-    paths = {"logits": logits_path, "reliability_pre": diagrams[0], "reliability_post": diagrams[1]}
-    paths.update(extra_paths or {})
-    record = make_run_record(suite="image", dataset=dataset, model=model, loss=loss, seed=seed, args=args,
-                             evaluation=evaluation, paths={k: str(v) for k, v in paths.items()})
-    folder.write_results(record)
+    # the trainer already owns its folder; evaluate.py owns its output folder while writing it
+    with RunFolder(out_dir).lock() as folder:
+        evaluation = evaluate_calibration(val_logits, val_labels, test_logits, test_labels, n_bins=n_bins)
+        if train_logits is not None:
+            evaluation["train"] = calibration_metrics(train_labels, logits=train_logits, n_bins=n_bins)
+        diagrams = save_reliability_diagrams(test_logits, test_labels, evaluation["temperature"], out_dir,
+                                             n_bins=n_bins, title=title)
+        logits_path = folder.save_logits(val_logits, val_labels, test_logits, test_labels)
+        paths = {"logits": logits_path, "reliability_pre": diagrams[0], "reliability_post": diagrams[1]}
+        paths.update(extra_paths or {})
+        record = make_run_record(suite="image", dataset=dataset, model=model, loss=loss, seed=seed, args=args,
+                                 evaluation=evaluation, paths={k: str(v) for k, v in paths.items()})
+        folder.write_results(record)
     return record
 
 

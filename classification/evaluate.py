@@ -61,6 +61,7 @@ def evaluate_checkpoint(path, args, ctx, out_dir: Path) -> dict:
 
 
 def main(args) -> list[dict]:
+    cli.check_device(args.device)  # an unknown or absent device: one error line
     cli.set_threads(args.threads)
     ctx = setup_distributed(args.device)
     records = []

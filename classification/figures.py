@@ -74,10 +74,15 @@ def plot_runs(run_dirs, out_dir) -> list[Path]:
             line_curves(x, panels, xlabel="epoch", path=out_dir / name)
             written.append(out_dir / name)
     grad_files: dict[int, dict[str, list]] = {}
-    for label, lines in runs:
+    for (label, lines), run_dir in zip(runs, run_dirs):
         for line in lines:
-            if line.get("grad_norms_file") and Path(line["grad_norms_file"]).is_file():
-                saved = torch.load(line["grad_norms_file"], weights_only=True)
+            if not line.get("grad_norms_file"):
+                continue
+            # a name in the run folder (older logs: a path, tried after the folder's own file)
+            named = Path(line["grad_norms_file"])
+            found = next((f for f in (Path(run_dir) / named.name, named) if f.is_file()), None)
+            if found is not None:
+                saved = torch.load(found, weights_only=True)
                 grad_files.setdefault(line["epoch"], {})[label] = saved["norms"].tolist()
     for epoch, norms in sorted(grad_files.items()):
         top = max(max(v) for v in norms.values()) or 1.0

@@ -19,12 +19,15 @@ training-set size and keeps one recipe for every cell:
   final training error measured in eval mode on the whole training subset.
 
 Each finished run becomes one record of ``OUT/study.json`` (written atomically by this process only); a restarted
-study skips finished runs and resumes unfinished ones from their checkpoints, and refuses to mix recipes. The runs go
-through :mod:`focal_calibration.experiments.runner` (local processes, or a SLURM job array).
+study skips finished runs and resumes unfinished ones from their checkpoints, and refuses to mix recipes or settings:
+everything that reaches a run's command line besides its cell is the :class:`Recipe` or a keyword-only parameter of
+:func:`train_command` (:func:`study_settings`), and both are recorded in ``study.json`` and checked on a restart. The
+runs go through :mod:`focal_calibration.experiments.runner` (local processes, or a SLURM job array).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -41,8 +44,9 @@ from focal_calibration.experiments.evidence import regime_check, seed_summary
 from focal_calibration.experiments.runner import Job, Launcher, run_jobs
 from focal_calibration.validation import check_int
 
-__all__ = ["Recipe", "Cell", "FULL_TRAIN_SIZE", "run_cells", "read_study", "run_record", "summarise", "study_markdown",
-           "plot_study", "STUDY_FORMAT_VERSION", "train_command", "train_environment", "TRAIN_ENVIRONMENT"]
+__all__ = ["Recipe", "Cell", "FULL_TRAIN_SIZE", "run_cells", "read_study", "study_settings", "run_record", "summarise",
+           "study_markdown", "plot_study", "STUDY_FORMAT_VERSION", "train_command", "train_environment",
+           "TRAIN_ENVIRONMENT"]
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_TRAIN_SIZE = 55_000  # Fashion-MNIST training images after the 5,000-image validation hold-out
@@ -158,21 +162,52 @@ def run_record(cell: Cell, recipe: Recipe, run_dir: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # The study file
 
-def read_study(path: Path, recipe: Recipe) -> dict:
-    """The study at ``path`` (a fresh one if absent). Refuses a file made with another recipe, naming the field."""
-    fresh = {"format_version": STUDY_FORMAT_VERSION, "recipe": asdict(recipe), "runs": []}
+def study_settings(**options) -> dict:
+    """The study-wide options that reach every run's command line besides the :class:`Recipe` and the cell: exactly
+    the keyword-only parameters of :func:`train_command` (``data_dir``, ``limit_eval``, ...; derived from its
+    signature, so a new one is recorded and checked without a list to update). Paths are made absolute.
+    ``read_study`` refuses to continue a study with other values, since they change the records."""
+    names = [p.name for p in inspect.signature(train_command).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise TypeError(f"study_settings got {unknown}; train_command takes {names}")
+    settings = {}
+    for name in names:
+        value = options.get(name)
+        if isinstance(value, (str, os.PathLike)) and name.endswith("_dir"):
+            value = str(Path(value).expanduser().resolve())
+        settings[name] = value
+    return settings
+
+
+_REBUILD = ("remove it to rebuild it from the runs' checkpoints (each finished run is re-evaluated from its "
+            "checkpoint, seconds a run, and nothing is retrained)")
+
+
+def read_study(path: Path, recipe: Recipe, settings: dict | None = None) -> dict:
+    """The study at ``path`` (a fresh one if absent). Refuses a file made with another recipe or other
+    :func:`study_settings` (``settings``; default: all None), naming each field that differs."""
+    settings = study_settings() if settings is None else dict(settings)
+    fresh = {"format_version": STUDY_FORMAT_VERSION, "recipe": asdict(recipe), "settings": settings, "runs": []}
     if not path.exists():
         return fresh
     try:
-        study = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the study file {str(path)!r}: {error}") from error
-    if study.get("format_version") != STUDY_FORMAT_VERSION or not isinstance(study.get("runs"), list):
-        raise ValueError(f"{str(path)!r} is not a study file of this version (format_version "
-                         f"{study.get('format_version')!r}, expected {STUDY_FORMAT_VERSION})")
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the study file {str(path)!r} ({error}): {_REBUILD}") from error
+    if not isinstance(study, dict) or study.get("format_version") != STUDY_FORMAT_VERSION \
+            or not isinstance(study.get("runs"), list):
+        version = study.get("format_version") if isinstance(study, dict) else None
+        raise ValueError(f"{str(path)!r} is not a study file of this version (format_version {version!r}, expected "
+                         f"{STUDY_FORMAT_VERSION}): {_REBUILD}")
+    if not isinstance(study.get("settings"), dict):
+        raise ValueError(f"{str(path)!r} does not record the settings its runs were made with ({', '.join(settings)}; "
+                         f"written by an older version), so a restart cannot check them: {_REBUILD}")
     saved = study.get("recipe", {})
     changed = [f"{f.name} was {saved.get(f.name)!r}, now {getattr(recipe, f.name)!r}"
                for f in fields(Recipe) if saved.get(f.name) != getattr(recipe, f.name)]
+    changed += [f"{name} was {study['settings'].get(name)!r}, now {value!r}" for name, value in settings.items()
+                if study["settings"].get(name) != value]
     if changed:
         raise ValueError(f"cannot continue the study in {str(path.parent)!r}: " + "; ".join(changed)
                          + " (use another output folder, or the original values)")
@@ -186,10 +221,12 @@ def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, launcher: Lau
     ends; an unfinished run resumes from its checkpoint. Returns the study; the first failed run stops the study with
     :class:`~focal_calibration.experiments.runner.JobFailedError` naming it and its ``train.out`` (the finished runs
     stay recorded)."""
+    from focal_calibration.experiments.cli import RunFolder
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    RunFolder(out).lock()  # one study writes study.json at a time (each run's trainer locks its own folder)
     study_path = out / "study.json"
-    study = read_study(study_path, recipe)
+    study = read_study(study_path, recipe, study_settings(data_dir=data_dir, limit_eval=limit_eval))
     done = {(r["size"], r["loss"], r["seed"]) for r in study["runs"]}
     pending = sorted({c for c in cells if (c.size, c.loss, c.seed) not in done})
     if done:

@@ -23,18 +23,11 @@ import math
 import sys
 import time
 
-import torch
-
-from classification.batches import Normalize, epoch_generator, iterate_batches, random_crop_flip, train_order
-from classification.datasets import DATASET_NAMES, load_dataset
-from classification.dynamics import RunningTrainStats, last_layer_gradient_norms, test_statistics
-from classification.engine import (AMP_DTYPES, autocast, collect_logits, format_summary, setup_distributed,
-                                   write_final_report)
-from classification.models import MODEL_NAMES, build_model
+from classification.names import AMP_NAMES, DATASET_NAMES, MODEL_NAMES
 from focal_calibration.experiments import cli
-from focal_calibration.files import atomic_write
-from focal_calibration.experiments.checkpoint import capture_rng_state, restore_rng_state
-from focal_calibration.losses import MMCELoss, build_loss
+
+# torch, torchvision and the training modules are imported by the functions that use them (after the arguments are
+# parsed): --help and argument errors answer at once instead of after seconds of imports.
 
 SUITE = "image"
 
@@ -95,7 +88,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run = cli.add_run_arguments(parser, data_help="folder with the standard files (default: ./data, or "
                                 "/usr/share/datasets/fashion-mnist for Fashion-MNIST)")
     run.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (slower)")
-    run.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none", help="autocast dtype (bf16 / fp16 on CUDA)")
+    run.add_argument("--amp", choices=AMP_NAMES, default="none", help="autocast dtype (bf16 / fp16 on CUDA)")
     run.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs on CUDA)")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     run.add_argument("--eval-batch-size", type=int, default=512)
@@ -114,6 +107,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill per-dataset defaults, apply --official-code, choose the run folder, and reject bad values with a message
     naming them."""
+    from focal_calibration.losses import MMCELoss, build_loss
+
     if args.dataset not in RECIPES:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
     for key, value in RECIPES[args.dataset].items():
@@ -142,6 +137,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--clip-grad-norm must be > 0, got {args.clip_grad_norm}")
     if list(args.lr_milestones) != sorted(set(args.lr_milestones)) or min(args.lr_milestones, default=1) < 1:
         raise ValueError(f"--lr-milestones must be strictly increasing epochs >= 1, got {args.lr_milestones}")
+    cli.check_device(args.device)  # an unknown or absent device: one line now, not a traceback later
     criterion = build_loss(args.loss, **_loss_options(args))  # unknown / malformed spec -> ValueError now
     if args.grad_norm_epochs and isinstance(criterion, MMCELoss):
         raise ValueError(f"--grad-norm-epochs cannot be used with --loss {args.loss}: MMCE is a batch-level term "
@@ -175,7 +171,7 @@ class Progress:
             from tqdm import tqdm
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
-    def step(self, step: int, loss: torch.Tensor, lr: float):
+    def step(self, step: int, loss, lr: float):
         if not self.enabled:
             return
         if self.bar is not None:
@@ -190,13 +186,54 @@ class Progress:
             self.bar.close()
 
 
+def _lr_scheduler(optimizer, args):
+    """The lr schedule of a run: x ``--lr-gamma`` after each milestone (one epoch earlier with
+    ``--lr-step-at epoch-start``, as the released code)."""
+    import torch
+
+    shift = 1 if args.lr_step_at == "epoch-start" else 0
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[max(m - shift, 1) for m in args.lr_milestones], gamma=args.lr_gamma)
+
+
+def schedule(args: argparse.Namespace, epochs: int) -> list[dict]:
+    """γ and lr of each of the first ``epochs`` epochs of the run ``args`` describes, from the training code's own
+    loss and lr scheduler (what :func:`focal_calibration.experiments.cli.check_extension` compares)."""
+    import torch
+
+    from focal_calibration.losses import build_loss
+
+    criterion = build_loss(args.loss, **_loss_options(args))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.lr)
+    scheduler = _lr_scheduler(optimizer, args)
+    entries = []
+    for epoch in range(epochs):
+        criterion.set_epoch(epoch)
+        entries.append({"gamma": getattr(getattr(criterion, "policy", None), "gamma", None),
+                        "lr": optimizer.param_groups[0]["lr"]})
+        optimizer.step()
+        scheduler.step()
+    return entries
+
+
 def main(args: argparse.Namespace) -> dict | None:
+    import torch
+
+    from classification.datasets import load_dataset
+    from classification.engine import collect_logits, format_summary, setup_distributed, write_final_report
+    from classification.models import build_model
+    from classification.batches import Normalize, epoch_generator, train_order
+    from classification.dynamics import test_statistics
+    from focal_calibration.experiments.checkpoint import capture_rng_state, restore_rng_state
+    from focal_calibration.losses import build_loss
+
     args = resolve_args(args)
     ctx = setup_distributed(args.device)
     args.world_size = ctx.world_size
     folder = cli.RunFolder(args.output_dir)
     state = cli.load_resume_state(folder, args, get_args_parser(), suite=SUITE, allowed=RESUME_ALLOWED,
-                                  extra=RESUME_EXTRA)  # None: a fresh run
+                                  extra=RESUME_EXTRA, schedule=schedule,
+                                  owner=ctx.is_main)  # None: a fresh run; rank 0 owns the folder from now on
     device = ctx.device
     if args.amp == "fp16" and device.type != "cuda":
         raise ValueError(f"--amp fp16 needs a CUDA device, got {device}; use --amp bf16 or none")
@@ -227,9 +264,7 @@ def main(args: argparse.Namespace) -> dict | None:
     criterion_sum = build_loss(args.loss, **_loss_options(args, per_sample_sum=True))  # Fig. 4 gradient norms
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
-    shift = 1 if args.lr_step_at == "epoch-start" else 0
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=[max(m - shift, 1) for m in args.lr_milestones], gamma=args.lr_gamma)
+    scheduler = _lr_scheduler(optimizer, args)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
 
     start_epoch, log = 0, []
@@ -248,7 +283,9 @@ def main(args: argparse.Namespace) -> dict | None:
     if ctx.is_main:
         folder.restore_log(log)  # the checkpoint's epochs exactly (a fresh run: an empty log)
         folder.write_args(args)
-        print(f"{args.dataset}: {len(train_split)} train / {len(data.val)} val / {len(data.test)} test images, "
+        n_val, n_test = (len(split) if args.limit_eval is None else min(args.limit_eval, len(split))
+                         for split in (data.val, data.test))
+        print(f"{args.dataset}: {len(train_split)} train / {n_val} val / {n_test} test images, "
               f"{data.num_classes} classes | {args.model} "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) | loss {args.loss} "
               f"({args.loss_reduction}) | {ctx.world_size} x {device} | amp {args.amp}", flush=True)
@@ -286,7 +323,7 @@ def main(args: argparse.Namespace) -> dict | None:
                                         folder.path)
             if path is not None:
                 grad_norm_paths[f"grad_norms_epoch{epoch + 1}"] = path
-                record["grad_norms_file"] = str(path)
+                record["grad_norms_file"] = path.name  # in the run folder
         if criterion.uses_validation:  # AdaFocal: one update of γ per bin from the validation set, every rank alike
             val_logits, val_labels = collect_logits(net, data.val, normalize, ctx, batch_size=args.eval_batch_size,
                                                     amp=args.amp, num_workers=args.workers, limit=args.limit_eval)
@@ -327,6 +364,7 @@ def main(args: argparse.Namespace) -> dict | None:
                                     title=f"{args.dataset} {args.model} {args.loss}")
         print(f"final: {format_summary(record['evaluation'])} -> {folder.results}", flush=True)
     ctx.barrier()
+    folder.unlock()
     return record
 
 
@@ -334,6 +372,12 @@ def train_one_epoch(net, model, criterion, optimizer, scaler, split, rows, norma
                     progress=None):
     """One pass over ``rows`` of ``split``: augment on the device, forward (autocast), loss, backward, optional
     clipping, step. Returns (sum of the batch losses, RunningTrainStats) as device tensors: no host sync per step."""
+    import torch
+
+    from classification.batches import iterate_batches, random_crop_flip
+    from classification.dynamics import RunningTrainStats
+    from classification.engine import autocast
+
     stats = RunningTrainStats(device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     lr = optimizer.param_groups[0]["lr"]
@@ -366,6 +410,13 @@ def train_one_epoch(net, model, criterion, optimizer, scaler, split, rows, norma
 
 def _save_gradient_norms(net, model, split, normalize, criterion_sum, ctx, args, epoch, out_dir):
     """Per-sample last-layer gradient norms over the (un-augmented) training set, eval-mode BN (Fig. 4b-d)."""
+    import torch
+
+    from classification.batches import iterate_batches
+    from classification.dynamics import last_layer_gradient_norms
+    from classification.engine import autocast
+    from focal_calibration.files import atomic_write
+
     net.eval()
     pieces = []
     rows = torch.arange(ctx.rank, len(split), ctx.world_size)

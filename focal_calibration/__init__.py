@@ -11,12 +11,42 @@ The package is layered: :mod:`focal_calibration.losses` and :mod:`focal_calibrat
 :mod:`focal_calibration.experiments` is the reproduction suites' tooling, above everything else.
 """
 
-from focal_calibration import calibration as _calibration
-from focal_calibration import losses as _losses
-from focal_calibration.calibration import *  # noqa: F401,F403  (the user's API is the subpackages' __all__)
-from focal_calibration.losses import *  # noqa: F401,F403
-from focal_calibration.validation import set_value_checks
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [*_losses.__all__, *_calibration.__all__, "set_value_checks"]
+# The API is the subpackages' __all__, imported on first use (PEP 562): ``import focal_calibration.experiments.cli``
+# (a trainer's --help) does not pay for torch. ``from focal_calibration import *``, attribute access and ``dir()``
+# behave as with eager imports.
+_API_PACKAGES = ("losses", "calibration")
+_SUBMODULES = ("losses", "calibration", "experiments", "plots", "validation", "files", "constants")
+
+
+def _api_names() -> list[str]:
+    names = []
+    for package in _API_PACKAGES:
+        names += importlib.import_module(f"focal_calibration.{package}").__all__
+    return [*names, "set_value_checks"]
+
+
+def __getattr__(name: str):
+    if name == "__all__":
+        value = _api_names()
+    elif name == "set_value_checks":
+        from focal_calibration.validation import set_value_checks as value
+    elif name in _SUBMODULES:  # ``focal_calibration.losses`` without importing it first, as before
+        value = importlib.import_module(f"focal_calibration.{name}")
+    else:
+        for package in _API_PACKAGES:
+            module = importlib.import_module(f"focal_calibration.{package}")
+            if name in module.__all__:
+                value = getattr(module, name)
+                break
+        else:
+            raise AttributeError(f"module 'focal_calibration' has no attribute {name!r}")
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_api_names()))

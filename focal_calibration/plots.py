@@ -3,7 +3,8 @@ optimal p̂ of eq. 5 (Fig. 6), temperature-scaling curves, and small generic plo
 
 Every function builds a :class:`matplotlib.figure.Figure` directly (with an Agg canvas attached), never touches
 pyplot's global state or the user's backend, returns the figure, and, when ``path`` is given, also saves it there
-(parent folders are created; the format follows the file suffix). Nothing is shown.
+(parent folders are created; the format follows the file suffix) with :func:`save_figure`: atomically, like every
+file the package writes (a full disk leaves the old figure or none, never half of one). Nothing is shown.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
+from focal_calibration.files import atomic_write
+
 __all__ = [
+    "save_figure",
     "reliability_diagram",
     "label_reliability_diagrams",
     "g_curves",
@@ -40,13 +44,27 @@ def _new_figure(figsize: Tuple[float, float]) -> Figure:
     return fig
 
 
+def save_figure(fig: Figure, path: PathLike, *, dpi: int = 150) -> str:
+    """Save ``fig`` to ``path`` atomically (:func:`focal_calibration.files.atomic_write`), cropped to its content.
+
+    Args:
+        fig: the figure.
+        path: the target file; its suffix chooses the format (``.png``, ``.pdf``, ``.svg`` ...; none: PNG). Parent
+            folders are created.
+        dpi: resolution of raster formats.
+
+    Returns:
+        ``path`` as a string.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    atomic_write(path, lambda handle: fig.savefig(handle, format=suffix or "png", dpi=dpi, bbox_inches="tight"))
+    return path
+
+
 def _finish(fig: Figure, path: Optional[PathLike]) -> Figure:
     if path is not None:
-        path = os.fspath(path)
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        save_figure(fig, path)
     return fig
 
 

@@ -239,7 +239,7 @@ def make_figures(out, results, splits, args) -> list:
     figures = []
 
     def save(fig, name):
-        fig.savefig(os.path.join(out, name), dpi=150, bbox_inches="tight")
+        plots.save_figure(fig, os.path.join(out, name))  # atomic, as every file a run writes
         figures.append(name)
 
     steps = results["ce"]["history"]["step"]

@@ -27,7 +27,9 @@ table3.md, figure5.png, and per checkpoint NAME/results.json in the shared resul
 (:func:`focal_calibration.experiments.records.make_run_record`: suite ``nmt``, dataset, model, loss, seed read from the
 checkpoint, ``evaluation = {temperature, pre, post}`` with test ``ece`` / ``adaece`` / ``nll`` / ``error`` as
 fractions and ``bleu``), so ``scripts/results_table.py`` reads NMT runs like image and text runs. Bad input: one
-``error:`` line, exit status 2.
+``error:`` line, exit status 2 (a truncated checkpoint, one that fairseq did not write, a reference file that is not
+UTF-8 included). torch and fairseq are imported after the arguments are parsed: ``--help`` and argument errors answer
+at once, without fairseq's start-up messages.
 """
 
 from __future__ import annotations
@@ -38,15 +40,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import fairseq_focal  # noqa: F401  (registers the criterion / tasks and applies the compat fixes)
-from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures
 from focal_calibration.experiments import cli
-from focal_calibration.experiments.records import make_run_record
 from focal_calibration.files import write_json_atomic, write_text_atomic
-from focal_calibration.calibration.metrics import CalibrationAccumulator
 
 N_BINS = 15
 CURVES = ("bleu", "ece", "adaece", "nll", "accuracy")
@@ -57,9 +52,43 @@ SWEEP_FORMAT_VERSION = 1
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 
+def _fairseq():
+    """Import fairseq with the user-dir registered (criterion, tasks, compat fixes): after argument parsing."""
+    import fairseq_focal  # noqa: F401  (registers the criterion / tasks and applies the compat fixes)
+
+
+def check_fairseq_checkpoint(checkpoint) -> None:
+    """Refuse, naming the file, a checkpoint fairseq cannot load as a model: truncated or corrupted, or written by
+    another program (e.g. this project's image or text trainer, whose checkpoints hold ``suite``). Reads the file
+    memory-mapped, so its tensors are not loaded twice, and weights-only, as fairseq itself does under torch >= 2.6."""
+    import torch
+
+    _fairseq()  # fairseq's checkpoints hold argparse objects: fairseq_focal.compat registers them as safe globals
+    try:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except Exception as error:  # torch: RuntimeError / UnpicklingError / EOFError / zipfile errors
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is truncated or corrupted and cannot be loaded "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    if isinstance(state, dict) and "suite" in state:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} was written by this project's {state['suite']!r} trainer, "
+                         f"not by fairseq-train: nmt_sweep.py sweeps fairseq translation checkpoints")
+    if not isinstance(state, dict) or "model" not in state or not (state.get("cfg") is not None or
+                                                                   hasattr(state.get("args"), "arch")):
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is not a fairseq checkpoint (a fairseq-train checkpoint "
+                         f"holds 'model' and 'cfg'; this one holds {keys})")
+
+
 def load_model(checkpoint, data, device, *, return_cfg=False):
     """(model, task) of a fairseq checkpoint on the binarised data ``data`` (and its config with ``return_cfg``); a
-    checkpoint trained with a different dictionary gives a ValueError that says so."""
+    checkpoint trained with a different dictionary, a truncated one or one fairseq did not write gives a ValueError
+    that says so."""
+    _fairseq()
     from fairseq import checkpoint_utils
 
     checkpoint = Path(checkpoint)
@@ -67,6 +96,7 @@ def load_model(checkpoint, data, device, *, return_cfg=False):
         raise cli.DataNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
     if not any(Path(data).glob("dict.*.txt")):
         raise cli.DataNotFoundError(f"--data {str(data)!r} is not a fairseq-preprocess folder (no dict.*.txt)")
+    check_fairseq_checkpoint(checkpoint)
     try:
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
                                                                            arg_overrides={"data": str(data)})
@@ -80,11 +110,21 @@ def load_model(checkpoint, data, device, *, return_cfg=False):
     return (model, task, cfg) if return_cfg else (model, task)
 
 
-def read_references(path):
+def read_text(path, what: str) -> str:
+    """The UTF-8 text of ``path``; a missing file or one that is not UTF-8 is an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise cli.DataNotFoundError(f"reference file {str(path)!r} does not exist")
-    return path.read_text(encoding="utf-8").splitlines()
+        raise cli.DataNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise ValueError(f"{what} {str(path)!r} is not UTF-8 text (line {line}, byte {error.start}: "
+                         f"{error.reason}); convert it, e.g. iconv -t utf-8") from None
+
+
+def read_references(path):
+    return read_text(path, "reference file").splitlines()
 
 
 def loss_name(criterion_cfg) -> str:
@@ -110,6 +150,8 @@ def loss_name(criterion_cfg) -> str:
 
 def _batches(task, split, max_tokens, max_sentences, limit=None):
     """fairseq's batches of the split (all of it, or its first ``limit`` sentences), in a fixed order."""
+    import numpy as np
+
     task.load_dataset(split)
     dataset = task.dataset(split)
     if limit is None or limit >= len(dataset):
@@ -128,8 +170,12 @@ def sweep_split(model, task, split, temperatures, *, beam=4, max_tokens=8000, ma
                 limit=None, decode=True):
     """Curves over ``temperatures`` on one split (see the module docstring) and the decoded hypotheses
     (``decode=False``: teacher-forced curves only; ``bleu`` is None and no hypotheses)."""
+    import torch
     from fairseq import utils
     from sacrebleu.metrics import BLEU
+
+    from fairseq_focal.sweep_generator import TemperatureSweepGenerator
+    from focal_calibration.calibration.metrics import CalibrationAccumulator
 
     tgt_dict = task.target_dictionary
     generator = TemperatureSweepGenerator([model], tgt_dict, temperatures=temperatures, beam_size=beam,
@@ -190,6 +236,8 @@ def sweep_split(model, task, split, temperatures, *, beam=4, max_tokens=8000, ma
 
 def table3_row(temperatures, valid, test):
     """T* by validation ECE (ties -> smallest T); test ECE (%) and BLEU pre (T = 1) and post (T*)."""
+    import numpy as np
+
     temperatures = list(temperatures)
     if 1.0 not in temperatures:
         raise ValueError(f"the temperature list must contain 1 (the 'pre T' numbers), got {temperatures}")
@@ -218,8 +266,11 @@ def table3_markdown(rows: dict) -> str:
 
 def figure5(temperatures, results: dict, path):
     """One panel per model: test BLEU (left axis) and validation ECE % (right axis) against T (the paper's Fig. 5)."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from focal_calibration.plots import save_figure
 
     fig = Figure(figsize=(4.2 * len(results), 3.4), dpi=100)
     FigureCanvasAgg(fig)
@@ -236,8 +287,7 @@ def figure5(temperatures, results: dict, path):
         ax_ece.set_ylabel("validation ECE (%)", color="#D55E00")
         ax.axvline(result["table3"]["temperature"], color="black", linestyle="--", linewidth=0.8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,7 +309,9 @@ def _pairs(items, what):
 
 def run_record(name, checkpoint, cfg, row, temperatures, *, dataset, args) -> dict:
     """``NAME/results.json`` of one checkpoint in the shared layout (make_run_record, suite ``nmt``): test metrics
-    as fractions at T = 1 (pre) and at T* (post), BLEU as sacrebleu prints it."""
+    as fractions at T = 1 (pre) and at T* (post), BLEU as sacrebleu prints it; the checkpoint's path absolute (a
+    relative path in a results file is relative to the file's folder)."""
+    from focal_calibration.experiments.records import make_run_record
     def metrics(when):
         return {"ece": row[f"ece_{when}"] / 100, "adaece": row[f"adaece_{when}"] / 100, "nll": row[f"nll_{when}"],
                 "bleu": row[f"bleu_{when}"], **({"error": row["error"] / 100} if when == "pre" else {})}
@@ -269,7 +321,7 @@ def run_record(name, checkpoint, cfg, row, temperatures, *, dataset, args) -> di
     return make_run_record(suite=SUITE, dataset=dataset, model=str(getattr(cfg.model, "arch", None) or
                                                                       getattr(cfg.model, "_name", "transformer")),
                            loss=loss_name(cfg.criterion), seed=int(cfg.common.seed), args=args,
-                           evaluation=evaluation, paths={"checkpoint": str(checkpoint)}, name=name)
+                           evaluation=evaluation, paths={"checkpoint": str(Path(checkpoint).resolve())}, name=name)
 
 
 def sweep_document(temperatures, results, signature, **extra) -> dict:
@@ -279,6 +331,10 @@ def sweep_document(temperatures, results, signature, **extra) -> dict:
 
 
 def run(args):
+    import torch
+
+    from fairseq_focal.sweep_generator import parse_temperatures
+
     temperatures = parse_temperatures(args.temperatures)
     if 1.0 not in temperatures:
         raise ValueError(f"--temperatures must contain 1 (the 'pre T' numbers of Table 3), got {list(temperatures)}")
@@ -297,6 +353,7 @@ def run(args):
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     out = Path(args.output_dir)
+    cli.RunFolder(out).lock()  # one sweep writes an output folder at a time
     results, signature = {}, None
     for name, checkpoint in checkpoints.items():
         model, task, cfg = load_model(checkpoint, args.data, device, return_cfg=True)
@@ -340,10 +397,8 @@ def score_file(sweep_output, reference) -> dict:
 
     refs = read_references(reference)
     path = Path(sweep_output)
-    if not path.is_file():
-        raise cli.DataNotFoundError(f"sweep file {str(path)!r} does not exist")
     by_t: dict = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "sweep file").splitlines(), 1):
         fields = line.split("\t")
         try:
             t, sample_id = float(fields[0]), int(fields[1])
@@ -370,13 +425,13 @@ def score(args):
 
 def table(args):
     """Merge the sweep.json of separate runs (same temperatures) into one table3.md / figure5.png."""
+    cli.RunFolder(args.output_dir).lock()
     merged, temperatures, signature = {}, None, None
     for path in args.sweeps:
         path = Path(path)
-        if not path.is_file():
-            raise cli.DataNotFoundError(f"sweep file {str(path)!r} does not exist")
+        text = read_text(path, "sweep file")
         try:
-            sweep = json.loads(path.read_text(encoding="utf-8"))
+            sweep = json.loads(text)
             sweep_temperatures, models = sweep["temperatures"], sweep["models"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path} is not a sweep.json of nmt_sweep.py run ({error})") from None

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from focal_calibration.experiments import cli
-from focal_calibration.files import atomic_write
 from focal_calibration.experiments.records import read_results
 from focal_calibration.experiments.tables import METRICS, to_latex, to_markdown, with_extra_metrics
+from focal_calibration.files import write_text_atomic
 
 
 def get_args_parser() -> cli.ArgumentParser:
@@ -31,6 +31,8 @@ def get_args_parser() -> cli.ArgumentParser:
 
 
 def main(args) -> str:
+    if args.output and Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output!r} is a folder; give the name of the file to write the tables to")
     records = read_results(args.paths)
     if not records:
         raise ValueError(f"no results.json found under {', '.join(args.paths)}")
@@ -39,7 +41,7 @@ def main(args) -> str:
              for fmt in args.format for metric in args.metric]
     text = "\n".join(parts)
     if args.output:
-        atomic_write(Path(args.output), lambda handle: handle.write(text), binary=False)
+        write_text_atomic(args.output, text)
     print(text, end="")
     return text
 

@@ -214,10 +214,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must lie in [0, 1), got {args.dropout}")
     build_loss(args.loss, epochs=args.epochs)  # a bad spec fails here, before any data is loaded
-    try:
-        args.device = str(torch.device(args.device))
-    except RuntimeError:
-        raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1 ...)") from None
+    args.device = str(cli.check_device(args.device))
     return args
 
 
@@ -321,6 +318,18 @@ def numerics() -> dict:
             "threads": torch.get_num_threads(), "env": {name: os.environ.get(name) for name in NUMERICS_ENV}}
 
 
+def schedule(args, epochs: int) -> list[dict]:
+    """The γ of each of the first ``epochs`` epochs of the run ``args`` describes, from the training code's own loss
+    (FLSc places its changes at fractions of ``--epochs``); what
+    :func:`focal_calibration.experiments.cli.check_extension` compares. The text recipes have no lr schedule."""
+    criterion = build_loss(args.loss, reduction=MODELS[args.model].reduction, epochs=args.epochs)
+    entries = []
+    for epoch in range(epochs):
+        criterion.set_epoch(epoch)
+        entries.append({"gamma": getattr(getattr(criterion, "policy", None), "gamma", None)})
+    return entries
+
+
 def main(args) -> dict:
     parser = get_args_parser()
     args = resolve_args(args)
@@ -329,7 +338,8 @@ def main(args) -> dict:
     if args.output_dir is None:
         args.output_dir = str(cli.default_output_dir(SUITE, f"{args.model}-{args.loss}-seed{args.seed}", args, keys))
     folder = cli.RunFolder(args.output_dir)
-    state = cli.load_resume_state(folder, args, parser, suite=SUITE, allowed=RESUME_ALLOWED)
+    state = cli.load_resume_state(folder, args, parser, suite=SUITE, allowed=RESUME_ALLOWED,
+                                  schedule=schedule)  # the folder is this process's from now on
     cli.seed_everything(args.seed)
     cli.set_threads(args.threads)
     started = time.time()
@@ -409,6 +419,7 @@ def main(args) -> dict:
     print(f"epoch {best['epoch']} ({args.select}): test error {100 * pre['error']:.2f}%  ECE {100 * pre['ece']:.2f} -> "
           f"{100 * post['ece']:.2f} (T={evaluation['temperature']:g})  AdaECE {100 * pre['adaece']:.2f} -> "
           f"{100 * post['adaece']:.2f}  NLL {pre['nll']:.4f} -> {post['nll']:.4f}  [{folder.results}]", flush=True)
+    folder.unlock()
     return record
 
 

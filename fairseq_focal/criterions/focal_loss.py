@@ -108,7 +108,7 @@ def build_gamma_policy(gamma: float, policy: Optional[str] = None, milestones: O
     """The γ policy of the options: a fixed γ, or a focal spec through the core's parser (one parser for all).
     ``epochs`` (``--max-epoch``, 0 = unlimited) places FLSc's default milestones."""
     if not policy:
-        return FixedGamma(check_nonnegative_number(gamma, "gamma"))
+        return FixedGamma(check_nonnegative_number(gamma, "--gamma"))
     name = policy.strip().lower()
     if not name.startswith(("fl-", "flsc-", "flsd-")):
         raise ValueError(f"--gamma-policy must name a focal-loss policy (fl-<gamma>, flsc-<gammas>, flsd-<gammas>, "
@@ -153,6 +153,65 @@ def build_criterion_loss(spec: str, options: Optional[str], padding_idx: int, ep
     return build_loss(spec, reduction="none", ignore_index=padding_idx, epochs=epochs, **parse_loss_options(options))
 
 
+def check_options(*, gamma=1.0, gamma_policy=None, gamma_milestones=None, gamma_thresholds=None, loss_spec=None,
+                  loss_options=None, label_smoothing=0.0, ignore_prefix_size=0, calibration_bins=15, max_epoch=0,
+                  disable_validation=False, fused_linear=False, padding_idx=1):
+    """Check the criterion's options together; returns ``(label smoothing, γ policy or None, --loss-spec module or
+    None)`` or raises ``ValueError`` naming the bad option. Run twice: by fairseq's argument parser right after
+    parsing (:meth:`FocalLossCriterion.add_args`: one ``error:`` line, exit status 2, before any data or model is
+    loaded) and by the criterion's constructor (programmatic and hydra configurations)."""
+    eps = check_nonnegative_number(label_smoothing, "label_smoothing")
+    if eps >= 1:
+        raise ValueError(f"--label-smoothing must lie in [0, 1), got {label_smoothing!r}")
+    if ignore_prefix_size < 0:
+        raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size!r}")
+    if calibration_bins < 0:
+        raise ValueError(f"--calibration-bins must be >= 0, got {calibration_bins!r}")
+    if loss_spec:
+        if gamma_policy:
+            raise ValueError(f"give --loss-spec or --gamma-policy, not both (got {loss_spec!r} and {gamma_policy!r})")
+        if eps > 0:
+            raise ValueError(f"--label-smoothing applies to focal loss only, not to --loss-spec {loss_spec}")
+        loss_module = build_criterion_loss(loss_spec, loss_options, padding_idx, max_epoch or None)
+        uses_validation = getattr(loss_module, "uses_validation", False)
+        if uses_validation and disable_validation:
+            raise ValueError(f"--loss-spec {loss_spec} updates its γ from the validation set: it cannot run with "
+                             f"--disable-validation")
+        if fused_linear and not uses_validation:
+            raise ValueError(f"--fused-linear computes focal loss (--gamma / --gamma-policy, --label-smoothing) and "
+                             f"--loss-spec adafocal from the features, not --loss-spec {loss_spec}")
+        return eps, None, loss_module
+    if loss_options:
+        raise ValueError(f"--loss-options {loss_options!r} needs --loss-spec")
+    return eps, build_gamma_policy(gamma, gamma_policy, gamma_milestones, gamma_thresholds, max_epoch), None
+
+
+def _check_after_parsing(parser) -> None:
+    """Make ``parser`` (fairseq's) check the focal_loss options as soon as it has parsed them: a bad value or
+    combination ends as ONE line ``<prog>: error: <message>`` with exit status 2, instead of a traceback from inside
+    the trainer after the data and the model are loaded. fairseq builds criteria from the parsed namespace, so
+    this is the one place that sees all options (``--max-epoch`` included) before training starts."""
+    if getattr(parser, "_focal_loss_checked", False):
+        return
+    parse_known_args = parser.parse_known_args
+
+    def parse_and_check(args=None, namespace=None):
+        parsed, extra = parse_known_args(args, namespace)
+        if getattr(parsed, "criterion", None) == "focal_loss":
+            options = {name: getattr(parsed, name) for name in _OPTION_NAMES if hasattr(parsed, name)}
+            try:
+                check_options(**options)
+            except ValueError as error:
+                parser.exit(2, f"{parser.prog}: error: {error}\n")
+        return parsed, extra
+
+    parser.parse_known_args = parse_and_check
+    parser._focal_loss_checked = True
+
+
+_OPTION_NAMES = tuple(inspect.signature(check_options).parameters)[:-1]  # the options (not padding_idx)
+
+
 class _RecordingPolicy:
     """Calls the γ policy inside the focal kernel and keeps what it saw: the detached p_y of every row (so the
     criterion logs nll_loss without a second pass over the logits) and the γ it returned (logged as ``gamma``)."""
@@ -169,43 +228,30 @@ class _RecordingPolicy:
 
 @register_criterion("focal_loss", dataclass=FocalLossCriterionConfig)
 class FocalLossCriterion(FairseqCriterion):
+    @classmethod
+    def add_args(cls, parser):
+        """fairseq's options of the config dataclass, checked together right after parsing (see
+        :func:`_check_after_parsing`)."""
+        super().add_args(parser)
+        _check_after_parsing(parser)
+
     def __init__(self, task, sentence_avg, gamma=1.0, gamma_policy=None, gamma_milestones=None, gamma_thresholds=None,
                  loss_spec=None, loss_options=None, label_smoothing=0.0, report_accuracy=False, ignore_prefix_size=0,
                  calibration_bins=15, max_epoch=0, save_dir=None, restore_file=None, disable_validation=False,
                  fused_linear=False):
         super().__init__(task)
         self.sentence_avg = sentence_avg
-        self.eps = check_nonnegative_number(label_smoothing, "label_smoothing")
-        if self.eps >= 1:
-            raise ValueError(f"--label-smoothing must lie in [0, 1), got {label_smoothing!r}")
-        if ignore_prefix_size < 0:
-            raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size!r}")
-        if calibration_bins < 0:
-            raise ValueError(f"--calibration-bins must be >= 0, got {calibration_bins!r}")
-        self.loss_module = None  # --loss-spec: a loss beyond the paper, applied per token
-        if loss_spec:
-            if gamma_policy:
-                raise ValueError(f"give --loss-spec or --gamma-policy, not both (got {loss_spec!r} and "
-                                 f"{gamma_policy!r})")
-            if self.eps > 0:
-                raise ValueError(f"--label-smoothing applies to focal loss only, not to --loss-spec {loss_spec}")
-            self.loss_module = build_criterion_loss(loss_spec, loss_options, self.padding_idx, max_epoch or None)
-            self.policy = None
-        else:
-            if loss_options:
-                raise ValueError(f"--loss-options {loss_options!r} needs --loss-spec")
-            self.policy = build_gamma_policy(gamma, gamma_policy, gamma_milestones, gamma_thresholds, max_epoch)
+        self.eps, self.policy, self.loss_module = check_options(
+            gamma=gamma, gamma_policy=gamma_policy, gamma_milestones=gamma_milestones,
+            gamma_thresholds=gamma_thresholds, loss_spec=loss_spec, loss_options=loss_options,
+            label_smoothing=label_smoothing, ignore_prefix_size=ignore_prefix_size, calibration_bins=calibration_bins,
+            max_epoch=max_epoch, disable_validation=disable_validation, fused_linear=fused_linear,
+            padding_idx=self.padding_idx)
         self.ignore_prefix_size = ignore_prefix_size
         self.report_accuracy = report_accuracy
         self.calibration_bins = calibration_bins
         self._adafocal = self.loss_module if getattr(self.loss_module, "uses_validation", False) else None
         self.fused_linear = bool(fused_linear)
-        if self.fused_linear and self.loss_module is not None and self._adafocal is None:
-            raise ValueError(f"--fused-linear computes focal loss (--gamma / --gamma-policy, --label-smoothing) and "
-                             f"--loss-spec adafocal from the features, not --loss-spec {loss_spec}")
-        if self._adafocal is not None and disable_validation:
-            raise ValueError(f"--loss-spec {loss_spec} updates its γ from the validation set: it cannot run with "
-                             f"--disable-validation")
         self._checkpoint = None  # the checkpoint fairseq resumes from (AdaFocal reads its state there)
         if save_dir:
             self._checkpoint = (os.path.join(save_dir, "checkpoint_last.pt")

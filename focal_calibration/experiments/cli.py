@@ -14,8 +14,13 @@
   :func:`save_run_checkpoint` / :func:`load_run_checkpoint` stamp and check a format version and the suite;
   :func:`load_state_dicts` refuses a list of optimiser / scheduler states of the wrong length.
 * :class:`RunFolder`: the one layout of a run folder -- ``args.json``, ``log.jsonl`` (one line per epoch, epochs
-  1-based), ``results.json`` (:func:`focal_calibration.experiments.records.make_run_record`, with its ``suite``),
-  ``logits.pt``, ``checkpoint.pt`` -- every file written through :func:`focal_calibration.files.atomic_write`.
+  1-based), ``results.json`` (:func:`focal_calibration.experiments.records.make_run_record`, with its ``suite``;
+  paths inside the folder stored relative to it), ``logits.pt``, ``checkpoint.pt`` -- every file written through
+  :func:`focal_calibration.files.atomic_write`; and its owner: :meth:`RunFolder.lock` (``.lock``, an ``flock`` held
+  for the run's life, released by the OS however the process ends) refuses a second process with
+  :class:`RunFolderBusyError`, naming the folder and the owner's pid.
+* Start-up: importing this module imports neither torch nor NumPy (``--help`` and argument errors answer at once);
+  they are imported by the functions that need them.
 
 A trainer in this dialect (``classification/train.py`` is the worked example)::
 
@@ -31,7 +36,8 @@ A trainer in this dialect (``classification/train.py`` is the worked example)::
         if args.output_dir is None:
             args.output_dir = cli.default_output_dir("text", name, args, cli.run_defining_keys(parser))
         folder = cli.RunFolder(args.output_dir)
-        state = cli.load_resume_state(folder, args, parser, suite="text")   # None: a fresh run
+        state = cli.load_resume_state(folder, args, parser, suite="text",   # None: a fresh run; the folder is
+                                      schedule=...)                         # this process's from now on
         cli.seed_everything(args.seed); cli.set_threads(args.threads)
         ...
         folder.write_args(args)
@@ -40,6 +46,7 @@ A trainer in this dialect (``classification/train.py`` is the worked example)::
             cli.save_run_checkpoint(folder.checkpoint, {"args": cli.stored_args(args), "log": log, ...},
                                     suite="text")
         folder.save_logits(...); folder.write_results(make_run_record(suite="text", ...))
+        folder.unlock()                                # (or let the process end)
 
     if __name__ == "__main__":
         sys.exit(cli.run_cli(get_args_parser(), main))
@@ -52,26 +59,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import errno
 import hashlib
 import importlib
 import json
 import os
-import random
+import re
+import socket
+import sys
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
-import torch
-
-from focal_calibration.experiments.checkpoint import check_resume_compatible, load_checkpoint, save_checkpoint
+# torch, NumPy and the checkpoint module are imported inside the functions that use them: a trainer's --help and its
+# argument errors must not wait seconds for torch.
 from focal_calibration.files import atomic_write, json_ready, write_json_atomic
-from focal_calibration.validation import check_int
 
-__all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "require_extra", "HelpFormatter", "ArgumentParser",
-           "run_cli", "RUN_FLAGS", "add_run_arguments", "positive_int", "nonnegative_int", "seed_everything",
-           "set_threads", "RESUME_ALLOWED", "run_defining_keys", "check_resume", "stored_args",
-           "CHECKPOINT_FORMAT_VERSION", "save_run_checkpoint", "load_run_checkpoint", "load_resume_state",
-           "load_state_dicts", "default_output_dir", "RunFolder"]
+__all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "RunFolderBusyError", "require_extra",
+           "HelpFormatter", "ArgumentParser", "run_cli", "RUN_FLAGS", "add_run_arguments", "positive_int",
+           "nonnegative_int", "check_device", "seed_everything", "set_threads", "RESUME_ALLOWED", "run_defining_keys",
+           "check_resume", "epochs_done", "check_extension", "stored_args", "CHECKPOINT_FORMAT_VERSION",
+           "save_run_checkpoint", "load_run_checkpoint", "load_resume_state", "load_state_dicts",
+           "default_output_dir", "RunFolder"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,6 +96,10 @@ class DataNotFoundError(UserError, FileNotFoundError):
 
 class MissingExtraError(UserError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+class RunFolderBusyError(UserError):
+    """Another live process owns the run folder (:meth:`RunFolder.lock`); the message names it and its pid."""
 
 
 def require_extra(module: str, extra: str, what: str):
@@ -127,12 +140,22 @@ def _states_default(action) -> bool:
                                                 or default is False or default == [])
 
 
+# argparse takes "-1" and "-.5" for values, but "-1,1" (a comma-separated list) for an unknown option
+_NEGATIVE_NUMBERS = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*$")
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` with :class:`HelpFormatter` and one-line parse errors (status 2, no usage)."""
+    """``argparse.ArgumentParser`` with :class:`HelpFormatter` and one-line parse errors (status 2, no usage).
+
+    Values that start with a minus sign and look like numbers or comma-separated lists of numbers (``-1``, ``-0.5``,
+    ``-1,1``) are values, not options: ``--temperatures -1,1`` reaches the option's own check.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        if hasattr(self, "_negative_number_matcher"):  # argparse's own pattern accepts single numbers only
+            self._negative_number_matcher = _NEGATIVE_NUMBERS
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -142,10 +165,14 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable, argv: Sequence[str]
     """Parse ``argv``, run ``main(args)`` and return 0.
 
     A ``ValueError`` or :class:`UserError` from ``main`` becomes one line ``prog: error: <message>`` on stderr and
-    ``SystemExit(2)``; anything else is a bug and keeps its traceback. A torch.distributed process group that
-    ``main`` created is always destroyed (torchrun waits for it otherwise).
+    ``SystemExit(2)``; so does an ``OSError`` of the user's storage (no space, quota, read-only, permissions, a file
+    where a folder should be, a missing file): ``prog: error: <file>: <the system's reason>``. Anything else is a
+    bug and keeps its traceback. The run folders ``main`` took (:meth:`RunFolder.lock`) are given back and a
+    torch.distributed process group that ``main`` created is destroyed (torchrun waits for it otherwise), however
+    ``main`` ends.
     """
     args = parser.parse_args(argv)
+    owned_before = set(_OWNED)
     try:
         main(args)
     except (ValueError, UserError) as error:
@@ -153,10 +180,25 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable, argv: Sequence[str]
         if isinstance(error, FileNotFoundError) and error.filename and str(error.filename) not in message:
             message = f"{message}: {error.filename}"
         parser.exit(2, f"{parser.prog}: error: {message}\n")
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRORS:
+            raise
+        reason = error.strerror or os.strerror(error.errno)
+        message = f"{os.fsdecode(error.filename)}: {reason}" if error.filename is not None else reason
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for key in set(_OWNED) - owned_before:  # run folders main took (the process may go on: tests, notebooks)
+            os.close(_OWNED.pop(key))
+        torch = sys.modules.get("torch")  # a process group exists only if main imported torch
+        if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
+
+
+# OSError numbers that describe the user's storage, not a bug: reported as one error line
+_STORAGE_ERRORS = frozenset(getattr(errno, name) for name in (
+    "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EISDIR", "ENOTDIR", "EEXIST", "EFBIG", "EIO", "ENAMETOOLONG",
+    "ENOENT", "ELOOP") if hasattr(errno, name))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,9 +206,12 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable, argv: Sequence[str]
 
 def _bounded_int(text: str, minimum: int) -> int:
     try:
-        return check_int(int(text), "value", minimum)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}") from None
+        value = None
+    if value is None or value < minimum:  # parsed before torch is imported: no focal_calibration.validation here
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -221,8 +266,54 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, data_help: str = "fold
     return group
 
 
+def check_device(text: str | None, flag: str = "--device"):
+    """``torch.device(text)`` if this machine can allocate on it, else ``ValueError`` naming ``text`` (an unknown
+    device type such as ``tpu``, CUDA without a GPU, an index past the last GPU). None: ``cuda`` if available, else
+    ``cpu``.
+
+    Args:
+        text: a device string (``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...) or None.
+        flag: the option named in the error.
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        ValueError: the device does not exist, or torch cannot allocate a tensor on it here.
+    """
+    import torch
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} {text!r} is not a torch device (cpu, cuda, cuda:1, mps ...)") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":  # checked without allocating: no CUDA context on GPU 0 for every torchrun rank
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {text!r} asks for CUDA, but torch.cuda.is_available() is False")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:  # e.g. mps / xpu not built in, or no such device
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{flag} {text!r} is not usable here ({reason})") from None
+    return device
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from focal_calibration.validation import check_int
+
     check_int(seed, "seed", 0, 2 ** 32 - 1)
     random.seed(int(seed))
     np.random.seed(int(seed))
@@ -233,6 +324,10 @@ def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads(threads)``; None keeps torch's choice."""
     if threads is None:
         return
+    import torch
+
+    from focal_calibration.validation import check_int
+
     check_int(threads, "--threads", 1)
     torch.set_num_threads(threads)
 
@@ -259,7 +354,54 @@ def run_defining_keys(parser: argparse.ArgumentParser, allowed: Iterable[str] = 
 def check_resume(saved_args: Mapping, args: Mapping | argparse.Namespace, parser: argparse.ArgumentParser, *,
                  allowed: Iterable[str] = RESUME_ALLOWED, extra: Iterable[str] = ()) -> None:
     """Raise ``ValueError`` naming every run-defining flag whose value differs from the checkpoint's."""
+    from focal_calibration.experiments.checkpoint import check_resume_compatible
+
     check_resume_compatible(stored_args(saved_args), stored_args(args), run_defining_keys(parser, allowed, extra))
+
+
+def epochs_done(state: Mapping) -> int:
+    """Epochs a checkpoint has trained: the 1-based ``epoch`` of its last log record (0 for an empty log)."""
+    log = state.get("log") or []
+    return int(log[-1]["epoch"]) if log else 0
+
+
+def check_extension(state: Mapping, args: argparse.Namespace,
+                    schedule: Callable[[argparse.Namespace, int], Sequence[Mapping]] | None = None) -> None:
+    """Refuse a resume whose ``--epochs`` would make the record lie about the run.
+
+    * fewer epochs than the checkpoint has trained: the model cannot be un-trained (both numbers named);
+    * a different ``--epochs`` when the schedule of the epochs already trained depends on it: ``schedule(args, n)``
+      returns what the run does in each of its first ``n`` epochs (e.g. ``{"gamma": 5.0, "lr": 0.1}``, from the
+      trainer's own loss and lr scheduler); if the checkpoint's arguments and the new ones give different values
+      there, the extended run would not be the ``--epochs`` run its record says (FLSc places its γ changes at
+      100/350 and 250/350 of the run), so it is refused, naming the first epoch and values that differ.
+
+    An extension that keeps the past schedule (fixed milestones, a loss without a schedule) is the straight run of
+    the new length: resume is exact, so it gives the same numbers.
+    """
+    done = epochs_done(state)
+    epochs = getattr(args, "epochs", None)
+    if epochs is None:
+        return
+    if epochs < done:
+        raise ValueError(f"cannot resume: the checkpoint has trained {done} epochs, more than --epochs {epochs} "
+                         f"(a run cannot be shortened: resume with --epochs {done} or more, or start a new output "
+                         f"folder)")
+    saved = dict(state.get("args") or {})
+    if schedule is None or done == 0 or saved.get("epochs") == epochs:
+        return
+    before = [dict(entry) for entry in schedule(argparse.Namespace(**saved), done)]
+    after = [dict(entry) for entry in schedule(args, done)]
+    for epoch, (was, now) in enumerate(zip(before, after), start=1):
+        changed = [key for key in was if was.get(key) != now.get(key)]
+        if changed:
+            values = "; ".join(f"{key} {was[key]!r} in the run so far, {now.get(key)!r} in a {epochs}-epoch run"
+                               for key in changed)
+            raise ValueError(f"cannot change --epochs from {saved.get('epochs')} to {epochs}: the schedule of the "
+                             f"{done} epochs already trained depends on the run's length (epoch {epoch}: {values}), "
+                             f"so the extended run would not be the {epochs}-epoch run its record says; start a new "
+                             f"output folder, or fix the schedule explicitly (e.g. --gamma-milestones, "
+                             f"--lr-milestones) when starting a run you may extend")
 
 
 def stored_args(args: Mapping | argparse.Namespace) -> dict:
@@ -272,11 +414,15 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 def save_run_checkpoint(path, state: Mapping, *, suite: str) -> None:
     """Save ``state`` atomically with ``format_version`` and ``suite`` stamped in."""
+    from focal_calibration.experiments.checkpoint import save_checkpoint
+
     save_checkpoint(path, {**state, "format_version": CHECKPOINT_FORMAT_VERSION, "suite": suite})
 
 
 def load_run_checkpoint(path, *, suite: str) -> dict:
     """Load a checkpoint of ``suite``'s trainer; refuse other suites, other format versions and missing args."""
+    from focal_calibration.experiments.checkpoint import load_checkpoint
+
     state = load_checkpoint(path)
     version = state.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
@@ -292,14 +438,21 @@ def load_run_checkpoint(path, *, suite: str) -> dict:
 
 
 def load_resume_state(folder: "RunFolder", args: argparse.Namespace, parser: argparse.ArgumentParser, *,
-                      suite: str, allowed: Iterable[str] = RESUME_ALLOWED, extra: Iterable[str] = ()) -> dict | None:
-    """The checkpoint ``args.resume`` asks for, checked (format, suite, run-defining options), or None for a fresh
-    run (refused when ``folder`` already holds a run)."""
+                      suite: str, allowed: Iterable[str] = RESUME_ALLOWED, extra: Iterable[str] = (),
+                      schedule: Callable[[argparse.Namespace, int], Sequence[Mapping]] | None = None,
+                      owner: bool = True) -> dict | None:
+    """Take ownership of ``folder`` (:meth:`RunFolder.lock`; ``owner=False`` for the other ranks of a distributed
+    run) and return the checkpoint ``args.resume`` asks for, checked (format, suite, run-defining options, epochs
+    done and the past schedule: :func:`check_extension`), or None for a fresh run (refused when ``folder`` already
+    holds a run)."""
+    if owner:
+        folder.lock()  # before looking at the folder: two processes can no longer both see it empty
     path = folder.resume_path(args.resume)
     if path is None:
         return None
     state = load_run_checkpoint(path, suite=suite)
     check_resume(state["args"], args, parser, allowed=allowed, extra=extra)
+    check_extension(state, args, schedule)
     return state
 
 
@@ -324,8 +477,30 @@ def default_output_dir(suite: str, name: str, args: Mapping | argparse.Namespace
     return Path(root) / suite / f"{name}-{digest}"
 
 
+# Folders this process owns: resolved path -> the open lock file's descriptor (the flock lives as long as it)
+_OWNED: dict[str, int] = {}
+
+
+class _Ownership:
+    """What :meth:`RunFolder.lock` returns: usable as a context manager that gives the folder back on exit (only if
+    this call took it: nested ``with`` blocks in one process keep the outer one's ownership)."""
+
+    def __init__(self, folder: "RunFolder", acquired: bool):
+        self.folder, self.acquired = folder, acquired
+
+    def __enter__(self) -> "RunFolder":
+        return self.folder
+
+    def __exit__(self, *exc) -> None:
+        if self.acquired:
+            self.folder.unlock()
+
+
 class RunFolder:
-    """The files of one run: ``args.json``, ``log.jsonl``, ``results.json``, ``logits.pt``, ``checkpoint.pt``."""
+    """The files of one run: ``args.json``, ``log.jsonl``, ``results.json``, ``logits.pt``, ``checkpoint.pt``, and
+    ``.lock`` (its owner)."""
+
+    LOCK_NAME = ".lock"
 
     def __init__(self, path):
         self.path = Path(path)
@@ -334,6 +509,97 @@ class RunFolder:
         self.results = self.path / "results.json"
         self.logits = self.path / "logits.pt"
         self.checkpoint = self.path / "checkpoint.pt"
+        self.lock_file = self.path / self.LOCK_NAME
+
+    # -- ownership ----------------------------------------------------------------------------------------------
+
+    def create(self) -> Path:
+        """Create the folder (and its parents); a file in the way, or a file system that refuses, is a
+        :class:`UserError` naming the path and the reason."""
+        for place in (self.path, *self.path.parents):
+            if place.exists() or place.is_symlink():
+                if not place.is_dir():
+                    what = "a file" if place.exists() else "a broken symbolic link"
+                    where = f"is {what}" if place == self.path else f"cannot be created: {str(place)!r} is {what}"
+                    raise UserError(f"output folder {str(self.path)!r} {where}, not a folder (choose another "
+                                    f"--output-dir)")
+                break
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the output folder {str(self.path)!r}: "
+                            f"{error.strerror or error}") from error
+        return self.path
+
+    def lock(self) -> _Ownership:
+        """Make this process the folder's owner until it ends (or :meth:`unlock`).
+
+        An exclusive ``flock`` on ``.lock`` in the folder, taken without waiting; the owner's pid, host, start time
+        and command line are written into the file. The OS releases the lock however the process ends (``kill -9``
+        included), so a stale ``.lock`` never blocks anyone; a second process meanwhile gets
+        :class:`RunFolderBusyError` naming the folder and the owner's pid. Idempotent within a process. Returns an
+        object that also works as a context manager (``with folder.lock(): ...``), giving the folder back on exit.
+        POSIX only (``fcntl``): elsewhere the folder is not locked. On NFS, ``flock`` works when the server
+        supports byte-range locks (Linux >= 2.6.12 clients emulate it with them).
+        """
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            return _Ownership(self, False)
+        self.create()
+        key = os.path.realpath(self.path)
+        if key in _OWNED:
+            return _Ownership(self, False)
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise UserError(f"cannot write in the output folder {str(self.path)!r} ({self.LOCK_NAME}): "
+                            f"{error.strerror or error}") from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"cannot lock the output folder {str(self.path)!r}: "
+                                f"{error.strerror or error}") from error
+            raise RunFolderBusyError(f"output folder {str(self.path)!r} is in use by another run: "
+                                     f"{self._owner_text()}; wait for it to end (its lock goes with it), or "
+                                     f"choose another --output-dir") from None
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "command": list(sys.argv)}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        except OSError as error:
+            os.close(fd)
+            raise OSError(error.errno, error.strerror, str(self.lock_file)) from error
+        _OWNED[key] = fd
+        return _Ownership(self, True)
+
+    def unlock(self) -> None:
+        """Give up ownership (a no-op if this process does not own the folder). ``.lock`` stays: it is only a lock
+        while a process holds it."""
+        fd = _OWNED.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def owner(self) -> dict | None:
+        """What the current or last owner wrote into ``.lock`` (pid, host, started, command), or None."""
+        try:
+            text = self.lock_file.read_text(encoding="utf-8").strip()
+            return json.loads(text) if text else None
+        except (OSError, ValueError):
+            return None
+
+    def _owner_text(self) -> str:
+        owner = self.owner()
+        if not owner:
+            return f"a process that has not yet written its pid into {str(self.lock_file)!r}"
+        return (f"process {owner.get('pid')} on {owner.get('host')} (started {owner.get('started')}: "
+                f"{' '.join(map(str, owner.get('command') or []))[:200]})")
+
+    # -- files --------------------------------------------------------------------------------------------------
 
     def resume_path(self, resume: str | None) -> Path | None:
         """The checkpoint ``--resume`` names ('auto': this folder's, if any). A fresh run (None, or 'auto' without a
@@ -354,14 +620,21 @@ class RunFolder:
     def append_log(self, record: Mapping) -> None:
         """Append one epoch's line (``record["epoch"]`` 1-based) and fsync it. Keep the records in the checkpoint
         too: :meth:`restore_log` rewrites the log from them on resume."""
+        from focal_calibration.validation import check_int
+
         epoch = record.get("epoch")
         check_int(epoch, "a log record's 1-based 'epoch'", 1)
         line = json.dumps(json_ready(record), allow_nan=False) + "\n"
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.log, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:  # a full disk: name the file (a partial line is replaced on resume)
+            if error.filename is not None or error.errno is None:
+                raise
+            raise OSError(error.errno, error.strerror, str(self.log)) from error
 
     def restore_log(self, records: Sequence[Mapping]) -> Path:
         """Atomically replace the log by ``records`` (the checkpoint's epochs): lines a killed run wrote after its
@@ -376,14 +649,21 @@ class RunFolder:
 
     def write_results(self, record: Mapping) -> Path:
         """``results.json``: a :func:`~focal_calibration.experiments.records.make_run_record` record (it has
-        ``suite``)."""
+        ``suite``). Its ``paths`` inside this folder are stored relative to it (a copied or moved folder reads its
+        own files), the others as absolute paths."""
+        from focal_calibration.experiments.records import folder_relative_paths
+
         if "suite" not in record or "evaluation" not in record:
             raise ValueError(f"a results record needs 'suite' and 'evaluation' (make_run_record), got keys "
                              f"{sorted(record)}")
+        record = dict(record)
+        if record.get("paths"):
+            record["paths"] = folder_relative_paths(record["paths"], self.path)
         return write_json_atomic(self.results, record)
 
     def save_logits(self, val_logits, val_labels, test_logits, test_labels) -> Path:
+        import torch
+
         tensors = {"val_logits": val_logits, "val_labels": val_labels, "test_logits": test_logits,
                    "test_labels": test_labels}
         return atomic_write(self.logits, lambda handle: torch.save(tensors, handle))
-

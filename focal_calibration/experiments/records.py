@@ -11,7 +11,9 @@ One entry point, :func:`evaluate_calibration`, turns validation and test logits 
 
 A results JSON per run (:func:`make_run_record`, :func:`write_json_atomic`) holds
 ``{"suite", "dataset", "model", "loss", "seed", "args", "evaluation", "paths"}``; ``scripts/results_table.py`` reads
-any number of them (:func:`read_results`) into the paper's "pre / post (T)" tables.
+any number of them (:func:`read_results`) into the paper's "pre / post (T)" tables. ``paths`` inside the run folder
+are relative to it (:func:`folder_relative_paths`), so a copied or moved folder reads its own files
+(:func:`run_file`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from focal_calibration.calibration.temperature import fit_temperature
 from focal_calibration.validation import as_tensor, check_choice, check_n_bins
 
 __all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diagrams", "read_results",
-           "make_run_record", "RESULTS_FORMAT_VERSION", "MATRIX_SCALING_COST_LIMIT"]
+           "make_run_record", "folder_relative_paths", "run_file", "RESULTS_FORMAT_VERSION",
+           "MATRIX_SCALING_COST_LIMIT"]
 
 RESULTS_FORMAT_VERSION = 1
 MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")
@@ -220,3 +223,49 @@ def read_results(paths: Iterable) -> list[dict]:
         record["path"] = str(file)
         records.append(record)
     return records
+
+
+def folder_relative_paths(paths: Mapping, folder) -> dict:
+    """``paths`` (name -> path) as a results file stores them: a path inside ``folder`` relative to it (POSIX
+    separators), any other path absolute."""
+    folder = Path(folder).resolve()
+    stored = {}
+    for name, path in paths.items():
+        if path is None:
+            stored[name] = None
+            continue
+        absolute = Path(path).resolve()
+        try:
+            stored[name] = absolute.relative_to(folder).as_posix()
+        except ValueError:
+            stored[name] = str(absolute)
+    return stored
+
+
+def run_file(record: Mapping, key: str) -> Path | None:
+    """The file ``record["paths"][key]`` names, for a record read by :func:`read_results` (which sets
+    ``record["path"]``): a relative path is relative to the record's folder; an absolute one (results files written
+    before paths were relative) is tried in the record's folder first, at its place relative to the folder the run
+    was written in (``args.output_dir``) or else by its name, so a copied or moved run reads its own file, not the
+    original's. None when the record names no such file."""
+    value = (record.get("paths") or {}).get(key)
+    if not value:
+        return None
+    path = Path(value)
+    if "path" not in record:
+        return path
+    folder = Path(record["path"]).parent
+    if not path.is_absolute():
+        return folder / path
+    candidates = []
+    written_in = (record.get("args") or {}).get("output_dir")
+    if written_in:
+        try:
+            candidates.append(folder / path.relative_to(Path(written_in).resolve()))
+        except ValueError:
+            pass
+    candidates.append(folder / path.name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return path

@@ -18,6 +18,7 @@ import torch
 from focal_calibration.calibration.extra_metrics import EXTRA_METRICS
 from focal_calibration.calibration.metrics import calibration_metrics
 from focal_calibration.experiments.evidence import seed_summary
+from focal_calibration.experiments.records import run_file
 
 __all__ = ["PAPER_ORDER", "LOSS_TITLES", "METRICS", "build_table", "to_markdown", "to_latex", "with_extra_metrics"]
 
@@ -49,7 +50,7 @@ def with_extra_metrics(records: list[dict], metrics) -> list[dict]:
         evaluation = record["evaluation"]
         if all(m in evaluation["pre"] and m in evaluation["post"] for m in extra):
             continue
-        path = record.get("paths", {}).get("logits") or Path(record["path"]).parent / "logits.pt"
+        path = run_file(record, "logits") or Path(record["path"]).parent / "logits.pt"
         if not Path(path).is_file():
             continue
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -78,7 +79,8 @@ def build_table(records: list[dict], metric: str) -> tuple[list[str], list[tuple
     groups = defaultdict(list)
     seen = set()
     for record in records:
-        run = record.get("paths", {}).get("checkpoint") or record.get("path")
+        checkpoint = run_file(record, "checkpoint")
+        run = str(Path(checkpoint).resolve()) if checkpoint is not None else record.get("path")
         if run is not None and run in seen:  # train.py's and evaluate.py's results of the same checkpoint
             continue
         seen.add(run)
