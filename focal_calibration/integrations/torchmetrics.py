@@ -134,9 +134,7 @@ class _MulticlassMetric(_AccumulatorMetric):
         self._register_states(template)
 
     def _accumulator(self, **overrides) -> CalibrationAccumulator:
-        accumulator = CalibrationAccumulator(**{**self._settings, **overrides})
-        accumulator.num_classes = self.num_classes or 0  # only decides whether top-5 error is reported
-        return accumulator
+        return CalibrationAccumulator(**{**self._settings, **overrides})
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch: ``preds`` ``[N, C, ...]`` (classes on ``class_dim``) and ``target`` ``[N, ...]``."""
@@ -150,7 +148,9 @@ class _MulticlassMetric(_AccumulatorMetric):
 
     def _results(self) -> dict:
         """The accumulator's ``compute()`` on this metric's (synced) state."""
-        return self._synced_accumulator().compute()
+        accumulator = self._synced_accumulator()
+        accumulator.num_classes = self.num_classes or 0  # only decides whether top-5 error is reported
+        return accumulator.compute()
 
 
 class MulticlassCalibrationError(_MulticlassMetric):
