@@ -1,28 +1,40 @@
-"""``torchmetrics.Metric`` classes for the paper's calibration errors, over the streaming
-:class:`~focal_calibration.calibration.metrics.CalibrationAccumulator` (same numbers as
-:func:`~focal_calibration.calibration.metrics.calibration_metrics` on all the samples at once).
+"""``torchmetrics.Metric`` classes for the paper's calibration errors, over the streaming accumulators (same numbers
+as the functions on all the samples at once):
+
+* multi-class (softmax): :class:`MulticlassCalibrationError`, :class:`MulticlassCalibrationMetrics` over
+  :class:`~focal_calibration.calibration.metrics.CalibrationAccumulator`
+  (:func:`~focal_calibration.calibration.metrics.calibration_metrics`);
+* binary and multi-label (sigmoid): :class:`BinaryCalibrationError`, :class:`MultilabelCalibrationError` over
+  :class:`~focal_calibration.calibration.multilabel.BinaryCalibrationAccumulator` /
+  :class:`~focal_calibration.calibration.multilabel.MultilabelCalibrationAccumulator`
+  (:func:`~focal_calibration.calibration.multilabel.binary_calibration_metrics`,
+  :func:`~focal_calibration.calibration.multilabel.multilabel_calibration_metrics`).
 
 The metric's state is the accumulator's: per-bin sums (count, Σ confidence, number correct; per class and bin for
-the classwise ECE) and a few scalar sums, each registered with ``dist_reduce_fx="sum"``, so memory grows with the
-bins, not with the samples, and a distributed ``compute()`` sums them over processes. Metrics defined by the global
-order of the confidences cannot be streamed as sums: AdaECE (equal-mass bins), KS, ECE-sweep and the debiased L2-ECE
-keep every sample's (confidence, correct) pair (5 bytes per fp32 sample) in ``dist_reduce_fx="cat"`` states.
+the classwise ECE, per label and bin for multi-label) and a few sums, each registered with ``dist_reduce_fx="sum"``,
+so memory grows with the bins, not with the samples, and a distributed ``compute()`` sums them over processes.
+Metrics defined by the global order of the confidences cannot be streamed as sums: AdaECE (equal-mass bins), KS,
+ECE-sweep and the debiased L2-ECE keep every sample's (confidence, correct) pair -- and for the sigmoid metrics
+whether the pair counts -- in ``dist_reduce_fx="cat"`` states (5 bytes per fp32 sample; 6 per (sample, label)).
 
-=====================  ======================  =========================================================
-``metric=``            state                   memory
-=====================  ======================  =========================================================
-``ece``, ``mce``       3 × ``n_bins`` sums     bins
-``classwise_ece``      3 × ``K · n_bins`` sums bins (needs ``num_classes``)
-``smece``              sums on a fixed grid    bins (grid)
-``adaece``, ``ks``,    the samples             5 bytes per sample (``cat``)
+=====================  ========================================  ==========================================
+``metric=``            state                                     memory
+=====================  ========================================  ==========================================
+``ece``, ``mce``       3 × ``n_bins`` sums (× ``L`` labels)       bins
+``classwise_ece``      3 × ``K · n_bins`` sums                    bins (multi-class; needs ``num_classes``)
+``smece``              sums on a fixed grid (× ``L``)             bins (grid)
+``adaece``, ``ks``,    the samples                               5-6 bytes per sample (``cat``)
 ``ece_sweep``,
 ``debiased_l2_ece``
-=====================  ======================  =========================================================
+=====================  ========================================  ==========================================
 
-Inputs follow torchmetrics: ``preds`` ``[N, C]`` or ``[N, C, ...]`` (classes on ``class_dim``, default 1) as logits
-(``input="logits"``, the default) or probabilities (``input="probs"``), ``target`` ``[N]`` / ``[N, ...]`` class
-indices. The bins are the paper's ``((i-1)/M, i/M]``; torchmetrics' own ``MulticlassCalibrationError`` bins
-``[(i-1)/M, i/M)``, so the two agree except for confidences exactly on a bin edge.
+Inputs follow torchmetrics: multi-class ``preds`` ``[N, C]`` or ``[N, C, ...]`` (classes on ``class_dim``, default
+1), ``target`` ``[N]`` / ``[N, ...]`` class indices; binary ``preds`` and 0 / 1 ``target`` of one shape; multi-label
+``[N, L]`` / ``[N, L, ...]`` (labels on ``label_dim``, default 1). Scores are logits (``input="logits"``, the
+default) or probabilities (``input="probs"``): nothing is guessed from the values. The bins are the paper's
+``((i-1)/M, i/M]``; torchmetrics' own ``MulticlassCalibrationError`` / ``BinaryCalibrationError`` bin
+``[(i-1)/M, i/M)``, so the two agree except for confidences exactly on a bin edge (see
+``docs/guide/binary-multilabel.md``).
 """
 
 from __future__ import annotations
