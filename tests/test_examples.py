@@ -45,3 +45,24 @@ def test_huggingface_trainer(tmp_path):
     assert result["gamma_per_epoch"] == [5.0, 3.0, 1.0]  # FLSc-531 over 3 epochs: milestones (1, 2)
     assert list(tmp_path.glob("checkpoint-*/calibration_loss.pt"))
     assert 0.1 <= result["temperature"] <= 10.0
+
+
+def test_segmentation():
+    result = _load("segmentation").main(images=48, epochs=4)
+    losses = result["epoch_losses"]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # FLSD-53 on [N, C, H, W] with ignore_index and weight trains
+    assert result["val_pixels"] == 12 * 15 * 15  # the 12 validation images' labelled pixels (border ignored)
+    assert result["val_ece_after"] <= result["val_ece_before"] + 1e-9  # T = 1 is on the grid the scaler minimises
+    assert 0.1 <= result["temperature"] <= 10.0
+
+
+def test_multilabel():
+    pytest.importorskip("torchmetrics")
+    result = _load("multilabel").main(samples=1000, epochs=3)
+    losses = result["epoch_losses"]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert len(result["temperatures"]) == 5 and all(0.1 <= t <= 10.0 for t in result["temperatures"])
+    for before, after in zip(result["val_per_label_ece_before"], result["val_per_label_ece_after"]):
+        assert after <= before + 1e-9  # each label's T minimises its validation ECE over a grid holding T = 1
+    assert result["val_macro_ece_after"] <= result["val_macro_ece_before"] + 1e-9
+    assert result["test_macro_ece_streamed"] == pytest.approx(result["test_macro_ece"], rel=1e-6)
