@@ -170,10 +170,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: Gamma = 1.0, *
             backpropagated once). ``False`` keeps one number per row instead and recomputes the softmax in the
             backward (least memory between forward and backward; allows ``retain_graph``). Batches of at most
             ``constants.SMALL_BATCH_ELEMENTS`` logits take the small-batch path, where neither restriction applies.
-        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
-        float32 /
-            float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
-            ``"triton"``.
+        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for
+            CUDA float32 / float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise),
+            ``"torch"`` or ``"triton"``.
 
     The gradient w.r.t. the logits is ``g(p_y, γ) · (softmax - onehot)`` (Proposition 1 applied to the logits).
     Half-precision logits are computed in float32; the loss is float32 (float64 for float64 logits) and the gradient

@@ -99,10 +99,9 @@ def focal_label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, gamma:
         reduction: "mean" (over non-ignored rows), "sum" or "none".
         return_nll: also return the (detached) negative log-likelihood -log p_y with the same reduction, for logging
             perplexity without a second pass over the logits.
-        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for CUDA
-        float32 /
-            float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise), ``"torch"`` or
-            ``"triton"``.
+        backend: ``"auto"`` (the fused Triton kernel of :mod:`focal_calibration.losses.triton_kernels` for
+            CUDA float32 / float16 / bfloat16 logits when triton is importable, the PyTorch path otherwise),
+            ``"torch"`` or ``"triton"``.
     """
     check_reduction(reduction)
     backend = resolve_backend(backend, logits)
