@@ -251,7 +251,7 @@ def test_readme_option_table_matches_the_criterion_dataclass():
     all_fields = [f for f in dataclasses.fields(FocalLossCriterionConfig) if not f.name.startswith("_")]
     fields = {f.name.replace("_", "-"): f for f in all_fields if not _interpolated(f)}
     missing, extra = sorted(set(fields) - set(table)), sorted(set(table) - set(fields))
-    assert not missing and not extra, (f"docs/suites/fairseq.md's focal_loss option table and FocalLossCriterionConfig differ: "
+    assert not missing and not extra, (f"the docs' focal_loss option table and FocalLossCriterionConfig differ: "
                                        f"undocumented {missing}, no longer options {extra}")
     wrong = {name: (table[name], _shown_default(f)) for name, f in fields.items() if table[name] != _shown_default(f)}
     assert not wrong, f"docs/suites/fairseq.md shows other defaults than the dataclass (docs, dataclass): {wrong}"
