@@ -9,7 +9,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Real offline data and tools from Debian: Fashion-MNIST (image demo/tests) and link-grammar (text-suite trees).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install system-packages test demo study demo-linear demo-text demo-nmt demo-nmt-contrast bench clean
+.PHONY: install system-packages test docs demo study demo-linear demo-text demo-nmt demo-nmt-contrast bench clean
 
 install: $(STAMP)
 
@@ -36,7 +36,14 @@ system-packages:
 
 test: install
 	$(PY) -m ruff check --no-cache .
+	$(MAKE) --no-print-directory docs SITE=$$(mktemp -d)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The documentation site (MkDocs + Material + mkdocstrings), built strictly: a broken link, a missing page or a
+# docstring that does not match its signature fails the build (and so `make test`).
+SITE ?= site
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir $(SITE)
 
 demo: install
 	MPLBACKEND=Agg $(PY) scripts/fashion_mnist_demo.py --output-dir results/demo
@@ -76,4 +83,4 @@ bench: install
 	$(PY) benchmarks/fairseq_sweep.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache site

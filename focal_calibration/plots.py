@@ -88,9 +88,9 @@ def reliability_diagram(bins, *, title: Optional[str] = None, path: Optional[Pat
     ECE / MCE in %. Bottom panel: % of samples per bin (sums to 100 when there is any sample).
 
     Args:
-        bins: a :class:`focal_calibration.calibration.metrics.ReliabilityBins` (or any object with ``edges`` [M+1],
-        ``counts``
-            [M], ``confidence`` [M], ``accuracy`` [M] (NaN where empty), and optionally ``ece`` / ``mce``).
+        bins: a :class:`focal_calibration.calibration.metrics.ReliabilityBins` (or any object with ``edges``
+            [M+1], ``counts`` [M], ``confidence`` [M], ``accuracy`` [M] (NaN where empty), and optionally ``ece`` /
+            ``mce``).
             Empty bins get no bar.
         title: figure title (optional).
         path: where to save the figure (optional).
@@ -431,9 +431,11 @@ def confidence_histogram(confidences: Mapping[str, Sequence[float]], *, bins: in
 
     Args:
         confidences: maps a run's label to its confidence values (legend shows the label, n and the mean).
-        bins, range: equal-width bins over ``range`` (as :func:`numpy.histogram`).
+        bins: the number of equal-width bins over ``range`` (as :func:`numpy.histogram`).
+        range: the histogram's range.
         percent: y axis in % of each run's samples (else raw counts).
-        title, xlabel: axis annotations.
+        title: the axes' title.
+        xlabel: the x axis' label.
         path: where to save the figure (optional).
 
     Each run is one bar container (``ax.containers[i]``, label starting with the run's label); its bar heights are

@@ -1,6 +1,6 @@
 """The user-dir's tasks and compatibility fixes: ``translation_nll_dynamics`` (§3 statistics per validation subset)
 against per-token cross-entropy computed independently from the saved model; ``translation_temperature_sweep``'s
-sweep file written whole or not at all; ``FAIRSEQ_FOCAL_COMPAT``; the README's criterion option table against the
+sweep file written whole or not at all; ``FAIRSEQ_FOCAL_COMPAT``; the docs' criterion option table against the
 criterion's dataclass."""
 
 import dataclasses
@@ -221,10 +221,10 @@ def test_compat_applies_and_logs_once_at_import(setting, patched, logged):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The README's criterion options are the dataclass's
+# The docs' criterion options (docs/suites/fairseq.md) are the dataclass's
 
 def _readme_option_table() -> dict:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "suites" / "fairseq.md").read_text(encoding="utf-8")
     start = text.index("<!-- focal_loss options: begin -->")
     end = text.index("<!-- focal_loss options: end -->")
     rows = {}
@@ -251,12 +251,12 @@ def test_readme_option_table_matches_the_criterion_dataclass():
     all_fields = [f for f in dataclasses.fields(FocalLossCriterionConfig) if not f.name.startswith("_")]
     fields = {f.name.replace("_", "-"): f for f in all_fields if not _interpolated(f)}
     missing, extra = sorted(set(fields) - set(table)), sorted(set(table) - set(fields))
-    assert not missing and not extra, (f"README's focal_loss option table and FocalLossCriterionConfig differ: "
+    assert not missing and not extra, (f"the docs' focal_loss option table and FocalLossCriterionConfig differ: "
                                        f"undocumented {missing}, no longer options {extra}")
     wrong = {name: (table[name], _shown_default(f)) for name, f in fields.items() if table[name] != _shown_default(f)}
-    assert not wrong, f"README shows other defaults than the dataclass (README, dataclass): {wrong}"
+    assert not wrong, f"docs/suites/fairseq.md shows other defaults than the dataclass (docs, dataclass): {wrong}"
     # fairseq's own options the criterion reads are named right after the table
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "suites" / "fairseq.md").read_text(encoding="utf-8")
     after = text[text.index("<!-- focal_loss options: end -->"):][:800]
     unnamed = [f.name for f in all_fields if _interpolated(f) and f"`--{f.name.replace('_', '-')}`" not in after]
-    assert not unnamed, f"README does not name the fairseq options the criterion reads: {unnamed}"
+    assert not unnamed, f"docs/suites/fairseq.md does not name the fairseq options the criterion reads: {unnamed}"

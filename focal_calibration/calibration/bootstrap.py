@@ -125,7 +125,9 @@ def bootstrap_samples(labels, *, logits=None, probs=None, n_bins: int = 15, n_re
 
     Args:
         labels: integer class indices ``[N]`` (or any leading shape, flattened like the scores).
-        logits / probs: exactly one, ``[..., K]``, as for :func:`calibration_metrics`.
+        logits: ``[..., K]`` scores (give exactly one of ``logits`` / ``probs``), as for
+            :func:`calibration_metrics`.
+        probs: ``[..., K]`` probabilities.
         n_bins: ``M`` for the equal-width and equal-mass bins.
         n_resamples: number of resamples (each N rows drawn with replacement).
         seed: seeds the resampling; the resamples depend only on ``(seed, N, n_resamples)`` (see the module docstring:

@@ -638,7 +638,8 @@ def calibration_metrics(labels, *, logits=None, probs=None, n_bins: int = 15,
 
     Args:
         labels: integer class indices ``[...]`` (torch tensor or numpy array).
-        logits / probs: exactly one, ``[..., K]`` with classes last.
+        logits: ``[..., K]`` scores with classes last (give exactly one of ``logits`` / ``probs``).
+        probs: ``[..., K]`` probabilities with classes last.
         n_bins: ``M``, for the equal-width bins ``((i-1)/M, i/M]`` (ECE eq. 1, MCE eq. 2, classwise ECE) and the
             equal-mass bins of AdaECE (eq. 3).
         ignore_index: rows with this label are dropped.

@@ -331,7 +331,10 @@ def fit_matrix_scaling(logits, labels, *, odir=None, odir_grid=None, cv_folds: i
         odir: ``None`` (Guo et al.'s unregularised fit: needs K² + K <= N and every class among the labels),
             ``(lambda, mu)`` (Kull et al.'s ODIR penalty, see the module docstring) or ``"cv"`` (λ = μ chosen from
             ``odir_grid``, default 10^-2 ... 10^4, by ``cv_folds``-fold cross-validation with split seed ``seed``).
-        ignore_index, n_bins, max_iter, max_chunk_elements: as :func:`fit_vector_scaling`.
+        ignore_index: as :func:`fit_vector_scaling`.
+        n_bins: as :func:`fit_vector_scaling`.
+        max_iter: as :func:`fit_vector_scaling`.
+        max_chunk_elements: as :func:`fit_vector_scaling`.
     """
     return _fit("matrix", logits, labels, odir=odir, odir_grid=odir_grid, cv_folds=cv_folds, seed=seed,
                 ignore_index=ignore_index, n_bins=n_bins, max_iter=max_iter, max_chunk_elements=max_chunk_elements)

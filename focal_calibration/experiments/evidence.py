@@ -124,7 +124,9 @@ def claim_result(per_seed: Iterable[float], *, bootstrap=None, above=None, below
         per_seed: the claim's statistic for each seed (e.g. ECE difference of two losses trained with that seed).
         bootstrap: optional replicates ``[R]`` of the seed-mean statistic over test-set resamples (paired: the same
             resampled rows for every run); gives the ``test_set`` interval.
-        above / below / inside: the claim's region (see :func:`verdict`).
+        above: the claim's region is above this value (see :func:`verdict`).
+        below: ... below this value.
+        inside: ... inside this ``(low, high)`` interval.
 
     Returns ``{"mean", "std", "n", "per_seed", "interval_seeds", "interval_test_set", "verdict"}``.
     """

@@ -79,8 +79,10 @@ def evaluate_calibration(val_logits, val_labels, test_logits, test_labels, *, n_
     """Pre / post temperature-scaling metrics of one model (§5.1, Tables 1-2, Appendix E-F), JSON-ready.
 
     Args:
-        val_logits / val_labels: the held-out validation split ``[N_val, K]`` / ``[N_val]`` that chooses T.
-        test_logits / test_labels: the test split ``[N_test, K]`` / ``[N_test]`` that is reported.
+        val_logits: the held-out validation split's logits ``[N_val, K]``, which choose T.
+        val_labels: its labels ``[N_val]``.
+        test_logits: the test split's logits ``[N_test, K]``, which are reported.
+        test_labels: its labels ``[N_test]``.
         n_bins: bins of ECE / AdaECE / MCE / classwise ECE (the paper uses 15).
         matrix_scaling: ``"auto"`` (see :func:`matrix_scaling_plan`), ``"plain"``, ``"odir"`` or ``"off"``.
 

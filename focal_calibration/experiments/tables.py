@@ -114,6 +114,9 @@ def _cell(value, scaled: bool) -> str:
 
 
 def to_markdown(records, metric: str) -> str:
+    """A Markdown table of ``metric`` over runs: one row per (dataset, model), one column per loss; a cell is
+    "pre T / post T (T)" for metrics that temperature scaling changes, else the value, each as mean ± std over the
+    runs with ``n=`` when there is more than one."""
     losses, rows, cells = build_table(records, metric)
     title, scaled = METRICS[metric]
     head = ["Dataset", "Model"] + [LOSS_TITLES.get(loss, loss) for loss in losses]
@@ -129,6 +132,7 @@ def _tex(text: str) -> str:
 
 
 def to_latex(records, metric: str) -> str:
+    """The same table as :func:`to_markdown`, as a LaTeX ``tabular`` in the layout of the paper's Tables 1 and 2."""
     losses, rows, cells = build_table(records, metric)
     title, scaled = METRICS[metric]
     per_loss = 2 if scaled else 1
