@@ -95,14 +95,16 @@ def collect_logits(model, split: ImageSplit, normalize: Normalize, ctx: Distribu
 
 def write_final_report(out_dir: Path, *, val_logits, val_labels, test_logits, test_labels, dataset: str,
                        model: str, loss: str, seed: int, args: dict, n_bins: int = 15, extra_paths=None,
-                       title: str | None = None, train_logits=None, train_labels=None) -> dict:
+                       title: str | None = None, train_logits=None, train_labels=None,
+                       matrix_scaling: str = "auto") -> dict:
     """Pre / post temperature evaluation (one pass through the core), reliability diagrams, logits and the results
     JSON of one run. With ``train_logits`` the training-set metrics (eval mode) go to ``evaluation["train"]``.
     Returns the record written to ``out_dir / "results.json"``."""
     out_dir = Path(out_dir)
     # the trainer already owns its folder; evaluate.py owns its output folder while writing it
     with RunFolder(out_dir).lock() as folder:
-        evaluation = evaluate_calibration(val_logits, val_labels, test_logits, test_labels, n_bins=n_bins)
+        evaluation = evaluate_calibration(val_logits, val_labels, test_logits, test_labels, n_bins=n_bins,
+                                          matrix_scaling=matrix_scaling)
         if train_logits is not None:
             evaluation["train"] = calibration_metrics(train_labels, logits=train_logits, n_bins=n_bins)
         diagrams = save_reliability_diagrams(test_logits, test_labels, evaluation["temperature"], out_dir,

@@ -30,6 +30,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
                         help="default: the training run's setting")
     parser.add_argument("--workers", type=cli.nonnegative_int, default=4)
+    parser.add_argument("--matrix-scaling", choices=cli.MATRIX_SCALING_MODES, default=None,
+                        help="matrix scaling in the evaluation (default: the training run's setting, else auto)")
     run = cli.add_run_arguments(parser, data_help="override the data folder saved in the checkpoint",
                                 output_help="default: <checkpoint folder>/evaluation (one sub-folder per checkpoint "
                                             "when several share this option)",
@@ -56,6 +58,7 @@ def evaluate_checkpoint(path, args, ctx, out_dir: Path) -> dict:
     return write_final_report(out_dir, val_logits=val_logits, val_labels=val_labels, test_logits=test_logits,
                               test_labels=test_labels, dataset=saved["dataset"], model=saved["model"],
                               loss=saved["loss"], seed=saved.get("seed"), args=saved, n_bins=args.n_bins,
+                              matrix_scaling=args.matrix_scaling or saved.get("matrix_scaling", "auto"),
                               extra_paths={"checkpoint": Path(path)},
                               title=f"{saved['dataset']} {saved['model']} {saved['loss']}")
 

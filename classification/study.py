@@ -103,7 +103,8 @@ class Cell:
         return f"n{self.size}-{self.loss}-seed{self.seed}"
 
 
-def train_command(cell: Cell, recipe: Recipe, run_dir: Path, *, data_dir=None, limit_eval=None) -> list[str]:
+def train_command(cell: Cell, recipe: Recipe, run_dir: Path, *, data_dir=None, limit_eval=None,
+                  matrix_scaling=None) -> list[str]:
     """The image-trainer command line of one cell (resuming its checkpoint when one exists)."""
     schedule = recipe.schedule(cell.size)
     command = [sys.executable, str(REPO / "classification" / "train.py"), "--dataset", "fashion-mnist",
@@ -120,6 +121,8 @@ def train_command(cell: Cell, recipe: Recipe, run_dir: Path, *, data_dir=None, l
         command += ["--data-dir", str(data_dir)]
     if limit_eval is not None:
         command += ["--limit-eval", str(limit_eval)]
+    if matrix_scaling is not None:
+        command += ["--matrix-scaling", matrix_scaling]
     if (run_dir / "checkpoint.pt").exists():
         command += ["--resume", "auto"]
     return command
@@ -215,7 +218,7 @@ def read_study(path: Path, recipe: Recipe, settings: dict | None = None) -> dict
 
 
 def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, launcher: Launcher = Launcher(), data_dir=None,
-              limit_eval=None, log: Callable[[str], None] = print) -> dict:
+              limit_eval=None, matrix_scaling=None, log: Callable[[str], None] = print) -> dict:
     """Train every cell not yet in ``out/study.json`` with ``launcher`` (local: ``launcher.jobs`` processes at a time,
     one CPU thread each; SLURM: a job array), adding each finished run's record to the study file as soon as it
     ends; an unfinished run resumes from its checkpoint. Returns the study; the first failed run stops the study with
@@ -226,7 +229,8 @@ def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, launcher: Lau
     out = Path(out)
     RunFolder(out).lock()  # one study writes study.json at a time (each run's trainer locks its own folder)
     study_path = out / "study.json"
-    study = read_study(study_path, recipe, study_settings(data_dir=data_dir, limit_eval=limit_eval))
+    settings = dict(data_dir=data_dir, limit_eval=limit_eval, matrix_scaling=matrix_scaling)
+    study = read_study(study_path, recipe, study_settings(**settings))
     done = {(r["size"], r["loss"], r["seed"]) for r in study["runs"]}
     pending = sorted({c for c in cells if (c.size, c.loss, c.seed) not in done})
     if done:
@@ -234,7 +238,7 @@ def run_cells(cells: Iterable[Cell], recipe: Recipe, out: Path, *, launcher: Lau
     jobs, cell_of = [], {}
     for cell in pending:
         run_dir = out / "runs" / cell.name
-        jobs.append(Job(cell.name, train_command(cell, recipe, run_dir, data_dir=data_dir, limit_eval=limit_eval),
+        jobs.append(Job(cell.name, train_command(cell, recipe, run_dir, **settings),
                         run_dir / "train.out", env=TRAIN_ENVIRONMENT, cwd=REPO))
         cell_of[cell.name] = (cell, run_dir)
     start = time.perf_counter()

@@ -93,6 +93,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     run.add_argument("--eval-batch-size", type=int, default=512)
     run.add_argument("--n-bins", type=int, default=15)
+    cli.add_matrix_scaling_argument(run)
     run.add_argument("--eval-every", type=int, default=1, help="test-set dynamics every N epochs (0: never)")
     run.add_argument("--save-every", type=int, default=1,
                      help="epochs between checkpoints (the last epoch is always saved; a resumed run replays the "
@@ -359,6 +360,7 @@ def main(args: argparse.Namespace) -> dict | None:
                                     test_labels=test_labels, train_logits=train_logits, train_labels=train_labels,
                                     dataset=args.dataset, model=args.model, loss=args.loss,
                                     seed=args.seed, args=cli.stored_args(args), n_bins=args.n_bins,
+                                    matrix_scaling=args.matrix_scaling,
                                     extra_paths={"checkpoint": folder.checkpoint, "log": folder.log,
                                                  **grad_norm_paths},
                                     title=f"{args.dataset} {args.model} {args.loss}")

@@ -79,6 +79,17 @@ def _gamma_label(gamma) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Fig. 1: reliability diagram
 
+
+def _bin_arrays(bins, what: str):
+    """(edges [M+1], counts, accuracy, confidence [M]) of a ReliabilityBins-like object as float64 arrays, checked."""
+    edges, counts, accuracy, confidence = (np.asarray(getattr(bins, field), dtype=np.float64).reshape(-1)
+                                           for field in ("edges", "counts", "accuracy", "confidence"))
+    m = counts.shape[0]
+    if edges.shape[0] != m + 1 or accuracy.shape[0] != m or confidence.shape[0] != m:
+        raise ValueError(f"{what} must have edges [M+1] and counts/accuracy/confidence [M]; got edges {edges.shape}, "
+                         f"counts {counts.shape}, accuracy {accuracy.shape}, confidence {confidence.shape}")
+    return edges, counts, accuracy, confidence
+
 def reliability_diagram(bins, *, title: Optional[str] = None, path: Optional[PathLike] = None) -> Figure:
     """Reliability diagram in the style of the paper's Fig. 1.
 
@@ -97,14 +108,8 @@ def reliability_diagram(bins, *, title: Optional[str] = None, path: Optional[Pat
 
     Returns the figure; ``fig.axes[0]`` is the reliability panel, ``fig.axes[1]`` the % panel.
     """
-    edges = np.asarray(bins.edges, dtype=np.float64).reshape(-1)
-    counts = np.asarray(bins.counts, dtype=np.float64).reshape(-1)
-    accuracy = np.asarray(bins.accuracy, dtype=np.float64).reshape(-1)
-    confidence = np.asarray(bins.confidence, dtype=np.float64).reshape(-1)
+    edges, counts, accuracy, confidence = _bin_arrays(bins, "bins")
     m = counts.shape[0]
-    if edges.shape[0] != m + 1 or accuracy.shape[0] != m or confidence.shape[0] != m:
-        raise ValueError(f"bins must have edges [M+1] and counts/accuracy/confidence [M]; got edges {edges.shape}, "
-                         f"counts {counts.shape}, accuracy {accuracy.shape}, confidence {confidence.shape}")
     left = edges[:-1]
     width = np.diff(edges)
     nonempty = (counts > 0) & np.isfinite(accuracy) & np.isfinite(confidence)
@@ -195,15 +200,7 @@ def label_reliability_diagrams(bins: Sequence, *, names: Optional[Sequence[str]]
     x_title, y_title = ("Predicted probability", "Fraction of positives") if confidence == "positive" else (
         "Confidence", "Accuracy")
     for index, (ax, label_bins, name) in enumerate(zip(axes, bins, names)):
-        edges = np.asarray(label_bins.edges, dtype=np.float64).reshape(-1)
-        counts = np.asarray(label_bins.counts, dtype=np.float64).reshape(-1)
-        accuracy = np.asarray(label_bins.accuracy, dtype=np.float64).reshape(-1)
-        mean_conf = np.asarray(label_bins.confidence, dtype=np.float64).reshape(-1)
-        m = counts.shape[0]
-        if edges.shape[0] != m + 1 or accuracy.shape[0] != m or mean_conf.shape[0] != m:
-            raise ValueError(f"bins of {name} must have edges [M+1] and counts/accuracy/confidence [M]; got edges "
-                             f"{edges.shape}, counts {counts.shape}, accuracy {accuracy.shape}, confidence "
-                             f"{mean_conf.shape}")
+        edges, counts, accuracy, mean_conf = _bin_arrays(label_bins, f"bins of {name}")
         left, width = edges[:-1], np.diff(edges)
         filled = (counts > 0) & np.isfinite(accuracy) & np.isfinite(mean_conf)
         ax.bar(left[filled], accuracy[filled], width=width[filled], align="edge", color="#1f4e9c",

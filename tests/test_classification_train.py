@@ -20,7 +20,9 @@ from focal_calibration.calibration.temperature import fit_temperature
 from test_classification_data import make_fashion_mnist, make_image_tree
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = ["--eval-batch-size", "256", "--workers", "0", "--progress", "--print-freq", "1000"]
+# Matrix scaling's ODIR cross-validation costs 2-10 s of CPU on these tiny validation sets (most of a run's time):
+# off, except where a test asks for it (a test's own flags come after these and win).
+FAST = ["--eval-batch-size", "256", "--workers", "0", "--progress", "--print-freq", "1000", "--matrix-scaling", "off"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def image_tree(tmp_path_factory):
 
 
 def run(argv):
-    args = train_script.get_args_parser().parse_args(argv + FAST)
+    args = train_script.get_args_parser().parse_args(FAST + argv)
     args.progress = False
     return train_script.main(args)
 
@@ -51,16 +53,27 @@ def read_log(out):
 @pytest.mark.parametrize("loss", PAPER_LOSS_SPECS + ("ls-torch-0.1",))
 def test_every_loss_trains_and_reports(fmnist, tmp_path, loss):
     extra = ["--epochs", "3"] if loss.startswith("flsc") else ["--epochs", "1"]  # FLSc: milestones 1, 2 of 3
+    if loss == "ce":  # matrix scaling in the final evaluation (plain: "auto"'s ODIR cross-validation costs ~1 min)
+        extra += ["--matrix-scaling", "plain", "--val-size", "120"]  # more samples than its 110 parameters
     record = run(fmnist_args(fmnist, tmp_path, "--loss", loss, "--limit-train", "128", *extra))
     log = read_log(tmp_path)
     assert [line["epoch"] for line in log] == list(range(1, len(log) + 1))
     if loss.startswith("flsc"):  # the schedule follows the run: γ = 5 in epoch 1, 3 in epoch 2, the last γ in 3
         assert [line["gamma"] for line in log] == [5.0, 3.0, float(loss[-1])]
     evaluation = record["evaluation"]
-    assert evaluation["pre"]["n"] == 100 and evaluation["val_pre"]["n"] == 60
+    assert evaluation["pre"]["n"] == 100 and evaluation["val_pre"]["n"] == (120 if loss == "ce" else 60)
     for key in ("ece", "adaece", "mce", "classwise_ece", "nll", "error"):
         assert 0 <= evaluation["post"][key] < float("inf")
     assert (tmp_path / "reliability_pre.png").exists() and (tmp_path / "reliability_post.png").exists()
+    if loss == "ce":  # matrix scaling fitted on the validation split, its test metrics reported
+        assert evaluation["matrix_scaling"]["n_params"] == 110 and evaluation["matrix_scaling"]["odir"] is None
+        assert 0 <= evaluation["post_ms"]["ece"] < 1
+    else:
+        assert evaluation["matrix_scaling"] == {"skipped": "matrix_scaling='off'"} and evaluation["post_ms"] is None
+
+
+def test_matrix_scaling_in_the_final_evaluation_is_auto_by_default():
+    assert train_script.get_args_parser().parse_args([]).matrix_scaling == "auto"
 
 
 def test_dynamics_log_and_evaluation_match_the_core_on_saved_logits(fmnist, tmp_path):

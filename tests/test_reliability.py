@@ -30,7 +30,7 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHO
            MPLBACKEND="Agg")
 TINY = ["--dataset", "fashion-mnist", "--val-size", "40", "--batch-size", "32", "--limit-train", "64",
         "--limit-eval", "20", "--model", "mlp", "--workers", "0", "--no-progress", "--print-freq", "1000",
-        "--eval-batch-size", "64"]
+        "--eval-batch-size", "64", "--matrix-scaling", "off"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_a_study_rerun_cannot_start_a_second_trainer_in_a_run_folder(fmnist, tmp
     try:
         with pytest.raises(JobFailedError, match=f"{cell.name} failed with exit status 2"):
             run_cells([cell], recipe, out, launcher=Launcher(jobs=1), data_dir=fmnist, limit_eval=20,
-                      log=lambda line: None)
+                      matrix_scaling="off", log=lambda line: None)
         train_out = (out / "runs" / cell.name / "train.out").read_text()
         assert f"is in use by another run: process {orphan.pid}" in train_out
         assert not (out / "runs" / cell.name / "log.jsonl").exists()

@@ -49,20 +49,22 @@ CELLS = [Cell(seed, size, loss) for seed in (1, 2) for size in (128, 256) for lo
 def test_study_end_to_end_and_resume(tmp_path):
     out = tmp_path / "study"
     lines = []
-    first = run_cells(CELLS[:2], TINY, out, launcher=Launcher(jobs=2), limit_eval=200, log=lines.append)
+    first = run_cells(CELLS[:2], TINY, out, launcher=Launcher(jobs=2), limit_eval=200, matrix_scaling="off",
+                      log=lines.append)
     assert len(first["runs"]) == 2 and len(lines) == 2
 
     # A study killed in the middle of a run: that run has a checkpoint after its first epoch and no record.
     killed = CELLS[2]
     killed_dir = out / "runs" / killed.name
     killed_dir.mkdir(parents=True)
-    command = train_command(killed, TINY, killed_dir, limit_eval=200)
+    command = train_command(killed, TINY, killed_dir, limit_eval=200, matrix_scaling="off")
     command[command.index("--epochs") + 1] = "1"
     subprocess.run(command, check=True, capture_output=True, cwd=REPO, env=train_environment())
     assert json.loads((killed_dir / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
 
     lines.clear()
-    final = run_cells(CELLS, TINY, out, launcher=Launcher(jobs=2), limit_eval=200, log=lines.append)
+    final = run_cells(CELLS, TINY, out, launcher=Launcher(jobs=2), limit_eval=200, matrix_scaling="off",
+                      log=lines.append)
     assert lines[0].startswith("2 runs already in")  # the two finished runs are skipped ...
     assert len(lines) == 1 + 6  # ... and the other six run, the killed one from its checkpoint
     assert "resumed from" in (killed_dir / "train.out").read_text()
@@ -75,7 +77,8 @@ def test_study_end_to_end_and_resume(tmp_path):
         assert record["updates"] == TINY.schedule(record["size"])["updates"]
 
     # The resumed run is the run an uninterrupted study makes.
-    reference = run_cells([killed], TINY, tmp_path / "reference", limit_eval=200, log=lambda line: None)
+    reference = run_cells([killed], TINY, tmp_path / "reference", limit_eval=200, matrix_scaling="off",
+                          log=lambda line: None)
     resumed = next(r for r in final["runs"] if (r["size"], r["loss"], r["seed"]) == (killed.size, killed.loss,
                                                                                        killed.seed))
     for key in ("train_error", "error", "ece_pre", "ece_post", "nll_pre", "temperature", "nll_misclassified_final"):

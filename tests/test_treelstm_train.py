@@ -41,7 +41,9 @@ def tiny_sst(tmp_path_factory):
 
 
 def _run(tmp_path, *extra):
-    args = get_args_parser().parse_args(["--output-dir", str(tmp_path), "--no-plots", *extra])
+    # matrix scaling off (its cross-validation costs seconds here), as in tests/test_classification_train.py
+    args = get_args_parser().parse_args(["--output-dir", str(tmp_path), "--no-plots", "--matrix-scaling", "off",
+                                         *extra])
     return main(args)
 
 

@@ -185,6 +185,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="epochs between the per-epoch evaluations of log.jsonl (train error, test dynamics, "
                           "temperature; 0: never)")
     run.add_argument("--n-bins", type=cli.positive_int, default=15, help="calibration bins")
+    cli.add_matrix_scaling_argument(run)
     run.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                      help="reliability diagrams before / after temperature scaling")
     for action in parser._actions:  # the text suite runs on the CPU unless told otherwise
@@ -401,7 +402,7 @@ def main(args) -> dict:
     val = predict(model, encoded["val"], spec, engine, collate, args.device)
     test = predict(model, encoded["test"], spec, engine, collate, args.device)
     train = predict(model, encoded["train"], spec, engine, collate, args.device)
-    evaluation = evaluate_calibration(*val, *test, n_bins=args.n_bins)
+    evaluation = evaluate_calibration(*val, *test, n_bins=args.n_bins, matrix_scaling=args.matrix_scaling)
     evaluation["train"] = calibration_metrics(train[1], logits=train[0], n_bins=args.n_bins)
     paths = {"checkpoint": folder.checkpoint, "log": folder.log, "logits": folder.save_logits(*val, *test)}
     if args.plots:

@@ -77,7 +77,8 @@ from focal_calibration.files import atomic_write, json_ready, write_json_atomic
 
 __all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "RunFolderBusyError", "require_extra",
            "HelpFormatter", "ArgumentParser", "run_cli", "RUN_FLAGS", "add_run_arguments", "positive_int",
-           "nonnegative_int", "check_device", "seed_everything", "set_threads", "RESUME_ALLOWED", "run_defining_keys",
+           "nonnegative_int", "check_device", "seed_everything", "set_threads", "RESUME_ALLOWED",
+           "MATRIX_SCALING_MODES", "add_matrix_scaling_argument", "run_defining_keys",
            "check_resume", "epochs_done", "check_extension", "stored_args", "CHECKPOINT_FORMAT_VERSION",
            "save_run_checkpoint", "load_run_checkpoint", "load_resume_state", "load_state_dicts",
            "default_output_dir", "RunFolder"]
@@ -338,7 +339,18 @@ def set_threads(threads: int | None) -> None:
 # Options that may change between a run and its resumption: how long, where and how fast it runs, what it prints.
 # Everything else a trainer's parser defines is run-defining (a resume with another value is refused).
 RESUME_ALLOWED = frozenset({"epochs", "output_dir", "resume", "data_dir", "progress", "device", "threads",
-                            "print_freq", "workers"})
+                            "print_freq", "workers", "matrix_scaling"})
+# How the final evaluation fits matrix scaling (focal_calibration.experiments.records.matrix_scaling_plan); only the
+# final evaluation reads it, so a resumed run may change it.
+MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")
+
+
+def add_matrix_scaling_argument(parser) -> None:
+    """``--matrix-scaling``, the same in both trainers."""
+    parser.add_argument("--matrix-scaling", choices=MATRIX_SCALING_MODES, default="auto",
+                        help="matrix scaling in the final evaluation (beyond the paper): auto = ODIR with "
+                             "cross-validated lambdas where N*K^2 is small enough, plain, odir, or off (it costs "
+                             "seconds of CPU for small validation sets)")
 
 
 def run_defining_keys(parser: argparse.ArgumentParser, allowed: Iterable[str] = RESUME_ALLOWED,

@@ -28,6 +28,7 @@ import torch
 from focal_calibration.calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.calibration.scaling import fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.calibration.temperature import fit_temperature
+from focal_calibration.experiments.cli import MATRIX_SCALING_MODES
 from focal_calibration.validation import as_tensor, check_choice, check_n_bins
 
 __all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diagrams", "read_results",
@@ -35,7 +36,6 @@ __all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diag
            "MATRIX_SCALING_COST_LIMIT"]
 
 RESULTS_FORMAT_VERSION = 1
-MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")
 # N_val * K^2: multiply-adds of one pass of matrix scaling over the validation set. ODIR's cross-validation makes
 # ~2,000 passes (x 2 matmuls): 5,000 x 100 (CIFAR-100 sized, N K^2 = 5e7) took 5.5-12 s of CPU time here, so the
 # limit 2^27 (1.3e8) bounds "auto" near half a minute of CPU; larger problems (Tiny-ImageNet's 10,000 x 200, ImageNet)
