@@ -1,9 +1,12 @@
 """focal-calibration: "Calibrating Deep Neural Networks using Focal Loss" (Mukhoti et al., NeurIPS 2020).
 
-The user's API: losses (focal loss with fixed / epoch-scheduled / sample-dependent γ and an analytic backward,
-cross-entropy, label smoothing, Brier, MMCE; beyond the paper AdaFocal, inverse focal, dual focal, Poly-1 and MbLS),
-calibration metrics (ECE, AdaECE, MCE, classwise ECE, NLL, Brier, top-k, S99) with bootstrap intervals, temperature
-scaling, vector / matrix scaling and Dirichlet calibration.
+The user's API: losses with ``nn.CrossEntropyLoss``'s contract (focal loss with fixed / epoch-scheduled /
+sample-dependent γ and an analytic backward, cross-entropy, label smoothing, Brier, MMCE; beyond the paper AdaFocal,
+inverse focal, dual focal, Poly-1 and MbLS), the sigmoid focal loss for binary / multi-label outputs, focal loss
+straight from features (``linear_focal_loss``), calibration metrics (ECE, AdaECE, MCE, classwise ECE, NLL, Brier,
+top-k, S99 and more; multi-class, binary and multi-label) with bootstrap intervals, temperature scaling (also per
+label, and as ``TemperatureScaler`` modules), vector / matrix scaling and Dirichlet calibration. The framework
+integrations (torchmetrics, Lightning, Hugging Face) are in :mod:`focal_calibration.integrations`, optional extras.
 
 The package is layered: :mod:`focal_calibration.losses` and :mod:`focal_calibration.calibration` build on
 :mod:`focal_calibration.validation` (the one place for input checks), :mod:`focal_calibration.constants` and
