@@ -8,7 +8,8 @@ __all__ = ["SMALL_BATCH_ELEMENTS", "SMOOTHED_FOCAL_CHUNK_ELEMENTS", "METRICS_CHU
            "METRICS_CPU_CHUNK_ELEMENTS",
            "BOOTSTRAP_CHUNK_ELEMENTS", "BOOTSTRAP_PROB_CHUNK_ELEMENTS", "CPU_CACHE_BLOCK_ELEMENTS",
            "METRICS_CPU_FAST_PATH", "SOFT_TARGET_CHUNK_ELEMENTS", "UNSCHEDULED_LOSS_WARNING_CALLS",
-           "LINEAR_CHUNK_ELEMENTS", "LINEAR_MIN_ROWS"]
+           "LINEAR_CHUNK_ELEMENTS", "LINEAR_MIN_ROWS",
+           "MATRIX_SCALING_MODES"]
 
 # --- losses
 # Logits (N·K) up to which focal_loss takes the small-batch path, where a call costs what its ~20 small ops cost rather
@@ -46,3 +47,8 @@ CPU_CACHE_BLOCK_ELEMENTS = 2 ** 22
 # Whether the metrics take their CPU fast path (the same numbers, several times faster); tests and the metrics
 # benchmark switch it off to run the plain, readable definition on CPU.
 METRICS_CPU_FAST_PATH = True
+
+# --- experiments
+# The modes of matrix scaling in a run's final evaluation (focal_calibration.experiments.records.matrix_scaling_plan),
+# here so that the trainers' parsers (which import no torch) and the records share one definition.
+MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")

@@ -73,6 +73,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 # torch, NumPy and the checkpoint module are imported inside the functions that use them: a trainer's --help and its
 # argument errors must not wait seconds for torch.
+from focal_calibration import constants
 from focal_calibration.files import atomic_write, json_ready, write_json_atomic
 
 __all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "RunFolderBusyError", "require_extra",
@@ -340,9 +341,8 @@ def set_threads(threads: int | None) -> None:
 # Everything else a trainer's parser defines is run-defining (a resume with another value is refused).
 RESUME_ALLOWED = frozenset({"epochs", "output_dir", "resume", "data_dir", "progress", "device", "threads",
                             "print_freq", "workers", "matrix_scaling"})
-# How the final evaluation fits matrix scaling (focal_calibration.experiments.records.matrix_scaling_plan); only the
-# final evaluation reads it, so a resumed run may change it.
-MATRIX_SCALING_MODES = ("auto", "plain", "odir", "off")
+# --matrix-scaling: only the final evaluation reads it, so a resumed run may change it.
+MATRIX_SCALING_MODES = constants.MATRIX_SCALING_MODES
 
 
 def add_matrix_scaling_argument(parser) -> None:

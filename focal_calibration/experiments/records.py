@@ -28,7 +28,7 @@ import torch
 from focal_calibration.calibration.metrics import calibration_metrics, reliability_bins
 from focal_calibration.calibration.scaling import fit_matrix_scaling, fit_vector_scaling
 from focal_calibration.calibration.temperature import fit_temperature
-from focal_calibration.experiments.cli import MATRIX_SCALING_MODES
+from focal_calibration.constants import MATRIX_SCALING_MODES
 from focal_calibration.validation import as_tensor, check_choice, check_n_bins
 
 __all__ = ["evaluate_calibration", "matrix_scaling_plan", "save_reliability_diagrams", "read_results",
