@@ -34,13 +34,14 @@ system-packages:
 	echo "installing Debian packages:$$missing"; \
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing
 
-# pytest-xdist: one worker per core (2 here); `make test TEST_WORKERS=0` runs the tests in this process.
+# pytest-xdist: one worker per core (2 here), a test module per worker (its module-scoped fixtures, e.g. the trained
+# fairseq model, are built once); `make test TEST_WORKERS=0` runs the tests in this process.
 TEST_WORKERS ?= 2
 
 test: install
 	$(PY) -m ruff check --no-cache .
 	$(MAKE) --no-print-directory docs SITE=$$(mktemp -d)
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope
 
 # The documentation site (MkDocs + Material + mkdocstrings), built strictly: a broken link, a missing page or a
 # docstring that does not match its signature fails the build (and so `make test`).
