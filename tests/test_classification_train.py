@@ -184,7 +184,7 @@ def _train_subprocess(fmnist, out, *extra):
     command = [sys.executable, str(REPO / "classification" / "train.py"),
                *fmnist_args(fmnist, out, "--epochs", "3", "--batch-size", "8", "--lr-milestones", "2",
                             "--loss", "adafocal", "--print-freq", "1", "--workers", "0", "--no-progress",
-                            "--limit-train", "120", "--limit-eval", "50", *extra)]
+                            "--limit-train", "120", "--limit-eval", "50", "--matrix-scaling", "off", *extra)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 
 
@@ -225,7 +225,7 @@ def test_torchrun_two_processes_gloo(fmnist, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "classification" / "train.py"),
                *fmnist_args(fmnist, tmp_path, "--epochs", "2", "--batch-size", "32", "--loss", "flsd-53",
-                            "--workers", "0", "--no-progress")]
+                            "--workers", "0", "--no-progress", "--matrix-scaling", "off")]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tmp_path / "results.json").read_text())
