@@ -489,14 +489,13 @@ def main(args) -> dict:
     where it stopped), then the claims, tables and figures. Returns the ``claims.json`` block."""
     import logging
 
-    from fairseq_focal.sweep_generator import parse_temperatures
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     # SIGTERM (and SIGINT, which a background shell job ignores) ends the demo through the runner's cleanup, which
     # stops the jobs it started; they resume from their last checkpoint on the next run.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    temperatures = parse_temperatures(args.temperatures)
+    temperatures = cli.parse_temperatures(args.temperatures)
     if 1.0 not in temperatures:
         raise ValueError(f"--temperatures must contain 1, got {args.temperatures!r}")
     if len(set(args.seeds)) != len(args.seeds):

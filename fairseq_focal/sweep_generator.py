@@ -25,29 +25,9 @@ from typing import Sequence
 import torch
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 
-__all__ = ["parse_temperatures", "TemperatureEnsembleModel", "TemperatureSweepGenerator"]
+from focal_calibration.experiments.cli import parse_temperatures
 
-
-def parse_temperatures(temperatures) -> tuple[float, ...]:
-    """'0.5,0.6,1' or a sequence of numbers -> a tuple of distinct finite temperatures > 0 (ValueError otherwise)."""
-    if temperatures is None:
-        raise ValueError("temperatures must be given, got None")
-    if isinstance(temperatures, str):
-        parts = [t.strip() for t in temperatures.split(",") if t.strip()]
-        try:
-            values = [float(t) for t in parts]
-        except ValueError:
-            raise ValueError(f"temperatures must be comma-separated numbers, got {temperatures!r}") from None
-    else:
-        values = [float(t) for t in temperatures]
-    if not values:
-        raise ValueError(f"temperatures must hold at least one value, got {temperatures!r}")
-    bad = [t for t in values if not (math.isfinite(t) and t > 0)]
-    if bad:
-        raise ValueError(f"every temperature must be a finite number > 0, got {bad[0]!r}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"temperatures must be distinct, got {values}")
-    return tuple(values)
+__all__ = ["TemperatureEnsembleModel", "TemperatureSweepGenerator"]
 
 
 def _batch_rows(value, batch_size: int) -> bool:

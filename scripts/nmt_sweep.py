@@ -331,11 +331,7 @@ def sweep_document(temperatures, results, signature, **extra) -> dict:
 
 
 def run(args):
-    import torch
-
-    from fairseq_focal.sweep_generator import parse_temperatures
-
-    temperatures = parse_temperatures(args.temperatures)
+    temperatures = cli.parse_temperatures(args.temperatures)
     if 1.0 not in temperatures:
         raise ValueError(f"--temperatures must contain 1 (the 'pre T' numbers of Table 3), got {list(temperatures)}")
     checkpoints = _pairs(args.checkpoints, "--checkpoints")
@@ -351,6 +347,7 @@ def run(args):
             raise ValueError(f"{name} must be >= 1, got {value}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    import torch  # after the arguments' checks: a bad value is refused in a fraction of a second
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     out = Path(args.output_dir)
     cli.RunFolder(out).lock()  # one sweep writes an output folder at a time

@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 pytest.importorskip("fairseq", reason="the [fairseq] extra is not installed")
 import fairseq_focal  # noqa: E402,F401  (registers focal_loss / translation_temperature_sweep, applies the compat fixes)
 from fairseq_focal.criterions.focal_loss import FocalLossCriterion  # noqa: E402
-from fairseq_focal.sweep_generator import parse_temperatures  # noqa: E402
+from focal_calibration.experiments.cli import parse_temperatures  # noqa: E402
 from fairseq_focal.toy_corpus import write_corpus  # noqa: E402
 
 TINY_MODEL = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",

@@ -555,6 +555,11 @@ PROBE = textwrap.dedent("""
     [str(REPO / "scripts" / "nmt_sweep.py"), "--help"],
     [str(REPO / "scripts" / "nmt_sweep.py"), "run", "--help"],
     [str(REPO / "scripts" / "nmt_sweep.py"), "run", "--beam", "x"],
+    # bad values, not only bad types: checked before torch and fairseq are imported
+    [str(REPO / "scripts" / "nmt_sweep.py"), "run", "--data", "d", "--checkpoints", "a=c.pt", "--output-dir", "o",
+     "--beam", "0"],
+    [str(REPO / "scripts" / "nmt_sweep.py"), "run", "--data", "d", "--checkpoints", "a=c.pt", "--output-dir", "o",
+     "--temperatures", "0.5,2"],
 ])
 def test_help_and_argument_errors_import_no_heavy_module(command):
     result = subprocess.run([sys.executable, "-c", PROBE, *command], capture_output=True, text=True, env=ENV,

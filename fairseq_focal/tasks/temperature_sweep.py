@@ -24,7 +24,8 @@ from fairseq.data.iterators import CountingIterator
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from fairseq_focal.sweep_generator import TemperatureSweepGenerator, parse_temperatures
+from fairseq_focal.sweep_generator import TemperatureSweepGenerator
+from focal_calibration.experiments.cli import parse_temperatures
 from focal_calibration.files import atomic_write
 
 logger = logging.getLogger(__name__)

@@ -64,6 +64,7 @@ import errno
 import hashlib
 import importlib
 import json
+import math
 import os
 import re
 import socket
@@ -79,7 +80,7 @@ from focal_calibration.files import atomic_write, json_ready, write_json_atomic
 __all__ = ["UserError", "DataNotFoundError", "MissingExtraError", "RunFolderBusyError", "require_extra",
            "HelpFormatter", "ArgumentParser", "run_cli", "RUN_FLAGS", "add_run_arguments", "positive_int",
            "nonnegative_int", "check_device", "seed_everything", "set_threads", "RESUME_ALLOWED",
-           "MATRIX_SCALING_MODES", "add_matrix_scaling_argument", "run_defining_keys",
+           "MATRIX_SCALING_MODES", "add_matrix_scaling_argument", "parse_temperatures", "run_defining_keys",
            "check_resume", "epochs_done", "check_extension", "stored_args", "CHECKPOINT_FORMAT_VERSION",
            "save_run_checkpoint", "load_run_checkpoint", "load_resume_state", "load_state_dicts",
            "default_output_dir", "RunFolder"]
@@ -214,6 +215,31 @@ def _bounded_int(text: str, minimum: int) -> int:
     if value is None or value < minimum:  # parsed before torch is imported: no focal_calibration.validation here
         raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
     return value
+
+
+def parse_temperatures(temperatures) -> tuple[float, ...]:
+    """'0.5,0.6,1' or a sequence of numbers -> a tuple of distinct finite temperatures > 0 (ValueError otherwise).
+
+    The temperatures of a sweep (fairseq_focal's sweep generator, nmt_sweep.py, the NMT demo); here, torch-free, so
+    that a bad value is refused before torch and fairseq load."""
+    if temperatures is None:
+        raise ValueError("temperatures must be given, got None")
+    if isinstance(temperatures, str):
+        parts = [t.strip() for t in temperatures.split(",") if t.strip()]
+        try:
+            values = [float(t) for t in parts]
+        except ValueError:
+            raise ValueError(f"temperatures must be comma-separated numbers, got {temperatures!r}") from None
+    else:
+        values = [float(t) for t in temperatures]
+    if not values:
+        raise ValueError(f"temperatures must hold at least one value, got {temperatures!r}")
+    bad = [t for t in values if not (math.isfinite(t) and t > 0)]
+    if bad:
+        raise ValueError(f"every temperature must be a finite number > 0, got {bad[0]!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"temperatures must be distinct, got {values}")
+    return tuple(values)
 
 
 def positive_int(text: str) -> int:
